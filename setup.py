@@ -1,0 +1,38 @@
+"""Packaging for rlvr_jax: pinned core dependencies plus optional extras."""
+
+from setuptools import find_packages, setup
+
+CORE = [
+    "jax==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "ml-collections==1.1.0",
+    "absl-py==2.5.1",
+    "transformers==5.24.0",
+    "tokenizers==0.23.3",
+    "safetensors==0.8.0",
+    "sympy==1.14.0",
+    "numpy==2.4.6",
+    "pyarrow==26.0.1",
+    "tensorboardX==2.6.5",
+]
+
+EXTRAS = {
+    # torch is only the parity reference; the CPU build is pinned so that pip
+    # never pulls a multi-GB CUDA wheel onto a test machine.
+    "test": ["pytest==9.0.3", "torch==2.13.0"],
+    "tpu": ["jax[tpu]==0.10.2"],
+    "cuda": ["jax[cuda12]==0.10.2"],
+    "notebook": ["jupyter", "matplotlib"],
+}
+
+setup(
+    name="rlvr_jax",
+    version="0.1.0",
+    description="Pure-JAX RL with verifiable rewards (1-shot RLVR / GRPO) for Qwen2 models.",
+    packages=find_packages(include=["rlvr_jax", "rlvr_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=CORE,
+    extras_require=EXTRAS,
+)

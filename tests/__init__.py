@@ -1,0 +1,1 @@
+"""rlvr_jax test suite (CPU only)."""

@@ -1,0 +1,60 @@
+"""Builders for tiny random Hugging Face Qwen2 checkpoints used as references.
+
+Weights are drawn with a larger spread than HF's default init so that logits
+differ meaningfully between tokens and parity tests can fail.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+TINY = dict(
+    vocab_size=256,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    rope_theta=10000.0,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+)
+
+
+def make_model(seed: int = 0, **overrides) -> Qwen2ForCausalLM:
+    """A random fp32 Qwen2ForCausalLM in eval mode, eager attention."""
+    cfg = {**TINY, **overrides}
+    torch.manual_seed(seed)
+    config = Qwen2Config(**cfg, attn_implementation="eager")
+    model = Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            else:
+                p.copy_(0.15 * torch.randn_like(p))
+    return model
+
+
+def make_checkpoint(path, seed: int = 0, **overrides) -> str:
+    """Saves a random model with `save_pretrained` and returns the directory."""
+    make_model(seed, **overrides).save_pretrained(str(path))
+    return str(path)
+
+
+def load_reference(path) -> Qwen2ForCausalLM:
+    return Qwen2ForCausalLM.from_pretrained(
+        str(path), attn_implementation="eager", dtype=torch.float32
+    ).eval()
+
+
+def hf_logits(model, tokens, mask):
+    """HF logits [B, T, V] with positions counted from each row's first token."""
+    tokens = torch.as_tensor(tokens, dtype=torch.long)
+    mask = torch.as_tensor(mask, dtype=torch.long)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        out = model(input_ids=tokens, attention_mask=mask, position_ids=positions)
+    return out.logits.float().numpy()

@@ -1,0 +1,1 @@
+"""Reproducible performance measurements (run by hand, never by the test suite)."""

@@ -12,19 +12,28 @@ CORE = [
     "transformers==5.24.0",
     "tokenizers==0.23.3",
     "safetensors==0.8.0",
-    "sympy==1.14.0",
+    "mpmath==1.3.0",  # the checker's high-precision numeric equality
     "numpy==2.4.6",
     "pyarrow==26.0.1",
     "tensorboardX==2.6.5",
 ]
 
+# Benchmark datasets through TFDS (without TensorFlow) and the plots.
+EVAL = [
+    "tensorflow-datasets==4.9.10",
+    "array-record==0.8.6",
+    "importlib-resources==7.1.0",
+    "matplotlib==3.11.2",
+]
+
 EXTRAS = {
+    "eval": EVAL,
     # torch is only the parity reference; the CPU build is pinned so that pip
     # never pulls a multi-GB CUDA wheel onto a test machine.
-    "test": ["pytest==9.0.3", "torch==2.13.0"],
+    "test": ["pytest==9.0.3", "torch==2.13.0", *EVAL],
     "tpu": ["jax[tpu]==0.10.2"],
     "cuda": ["jax[cuda12]==0.10.2"],
-    "notebook": ["jupyter", "matplotlib"],
+    "notebook": ["jupyter==1.1.1", "matplotlib==3.11.2"],
 }
 
 setup(

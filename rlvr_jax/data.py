@@ -152,6 +152,24 @@ def load_examples(path: str, suffix: str = "") -> list[Example]:
     ]
 
 
+def builtin_task() -> list[Example]:
+    """The one-example task of `tiny` runs: needs no files, answer space 0–9.
+
+    A tiny random model with the tiny tokenizer (where `\\boxed{d}` is one
+    token) answers it correctly by chance a few percent of the time, so GRPO
+    has signal from the first step, the paper's one-example setting in small.
+    """
+    return [
+        Example(
+            index=0,
+            messages=(
+                {"role": "user", "content": "What is 3 + 4?" + STEP_BY_STEP_SUFFIX},
+            ),
+            ground_truth="7",
+        )
+    ]
+
+
 def select(examples: Sequence[Example], indices: Sequence[int]) -> list[Example]:
     """The examples whose `index` is in `indices`, in the order given."""
     by_index = {}
@@ -250,6 +268,8 @@ def encode_prompts(
       ValueError: naming the example, when a prompt exceeds `max_prompt_len`
         (never silently truncated: a cut prompt changes the task).
     """
+    if not examples:
+        return []
     texts = [render_prompt(tokenizer, ex.messages) for ex in examples]
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     for ex, row in zip(examples, ids, strict=True):

@@ -30,6 +30,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rlvr_jax.sharding import constrain_rows
+
 Params = Any
 
 # A finite "minus infinity": a fully masked row (a left-pad query) then gets a
@@ -386,6 +388,7 @@ class DecoderLayer(nn.Module):
         self, x_btd, layer_cache, sin_bth, cos_bth, key_valid_bs, q_slot_t, index
     ):
         cfg = self.config
+        x_btd = constrain_rows(x_btd)  # FSDP: gather weights, not activations
         cache = None if layer_cache is None else (*layer_cache, index)
         attn_btd, new_cache = Attention(cfg, name="attn")(
             RMSNorm(cfg, name="input_norm")(x_btd),
@@ -397,7 +400,7 @@ class DecoderLayer(nn.Module):
         )
         x_btd = x_btd + attn_btd
         x_btd = x_btd + MLP(cfg, name="mlp")(RMSNorm(cfg, name="post_attn_norm")(x_btd))
-        return x_btd, new_cache
+        return constrain_rows(x_btd), new_cache
 
 
 class Qwen2(nn.Module):

@@ -1,8 +1,8 @@
 """Tokenizers: a local Hugging Face tokenizer, or a tiny one built in-process.
 
 Real runs use the model directory's own tokenizer (`load`). Tests and laptop
-`tiny` runs have no hub access, so `build_tiny` trains a small byte-level BPE
-on a built-in math corpus. It carries the Qwen2 special tokens and the
+`tiny` runs have no hub access, so `build_tiny` trains a small character-level
+BPE on a built-in math corpus. It carries the Qwen2 special tokens and the
 Qwen2.5-Math chat template, so prompts render exactly as they do for the real
 model and the whole pipeline (template → tokens → sampler → detokenise →
 checker) runs unchanged.
@@ -52,33 +52,45 @@ What is the value of a + b + c? Find the remainder when n is divided by 7.
 """
 
 
-def build_tiny(vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    """A deterministic byte-level BPE with Qwen2 special tokens.
+def build_tiny(vocab_size: int = 128) -> PreTrainedTokenizerFast:
+    """A deterministic character-level BPE with Qwen2 special tokens.
+
+    The alphabet is printable ASCII (other characters map to `<unk>`); the
+    ten answers `\\boxed{0}` … `\\boxed{9}` are single tokens, so a tiny random
+    model emits a well-formed boxed answer often enough for GRPO to get a
+    reward signal on the built-in task. Set the model's vocabulary to
+    `len(tokenizer)`.
 
     Args:
-      vocab_size: total vocabulary including the 3 special tokens; must be at
-        least 259 (256 bytes + specials). Match it to the model's vocab.
+      vocab_size: target vocabulary size (including specials and the boxed
+        answers); at least 128.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    import string
 
-    if vocab_size < 259:
-        raise ValueError(f"vocab_size must be >= 259, got {vocab_size}")
-    specials = [ENDOFTEXT, IM_START, IM_END]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
+    from tokenizers import Tokenizer, decoders, models, trainers
+
+    if vocab_size < 128:
+        raise ValueError(f"vocab_size must be >= 128, got {vocab_size}")
+    specials = [ENDOFTEXT, IM_START, IM_END, "<unk>"]
+    boxed = [f"\\boxed{{{d}}}" for d in range(10)]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.decoder = decoders.Fuse()  # tokens are raw character runs: concatenate
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
+        vocab_size=vocab_size - len(boxed),
         special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        initial_alphabet=list(string.printable),
+        limit_alphabet=len(string.printable),
         show_progress=False,
     )
     tok.train_from_iterator([_CORPUS] * 4, trainer=trainer)
+    tok.add_tokens(boxed)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token=IM_END,
         pad_token=ENDOFTEXT,
+        unk_token="<unk>",
         additional_special_tokens=[IM_START],
+        clean_up_tokenization_spaces=False,
     )
     fast.chat_template = QWEN_MATH_CHAT_TEMPLATE
     return fast

@@ -1,0 +1,149 @@
+"""The shared base of every training config: RECIPE.md's π1 run, field by field.
+
+Each experiment file (pi1.py, pi13.py, pi1_pi13.py, dsr_sub.py) changes only
+what differs. `get_config(arg)` arguments are comma-separated:
+  tiny          a tiny random Qwen2 + in-process tokenizer on a built-in
+                one-example task; runs on a laptop CPU in minutes
+  steps=N       shortcut for train.steps (also batch=, n=, lr=, seed=)
+"""
+
+from __future__ import annotations
+
+from ml_collections import config_dict
+
+SHORTCUTS = {
+    "steps": ("train", "steps", int),
+    "batch": ("train", "batch_size", int),
+    "n": ("rollout", "n", int),
+    "lr": ("optim", "lr", float),
+    "seed": ("", "seed", int),
+}
+
+
+def base_config() -> config_dict.ConfigDict:
+    """The paper's π1 run on Qwen2.5-Math-1.5B (RECIPE.md)."""
+    c = config_dict.ConfigDict()
+    c.seed = 0  # every random stream (init, data order, sampling) derives from it
+
+    c.model = config_dict.ConfigDict()
+    c.model.path = "Qwen/Qwen2.5-Math-1.5B"  # local HF dir, or hub id in the HF cache
+    c.model.preset = ""  # "tiny": random init of ModelConfig.tiny(), no files
+    c.model.dtype = "bfloat16"  # compute dtype (bf16 compute)
+    c.model.param_dtype = "float32"  # fp32 master weights and optimizer state
+    c.model.remat = True  # gradient checkpointing per decoder layer
+
+    c.data = config_dict.ConfigDict()
+    c.data.train_path = ""  # veRL parquet/jsonl or HF dataset dir; "" = built-in task
+    c.data.indices = (124,)  # examples to train on (extra_info.index); () = all
+    c.data.replicate = 128  # repeat the selected examples to this many rows; 0 = no
+    c.data.shuffle = True  # shuffled with `seed`, drop_last
+    c.data.max_prompt_len = 1024  # prompt ≤ 1024 tokens, left-padded
+    c.data.prompt_buckets = (256, 512, 1024)  # padded prompt lengths (one compile each)
+
+    c.rollout = config_dict.ConfigDict()
+    c.rollout.n = 8  # G: samples per prompt, each prompt row is its own group
+    c.rollout.temperature = 0.6  # T: sampling and training log-probs use logits / T
+    c.rollout.top_p = 1.0
+    c.rollout.top_k = 0  # 0 = off
+    c.rollout.max_new_tokens = 3072  # response ≤ 3072; truncated ones are kept
+    c.rollout.chunk_size = 256  # responses generated per sampler call (memory)
+    c.rollout.cache_dtype = "bfloat16"
+
+    c.loss = config_dict.ConfigDict()
+    c.loss.pg_coef = 1.0  # policy-gradient term; 0 = entropy-only ablation
+    c.loss.clip_eps = 0.2  # ε of the PPO clip (low side)
+    c.loss.clip_eps_high = 0.2  # ε_high (asymmetric clip; = clip_eps in the paper)
+    c.loss.kl_coef = 0.001  # β of the KL to the reference policy; 0 = off
+    c.loss.kl_type = "low_var_kl"  # k3 estimator, clamped to [-10, 10]
+    c.loss.entropy_coef = 0.001  # α of the entropy bonus
+    c.loss.agg = "token-mean"  # global token-mean over the mini-batch
+    c.loss.adv_eps = 1e-6  # ε in (r − mean) / (std + ε)
+    c.loss.norm_adv_by_std = True  # GRPO; False = Dr. GRPO-style mean-centering only
+
+    c.optim = config_dict.ConfigDict()
+    c.optim.lr = 1e-6  # η, constant
+    c.optim.b1 = 0.9  # β1
+    c.optim.b2 = 0.999  # β2
+    c.optim.eps = 1e-8
+    c.optim.weight_decay = 0.01  # λ, on all parameters as the reference does
+    c.optim.decay_norms_biases = True  # False: exclude norms and biases from decay
+    c.optim.grad_clip = 1.0  # global-norm clip (pre-clip norm is logged)
+    c.optim.warmup_steps = 0  # linear warmup; none in the paper
+    c.optim.first_step_zero_lr = False  # the reference's lr-0 first update quirk
+
+    c.train = config_dict.ConfigDict()
+    c.train.steps = 2000  # RL steps, one optimizer update each (on-policy)
+    c.train.batch_size = 128  # prompts per step (× rollout.n responses)
+    c.train.micro_batch_size = 16  # responses per gradient-accumulation slice
+    c.train.recompute_old_logp = False  # old log-probs from the sampler
+
+    c.mesh = config_dict.ConfigDict()
+    c.mesh.data = -1  # -1 = all remaining devices
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
+
+    c.eval = config_dict.ConfigDict()
+    c.eval.path = ""  # veRL parquet (MATH500 verl_val.parquet), "builtin" or "" = none
+    c.eval.every = 20  # steps; also before the first step
+    c.eval.max_examples = 0  # 0 = all
+    c.eval.max_new_tokens = 3072  # greedy decoding
+
+    c.checkpoint = config_dict.ConfigDict()
+    c.checkpoint.every = 20
+    c.checkpoint.keep = 3  # newest checkpoints kept
+    c.checkpoint.resume_from = ""  # explicit initial checkpoint (see checkpoint.py)
+    c.checkpoint.export_hf_every = 0  # also export a HF checkpoint every N steps
+    c.checkpoint.async_save = True
+
+    c.log = config_dict.ConfigDict()
+    c.log.tensorboard = True
+    c.log.wandb_project = ""  # "" = W&B off
+    c.log.checker_timeout_s = 5.0  # per-answer deadline in the reward pool
+    c.log.checker_workers = 0  # 0 = number of CPUs
+    return c
+
+
+def apply_arg(c: config_dict.ConfigDict, arg: str | None) -> config_dict.ConfigDict:
+    """Applies a `get_config` argument string (see the module docstring)."""
+    for token in filter(None, (arg or "").split(",")):
+        if token == "tiny":
+            make_tiny(c)
+        elif "=" in token:
+            key, value = token.split("=", 1)
+            if key not in SHORTCUTS:
+                raise ValueError(
+                    f"unknown config shortcut {key!r}; known: {sorted(SHORTCUTS)}"
+                )
+            section, field, cast = SHORTCUTS[key]
+            (c[section] if section else c)[field] = cast(value)
+        else:
+            raise ValueError(f"unknown config argument {token!r}")
+    return c
+
+
+def make_tiny(c: config_dict.ConfigDict) -> None:
+    """Shrinks a config to a laptop-CPU run (minutes, no downloads, no files)."""
+    c.model.path = ""
+    c.model.preset = "tiny"
+    c.model.dtype = "float32"  # CPUs are slow at bf16 matmuls
+    c.data.train_path = ""  # the built-in one-example task
+    c.data.indices = ()
+    c.data.replicate = 8
+    c.data.max_prompt_len = 640  # fits π1 under the character-level tiny tokenizer
+    c.data.prompt_buckets = (192, 640)
+    c.rollout.n = 8
+    c.rollout.temperature = 1.0
+    c.rollout.max_new_tokens = 8
+    c.rollout.chunk_size = 64
+    c.rollout.cache_dtype = "float32"
+    c.optim.lr = 3e-3
+    c.optim.weight_decay = 0.0
+    c.train.steps = 6
+    c.train.batch_size = 8
+    c.train.micro_batch_size = 32
+    c.eval.path = "builtin"  # greedy accuracy on the built-in task
+    c.eval.every = 3
+    c.eval.max_new_tokens = 8
+    c.checkpoint.every = 3
+    c.checkpoint.keep = 2
+    c.log.checker_workers = 2

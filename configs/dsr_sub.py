@@ -1,0 +1,20 @@
+"""The full 1,209-example DSR-sub pool (the paper's 1.2k baseline).
+
+Shuffled with the seed, drop_last: 9 steps of 128 prompts per epoch.
+  python -m rlvr_jax.main --config=configs/dsr_sub.py --workdir=/tmp/dsr_sub \
+      --config.model.path=/path/to/Qwen2.5-Math-1.5B \
+      --config.data.train_path=/path/to/dsr_sub.parquet
+"""
+
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from configs import base  # noqa: E402
+
+
+def get_config(arg=None):
+    c = base.base_config()
+    c.data.indices = ()  # the whole pool
+    c.data.replicate = 0  # no replication: plain epochs
+    return base.apply_arg(c, arg)

@@ -1,0 +1,85 @@
+"""Evaluation on the paper's six benchmarks (RECIPE.md, "Evaluation protocol").
+
+A Hugging Face model (the base model, or any exported checkpoint):
+  python -m rlvr_jax.evaluate --config=configs/eval.py --workdir=/tmp/eval_base \
+      --config.model.path=/models/Qwen2.5-Math-1.5B --config.data.dir=/data/eval
+Every checkpoint of a training run (a resumable sweep; results per step):
+  python -m rlvr_jax.evaluate --config=configs/eval.py --workdir=/tmp/pi1 \
+      --config.tokenizer=/models/Qwen2.5-Math-1.5B --config.data.dir=/data/eval
+  python -m rlvr_jax.plot --workdir=/tmp/pi1
+Only some steps / benchmarks, a benchmark from its own file:
+  ... --config.model.steps=0,500,1000 \
+      --config.benchmarks=math500,aime24=/path/aime24/test.jsonl
+Benchmarks through TensorFlow Datasets (array_record, no TensorFlow), prepared
+once from a local directory of the standard jsonl files (or downloaded):
+  ... --config.data.format=tfds --config.data.dir=/data/eval \
+      --config.data.tfds_dir=~/tensorflow_datasets
+pass@8 / avg@8 of MATH500 at T=0.6 instead of greedy:
+  ... --config.benchmarks=math500 --config.sampling.temperature=0.6 \
+      --config.sampling.n=8
+Laptop CPU smoke test (a tiny random model, 2 problems per benchmark):
+  python -m rlvr_jax.evaluate --config=configs/eval.py:tiny --workdir=/tmp/ev \
+      --config.model.path=/tmp/tiny_hf --config.data.dir=/data/eval
+
+`data.dir` holds `<benchmark>/test.jsonl` (math500, aime24, aime25, amc23,
+minerva_math, olympiadbench; also aime24x8, aime25x8, amc23x8).
+"""
+
+from ml_collections import config_dict
+
+PAPER_BENCHMARKS = "math500,aime24,aime25,amc23,minerva_math,olympiadbench"
+
+
+def get_config(arg=None):
+    c = config_dict.ConfigDict()
+    c.seed = 0  # sampling seed of the T > 0 benchmarks
+
+    c.model = config_dict.ConfigDict()
+    c.model.path = ""  # HF dir, dir of per-step HF dirs, or orbax; "" = workdir
+    c.model.steps = "all"  # sweeps: "all", "latest" or "0,20,40"
+    c.model.step = -1  # step label of a single HF model for plots; -1 = none
+    c.model.dtype = "bfloat16"  # compute dtype (the harness runs bf16)
+    c.model.param_dtype = "bfloat16"  # weights are only read: bf16 halves memory
+
+    c.tokenizer = ""  # HF dir or "tiny"; "" = the model's own (HF dirs)
+
+    c.benchmarks = PAPER_BENCHMARKS  # comma list; `name=/path.jsonl` overrides a file
+    c.template = "qwen25-math-cot"  # or qwen25-math-cot-step, or "...{problem}..."
+
+    c.data = config_dict.ConfigDict()
+    c.data.dir = ""  # directory of <benchmark>/test.jsonl files
+    c.data.format = "jsonl"  # "jsonl" or "tfds" (array_record builders)
+    c.data.tfds_dir = ""  # TFDS data_dir; "" = TFDS's default
+    c.data.limit = 0  # first N problems per benchmark; 0 = all
+
+    c.sampling = config_dict.ConfigDict()
+    c.sampling.temperature = -1.0  # < 0: each benchmark's protocol (0 or 0.6)
+    c.sampling.n = 0  # samples per problem; 0: the protocol's (1 or 8)
+    c.sampling.top_p = 1.0
+    c.sampling.top_k = 0  # 0 = off
+    c.sampling.max_new_tokens = 3072
+    c.sampling.chunk_rows = 256  # responses per sampler call (KV cache ~29 GB)
+    c.sampling.cache_dtype = "bfloat16"
+    c.sampling.prompt_buckets = ()  # padded prompt widths; () = powers of two
+
+    c.score = config_dict.ConfigDict()
+    c.score.timeout_s = 3.0  # per comparison; a timeout counts as wrong
+    c.score.workers = 0  # checker processes; 0 = number of CPUs
+
+    c.analysis = config_dict.ConfigDict()
+    c.analysis.reflection_words = "rethink,recheck,recalculate"
+
+    c.overwrite = False  # True: regenerate even what is already saved
+
+    if arg == "tiny":
+        c.data.limit = 2
+        c.sampling.max_new_tokens = 8
+        c.sampling.chunk_rows = 16
+        c.sampling.cache_dtype = "float32"
+        c.sampling.prompt_buckets = (1024,)  # one width: one compile per n
+        c.model.dtype = "float32"  # CPUs are slow at bf16 matmuls
+        c.model.param_dtype = "float32"
+        c.score.workers = 2
+    elif arg:
+        raise ValueError(f"unknown eval config argument {arg!r} (known: 'tiny')")
+    return c

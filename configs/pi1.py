@@ -1,0 +1,23 @@
+"""The paper's π1 run: GRPO on one example (index 124) replicated to 128 rows.
+
+Paper run (accelerators; ~1.5B params, 1024 responses × 3072 tokens a step):
+  python -m rlvr_jax.main --config=configs/pi1.py --workdir=/tmp/pi1 \
+      --config.model.path=/path/to/Qwen2.5-Math-1.5B \
+      --config.data.train_path=/path/to/dsr_sub.parquet \
+      --config.eval.path=/path/to/math500/verl_val.parquet
+Laptop CPU (tiny random model, built-in task, a few minutes):
+  python -m rlvr_jax.main --config=configs/pi1.py:tiny --workdir=/tmp/pi1_tiny
+Entropy-only ablation: add --config.loss.pg_coef=0.
+"""
+
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from configs import base  # noqa: E402
+
+
+def get_config(arg=None):
+    c = base.base_config()
+    c.data.indices = (124,)  # π1
+    return base.apply_arg(c, arg)

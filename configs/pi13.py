@@ -1,0 +1,18 @@
+"""π13 alone (index 682) replicated to 128 rows; otherwise the π1 recipe.
+
+  python -m rlvr_jax.main --config=configs/pi13.py --workdir=/tmp/pi13 \
+      --config.model.path=/path/to/Qwen2.5-Math-1.5B \
+      --config.data.train_path=/path/to/dsr_sub.parquet
+"""
+
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from configs import base  # noqa: E402
+
+
+def get_config(arg=None):
+    c = base.base_config()
+    c.data.indices = (682,)  # π13
+    return base.apply_arg(c, arg)

@@ -1,0 +1,18 @@
+"""The 2-example run {π1, π13}: each replicated 64× into the 128-row batch.
+
+  python -m rlvr_jax.main --config=configs/pi1_pi13.py --workdir=/tmp/pi1_pi13 \
+      --config.model.path=/path/to/Qwen2.5-Math-1.5B \
+      --config.data.train_path=/path/to/dsr_sub.parquet
+"""
+
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from configs import base  # noqa: E402
+
+
+def get_config(arg=None):
+    c = base.base_config()
+    c.data.indices = (124, 682)  # π1, π13
+    return base.apply_arg(c, arg)

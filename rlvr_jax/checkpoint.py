@@ -1,0 +1,177 @@
+"""Training checkpoints: an orbax CheckpointManager wrapper.
+
+A checkpoint at step s lives in `<workdir>/checkpoints/<s>/` and holds three
+items: `params` (the policy), `train` (optimizer state, counters: everything
+else in the learner state) and `meta` (JSON: model config, data-iterator
+position, per-example accuracy history, RNG seed). Params are their own item
+so evaluation can restore a policy without knowing the optimizer.
+
+Orbax writes each step into a temporary directory and renames it when
+complete, so a run killed mid-save leaves the previous checkpoint as the
+latest valid one.
+
+Resume order (what `train.run` does on start):
+  1. the newest checkpoint in `<workdir>/checkpoints` (preemption restart);
+  2. else `checkpoint.resume_from`, an explicit checkpoint directory (a
+     workdir, its `checkpoints/` folder, or one step folder), as new
+     initial weights;
+  3. else pretrained weights from `model.path` (a Hugging Face directory);
+  4. else a random init (only for `tiny`-style presets).
+The reference policy of the KL term is always the weights of 2–4, i.e. the
+weights the run started from, rebuilt identically on every restart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from rlvr_jax.model import ModelConfig, abstract_params
+
+
+def checkpoint_dir(workdir: str) -> str:
+    return os.path.join(workdir, "checkpoints")
+
+
+class Checkpointer:
+    """Saves and restores (params, train state, meta) at integer steps."""
+
+    def __init__(
+        self, directory: str, *, keep: int | None = 3, async_save: bool = True
+    ):
+        self.directory = os.path.abspath(directory)
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep,
+                enable_async_checkpointing=async_save,
+                create=True,
+            ),
+        )
+
+    def steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, params: Any, train: Any, meta: dict) -> None:
+        """Starts saving; device→host copies finish before this returns."""
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardSave(params),
+                train=ocp.args.StandardSave(train),
+                meta=ocp.args.JsonSave(meta),
+            ),
+            force=True,
+        )
+
+    def restore(self, step: int, abstract_params: Any, abstract_train: Any):
+        """(params, train, meta) with arrays placed as the abstract trees say."""
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(abstract_params),
+                train=ocp.args.StandardRestore(abstract_train),
+                meta=ocp.args.JsonRestore(),
+            ),
+        )
+        return restored["params"], restored["train"], restored["meta"]
+
+    def restore_params(self, step: int, abstract: Any) -> Any:
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract))
+        )
+        return restored["params"]
+
+    def restore_meta(self, step: int) -> dict:
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+        )
+        return restored["meta"]
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def config_to_meta(config: ModelConfig) -> dict:
+    return dataclasses.asdict(config)
+
+
+def config_from_meta(meta: dict) -> ModelConfig:
+    fields = dict(meta)
+    fields["eos_token_ids"] = tuple(fields.get("eos_token_ids") or ())
+    return ModelConfig(**fields)
+
+
+def _resolve(path: str) -> tuple[str, int | None]:
+    """(checkpoints directory, step or None) for a workdir/ckpt dir/step dir."""
+    path = os.path.abspath(path)
+    if os.path.isdir(os.path.join(path, "checkpoints")):
+        return os.path.join(path, "checkpoints"), None
+    base = os.path.basename(path.rstrip("/"))
+    if base.isdigit() and os.path.isdir(path):
+        return os.path.dirname(path), int(base)
+    return path, None
+
+
+def available_steps(workdir: str) -> list[int]:
+    """The steps with a complete checkpoint under a training workdir."""
+    directory, _ = _resolve(workdir)
+    if not os.path.isdir(directory):
+        return []
+    return Checkpointer(directory, async_save=False).steps()
+
+
+def load_params(
+    path: str, step: int | None = None, shardings: Any = None
+) -> tuple[ModelConfig, Any]:
+    """A saved policy: (ModelConfig, params) from a workdir or checkpoint dir.
+
+    Args:
+      path: a training workdir, its `checkpoints/` directory, or one step's
+        directory.
+      step: which step; the latest when None (or the step of a step dir).
+      shardings: optional pytree of shardings for the params; one device
+        otherwise.
+
+    Raises:
+      FileNotFoundError: no checkpoint there, or no such step (the available
+        steps are listed).
+    """
+    directory, step_in_path = _resolve(path)
+    step = step if step is not None else step_in_path
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"no checkpoints under {path}")
+    ckpt = Checkpointer(directory, async_save=False)
+    steps = ckpt.steps()
+    if not steps:
+        raise FileNotFoundError(f"no complete checkpoint under {directory}")
+    step = steps[-1] if step is None else step
+    if step not in steps:
+        raise FileNotFoundError(
+            f"checkpoint step {step} does not exist in {directory}; "
+            f"available steps: {steps}"
+        )
+    config = config_from_meta(ckpt.restore_meta(step)["model_config"])
+    abstract = abstract_params(config)
+    if shardings is None:
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        shardings = jax.tree.map(lambda _: device, abstract)
+    abstract = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        abstract,
+        shardings,
+    )
+    params = ckpt.restore_params(step, abstract)
+    ckpt.close()
+    return config, params

@@ -1,0 +1,183 @@
+"""Metrics: JSONL and TensorBoard files in the workdir, optional W&B, console.
+
+`<workdir>/metrics.jsonl` holds one JSON object per logged step, with a
+`step` key and flat slash-separated names (`reward/mean`, `loss/kl`,
+`train_acc/124`, `eval/math500/acc`, `time/sample_s`, ...). TensorBoard
+events go to `<workdir>/tensorboard` through tensorboardX (no TensorFlow).
+
+The workdir may be local or remote (gs://...): files go through `etils.epath`,
+the I/O layer orbax uses. Object stores cannot append, so for a remote
+workdir the JSONL is rewritten whole at each step (it is small), and the
+TensorBoard events are written to a local directory that is printed.
+
+A resumed run first drops every logged row after the restored step, so the
+files read as if the run had never been interrupted. Only process 0 writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+
+import jax
+from etils import epath
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def is_remote(path) -> bool:
+    return "://" in str(path)
+
+
+def read_jsonl(path) -> list[dict]:
+    """All rows of a metrics file (empty when the file does not exist)."""
+    path = epath.Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    with path.open() as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut by a crash ends the readable log
+    return rows
+
+
+def write_atomic(path, text: str) -> None:
+    """Writes a whole file so that readers never see a partial one."""
+    path = epath.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f"{path.name}.tmp{os.getpid()}"
+    tmp.write_text(text)
+    tmp.replace(path)  # atomic on POSIX; a single object write on gs://
+
+
+def _dump(rows: list[dict]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def _scalar(value):
+    value = float(value)
+    return value if math.isfinite(value) else str(value)
+
+
+class MetricsWriter:
+    """Writes scalar metrics per step to JSONL, TensorBoard and W&B."""
+
+    def __init__(
+        self,
+        workdir: str,
+        *,
+        resume_step: int | None = None,
+        tensorboard: bool = True,
+        wandb_project: str = "",
+        run_config: Mapping | None = None,
+    ):
+        self.enabled = jax.process_index() == 0
+        self.path = epath.Path(workdir) / METRICS_FILE
+        self._remote = is_remote(workdir)
+        self._tb = None
+        self._wandb = None
+        self._file = None
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # A resumed run drops rows past its checkpoint; a fresh one starts empty.
+        keep_until = -1 if resume_step is None else resume_step
+        self._rows = [
+            r for r in read_jsonl(self.path) if r.get("step", -1) <= keep_until
+        ]
+        write_atomic(self.path, _dump(self._rows))
+        if not self._remote:
+            self._file = open(self.path, "a")
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            logdir = str(epath.Path(workdir) / "tensorboard")
+            if self._remote:
+                digest = hashlib.sha1(str(workdir).encode()).hexdigest()[:12]
+                logdir = os.path.join(tempfile.gettempdir(), "rlvr_jax_tb", digest)
+                print(f"TensorBoard events for {workdir} go to {logdir}", flush=True)
+            purge = None if resume_step is None else resume_step + 1
+            self._tb = SummaryWriter(logdir, purge_step=purge)
+        if wandb_project:
+            try:
+                import wandb
+            except ImportError:
+                print("wandb is not installed; W&B logging is off", file=sys.stderr)
+            else:
+                self._wandb = wandb.init(
+                    project=wandb_project,
+                    dir=workdir,
+                    config=dict(run_config or {}),
+                    resume="allow",
+                )
+
+    def write(self, step: int, metrics: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": int(step), **{k: _scalar(v) for k, v in metrics.items()}}
+        self._rows.append(row)
+        if self._file is not None:
+            self._file.write(json.dumps(row) + "\n")
+            self._file.flush()
+        else:
+            write_atomic(self.path, _dump(self._rows))
+        if self._tb is not None:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, float):
+                    self._tb.add_scalar(key, value, step)
+            self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log(row, step=step)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self._file is not None:
+            self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+class Progress:
+    """A one-line console progress display with the key numbers of a step."""
+
+    KEYS = (
+        ("reward/mean", "reward"),
+        ("response_len/mean", "len"),
+        ("loss/entropy", "ent"),
+        ("loss/kl", "kl"),
+        ("grad_norm", "gnorm"),
+        ("time/step_s", "s/step"),
+    )
+
+    def __init__(self, total: int, start: int = 0):
+        self.total, self.start = total, start
+        self._t0 = time.time()
+        self.enabled = jax.process_index() == 0
+
+    def update(self, step: int, metrics: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        done = step - self.start
+        rate = done / max(time.time() - self._t0, 1e-9)
+        eta = (self.total - step) / rate if rate > 0 else float("inf")
+        parts = [f"step {step}/{self.total}"]
+        parts += [
+            f"{short} {float(metrics[k]):.4g}" for k, short in self.KEYS if k in metrics
+        ]
+        parts.append(f"eta {eta / 60:.1f} min" if math.isfinite(eta) else "eta ?")
+        print(" | ".join(parts), flush=True)

@@ -1,0 +1,666 @@
+"""Batched generation: one prefill, then a single jitted `while_loop` decode.
+
+The sampler and the learner share `model.hidden` / `model.head` and the same
+parameter pytree; there is no second inference engine. One call of `sample`
+runs entirely on device:
+
+  1. prefill the left-padded prompt batch into a fixed-size KV cache of
+     `prompt width + max_new_tokens` slots (prompt logits are only taken at the
+     last position, so no [B, T, V] tensor is ever built);
+  2. repeat the cache `n` times along the batch axis (one prefill per prompt,
+     `n` samples each);
+  3. a `jax.lax.while_loop` over fixed-size token / log-prob buffers with a
+     per-row done mask; it stops as soon as every row has emitted an EOS id or
+     `max_new_tokens` tokens exist. No host round trip happens per token.
+
+Axis legend for tensor-name suffixes (extends the one in `model.py`):
+  b  prompt rows                t  prompt positions (left-padded width)
+  r  response rows, r = b * n (prompt-major: row i*n + j is sample j of prompt i)
+  n  generated-token positions (max_new_tokens)
+  v  vocabulary                 k  kept candidates (top-k)
+
+Log-prob convention. `logprobs_rn[i, j]` is the log-probability of the sampled
+token under the *temperature-scaled full-vocabulary* distribution,
+`log_softmax(logits / T)`, in fp32: exactly what GRPO's old log-probs are
+(the learner computes `log_softmax(logits / T)` too). Top-k / top-p only
+restrict which tokens may be drawn; they do not renormalise the returned
+log-prob (with the recipe's top_p=1, top_k=0 the two notions coincide). For
+greedy decoding (temperature 0) the log-prob is `log_softmax(logits)` (T = 1).
+Positions after a row's EOS hold `pad_id` and log-prob 0.
+
+Randomness. Row `r` at decode step `j` draws with the key
+`fold_in(fold_in(key, row_offset + r), j)`: deterministic for a key,
+independent across rows, and independent of how a rollout is split into
+chunks or sharded over devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlvr_jax import model
+
+Params = Any
+
+
+# ---------------------------------------------------------------- settings
+@dataclasses.dataclass(frozen=True)
+class SamplingSettings:
+    """Static sampling hyperparameters (hashable: a jit static argument).
+
+    Attributes:
+      max_new_tokens: size N of the response buffers; generation stops here.
+      temperature: T; 0 means greedy (argmax).
+      top_p: nucleus mass in (0, 1]; 1 disables it.
+      top_k: keep the k most likely tokens; 0 disables it.
+      eos_ids: token ids that end a response (the EOS is included in it).
+        Empty: never stop early.
+      n: samples per prompt.
+      cache_dtype: dtype of the KV cache.
+      pad_id: token written after a row's EOS.
+    """
+
+    max_new_tokens: int
+    temperature: float
+    top_p: float = 1.0
+    top_k: int = 0
+    eos_ids: tuple[int, ...] = ()
+    n: int = 1
+    cache_dtype: str = "bfloat16"
+    pad_id: int = 0
+
+    def __post_init__(self):
+        eos = self.eos_ids
+        if isinstance(eos, (int, np.integer)):
+            eos = (eos,)
+        object.__setattr__(self, "eos_ids", tuple(int(e) for e in eos))
+        _check(
+            isinstance(self.max_new_tokens, (int, np.integer))
+            and self.max_new_tokens > 0,
+            "max_new_tokens",
+            f"must be a positive integer, got {self.max_new_tokens!r}",
+        )
+        _check(
+            math.isfinite(self.temperature) and self.temperature >= 0,
+            "temperature",
+            f"must be >= 0 (0 = greedy), got {self.temperature!r}",
+        )
+        _check(
+            0.0 < self.top_p <= 1.0,
+            "top_p",
+            f"must be in (0, 1], got {self.top_p!r}",
+        )
+        _check(self.top_k >= 0, "top_k", f"must be >= 0, got {self.top_k!r}")
+        _check(self.n >= 1, "n", f"must be >= 1, got {self.n!r}")
+        _check(
+            all(e >= 0 for e in self.eos_ids),
+            "eos_ids",
+            f"must be non-negative token ids, got {self.eos_ids!r}",
+        )
+        try:
+            jnp.dtype(self.cache_dtype)
+        except TypeError as e:
+            raise ValueError(f"cache_dtype: unknown dtype {self.cache_dtype!r}") from e
+
+    def check_against(self, config: model.ModelConfig) -> None:
+        """Raises ValueError if the settings do not fit the model's vocabulary."""
+        bad = [e for e in self.eos_ids if e >= config.vocab_size]
+        _check(
+            not bad,
+            "eos_ids",
+            f"unknown EOS ids {bad}: vocab_size is {config.vocab_size}",
+        )
+        _check(
+            self.top_k <= config.vocab_size,
+            "top_k",
+            f"{self.top_k} exceeds vocab_size {config.vocab_size}",
+        )
+        _check(
+            0 <= self.pad_id < config.vocab_size,
+            "pad_id",
+            f"{self.pad_id} is outside the vocabulary [0, {config.vocab_size})",
+        )
+
+
+def _check(ok: bool, name: str, message: str) -> None:
+    if not ok:
+        raise ValueError(f"{name}: {message}")
+
+
+class Samples(NamedTuple):
+    """Device-side result of `sample` (r = prompts * n rows).
+
+    Attributes:
+      tokens_rn: int32 [R, N] generated tokens, `pad_id` after the EOS.
+      logprobs_rn: fp32 [R, N] log-prob of each token (see module docstring),
+        0 after the EOS.
+      lengths_r: int32 [R] number of generated tokens, EOS included.
+      truncated_r: bool [R] True when the row hit max_new_tokens without EOS.
+      steps: int32 scalar, tokens produced per row by the loop (the prefill's
+        first token included); below N when every row stopped early.
+    """
+
+    tokens_rn: jax.Array
+    logprobs_rn: jax.Array
+    lengths_r: jax.Array
+    truncated_r: jax.Array
+    steps: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Rollout:
+    """Host-side result of `generate` (numpy arrays, prompt-major rows).
+
+    Attributes:
+      tokens: int32 [R, N] with R = len(prompts) * n; row i*n + j is sample j
+        of prompt i; `pad_id` after a row's EOS.
+      logprobs: fp32 [R, N] log-probs under logits / T (0 after the EOS).
+      lengths: int32 [R] response lengths including the EOS token.
+      truncated: bool [R] True when a row stopped at max_new_tokens, not EOS.
+      prompt_index: int32 [R] index into `prompts` of each row.
+    """
+
+    tokens: np.ndarray
+    logprobs: np.ndarray
+    lengths: np.ndarray
+    truncated: np.ndarray
+    prompt_index: np.ndarray
+
+    @property
+    def finish_reason(self) -> list[str]:
+        """Per row "stop" (ended on an EOS id) or "length" (truncated)."""
+        return ["length" if t else "stop" for t in self.truncated]
+
+
+# ------------------------------------------------------------------ prompts
+def bucket_width(length: int, buckets: Sequence[int] | None = None) -> int:
+    """The padded prompt width for a longest prompt of `length` tokens.
+
+    With `buckets`, the smallest bucket that fits; otherwise the next power of
+    two (at least 16), so a training run compiles `sample` for a handful of
+    widths only.
+    """
+    if buckets is None:
+        return max(16, 1 << (length - 1).bit_length())
+    fitting = [b for b in sorted(buckets) if b >= length]
+    _check(
+        bool(fitting),
+        "prompts",
+        f"the longest prompt has {length} tokens, more than the largest "
+        f"bucket {max(buckets)}",
+    )
+    return fitting[0]
+
+
+def pad_prompts(
+    prompts: Sequence[Sequence[int]],
+    buckets: Sequence[int] | None = None,
+    pad_id: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pads token lists to a bucketed width.
+
+    Args:
+      prompts: B non-empty lists of token ids.
+      buckets: allowed widths (see `bucket_width`).
+      pad_id: filler token (masked out; its value never matters).
+
+    Returns:
+      (tokens_bt int32, mask_bt bool), mask True on real tokens. Left padding
+      puts every row's last prompt token in the last column.
+    """
+    _check(len(prompts) > 0, "prompts", "is empty")
+    for i, p in enumerate(prompts):
+        _check(len(p) > 0, "prompts", f"prompts[{i}] is empty")
+    width = bucket_width(max(len(p) for p in prompts), buckets)
+    tokens_bt = np.full((len(prompts), width), pad_id, np.int32)
+    mask_bt = np.zeros((len(prompts), width), bool)
+    for i, p in enumerate(prompts):
+        tokens_bt[i, width - len(p) :] = p
+        mask_bt[i, width - len(p) :] = True
+    return tokens_bt, mask_bt
+
+
+# ------------------------------------------------------------- token choice
+def _truncate(scaled_rv: jax.Array, top_k: int, top_p: float) -> jax.Array:
+    """Sets logits outside the top-k / top-p set to -inf (HF/vLLM order).
+
+    Top-k is applied first, then top-p on the renormalised top-k set. A token
+    tied with the last kept one is kept too (as in `transformers`).
+    """
+    if top_k == 0 and top_p >= 1.0:
+        return scaled_rv
+    if top_k > 0:
+        sorted_rk = jax.lax.top_k(scaled_rv, top_k)[0]  # descending
+    else:
+        # A full-vocabulary sort per step: costly, only paid when top_p < 1.
+        sorted_rk = -jnp.sort(-scaled_rv, axis=-1)
+    if top_p < 1.0:
+        probs_rk = jax.nn.softmax(sorted_rk, axis=-1)
+        mass_before_rk = jnp.cumsum(probs_rk, axis=-1) - probs_rk
+        # The most likely token always has 0 mass before it, so it stays.
+        keep_rk = mass_before_rk < top_p
+        cutoff_r = jnp.min(jnp.where(keep_rk, sorted_rk, jnp.inf), axis=-1)
+    else:
+        cutoff_r = sorted_rk[:, -1]
+    return jnp.where(scaled_rv >= cutoff_r[:, None], scaled_rv, -jnp.inf)
+
+
+def _choose(
+    logits_rv: jax.Array, keys_r: jax.Array, settings: SamplingSettings
+) -> tuple[jax.Array, jax.Array]:
+    """Picks one token per row; returns (tokens_r int32, logprobs_r fp32)."""
+    logits_rv = logits_rv.astype(jnp.float32)
+    if settings.temperature == 0:
+        tokens_r = jnp.argmax(logits_rv, axis=-1).astype(jnp.int32)
+        scaled_rv = logits_rv
+    else:
+        scaled_rv = logits_rv / settings.temperature
+        allowed_rv = _truncate(scaled_rv, settings.top_k, settings.top_p)
+        tokens_r = jax.vmap(jax.random.categorical)(keys_r, allowed_rv)
+        tokens_r = tokens_r.astype(jnp.int32)
+    # log_softmax at one index without materialising a second [R, V] array.
+    picked_r = jnp.take_along_axis(scaled_rv, tokens_r[:, None], axis=-1)[:, 0]
+    return tokens_r, picked_r - jax.nn.logsumexp(scaled_rv, axis=-1)
+
+
+def _is_eos(tokens_r: jax.Array, eos_ids: tuple[int, ...]) -> jax.Array:
+    if not eos_ids:
+        return jnp.zeros(tokens_r.shape, bool)
+    return jnp.any(tokens_r[:, None] == jnp.asarray(eos_ids, jnp.int32), axis=-1)
+
+
+# ------------------------------------------------------------------- decode
+def decode_params(config: model.ModelConfig, params: Params) -> Params:
+    """Casts matmul weights to the compute dtype once, ahead of the loop.
+
+    The model casts each fp32 weight to `config.dtype` at every use; inside a
+    decode loop that would re-read the fp32 master weights (twice the bytes)
+    and write a bf16 copy on every token. Casting here gives bit-identical
+    results: norm scales, which the model reads in fp32, are left alone.
+    """
+    compute = jnp.dtype(config.dtype)
+
+    def cast(path, x):
+        if path[-1] == jax.tree_util.DictKey("scale"):
+            return x
+        if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != compute:
+            return x.astype(compute)
+        return x
+
+    return jax.tree_util.tree_map_with_path(cast, params)
+
+
+class _LayerCaches(NamedTuple):
+    """The decode-time KV cache: one [R, S, K, H] buffer per layer and kind.
+
+    Separate buffers (rather than `model.KVCache`'s stacked [L, ...] arrays
+    sliced inside a layer scan) let XLA write each new key/value in place in
+    the loop carry and let attention read a layer's buffer directly, so a
+    decode step touches the cache once instead of copying it.
+    """
+
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
+
+
+class _LoopState(NamedTuple):
+    step: jax.Array  # tokens produced so far (the next one goes here)
+    last_r: jax.Array  # token fed to the model this step
+    tokens_rn: jax.Array
+    logprobs_rn: jax.Array
+    lengths_r: jax.Array
+    done_r: jax.Array
+    caches: _LayerCaches
+
+
+def _record(state: _LoopState, tokens_r, logprobs_r, settings) -> _LoopState:
+    """Writes step `state.step`'s tokens into the buffers and updates `done`."""
+    live_r = ~state.done_r
+    tokens_r = jnp.where(live_r, tokens_r, settings.pad_id)
+    logprobs_r = jnp.where(live_r, logprobs_r, 0.0)
+    step = state.step
+    return state._replace(
+        step=step + 1,
+        last_r=tokens_r,
+        tokens_rn=jax.lax.dynamic_update_slice(
+            state.tokens_rn, tokens_r[:, None], (0, step)
+        ),
+        logprobs_rn=jax.lax.dynamic_update_slice(
+            state.logprobs_rn, logprobs_r[:, None], (0, step)
+        ),
+        lengths_r=jnp.where(live_r, step + 1, state.lengths_r),
+        done_r=state.done_r | (live_r & _is_eos(tokens_r, settings.eos_ids)),
+    )
+
+
+def _step_keys(row_keys_r: jax.Array, step: jax.Array) -> jax.Array:
+    return jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys_r, step)
+
+
+def _embed(module: model.Qwen2, tokens_bt):
+    return module.embed(tokens_bt)
+
+
+def _final_norm(module: model.Qwen2, x_btd):
+    return module.final_norm(x_btd)
+
+
+def _decode_logits(
+    config, params, layer_params, caches, valid_rs, tokens_r, pos_r, slot
+):
+    """One token per row through the decoder; returns (logits_rv, caches).
+
+    The same modules as `model.Qwen2.__call__` (embedding, `DecoderLayer`,
+    final norm, head) applied layer by layer to per-layer weights and caches
+    instead of scanned over stacked ones; `tests/test_sampler.py` checks the
+    result against a teacher-forced `model.forward`.
+    """
+    x_r1d = model.Qwen2(config).apply(
+        {"params": params}, tokens_r[:, None], method=_embed
+    )
+    sin_r1h, cos_r1h = model.rope_tables(
+        pos_r[:, None], config.head_dim, config.rope_theta
+    )
+    new_k, new_v = [], []
+    for layer in range(config.n_layers):
+        x_r1d, (k_rskh, v_rskh) = model.DecoderLayer(config).apply(
+            {"params": layer_params[layer]},
+            x_r1d,
+            (caches.k[layer], caches.v[layer]),
+            sin_r1h,
+            cos_r1h,
+            valid_rs,
+            slot[None],
+            slot,
+        )
+        new_k.append(k_rskh)
+        new_v.append(v_rskh)
+    x_r1d = model.Qwen2(config).apply({"params": params}, x_r1d, method=_final_norm)
+    logits_rv = model.head(config, params, x_r1d)[:, 0]
+    return logits_rv, _LayerCaches(tuple(new_k), tuple(new_v))
+
+
+def _decode_loop(config, params, state, row_keys_r, prompt_len_r, valid_rs, settings):
+    """Runs the while_loop from a state whose first token is recorded.
+
+    Args:
+      config, params: the model (params already cast by `decode_params`).
+      state: `_LoopState` after step 0.
+      row_keys_r: per-row base keys.
+      prompt_len_r: int32 [R] real prompt tokens per row.
+      valid_rs: bool [R, S] cache slots holding real tokens (the prompt mask,
+        then every response slot; causality hides slots not yet written).
+      settings: `SamplingSettings`.
+    """
+    # Per-layer slices of the stacked weights, taken once outside the loop so
+    # that no step slices (and, on some backends, copies) a layer's weights.
+    # Costs one extra copy of the layer weights in the compute dtype.
+    layer_params = tuple(
+        jax.tree.map(lambda w, i=i: w[i], params["layers"])
+        for i in range(config.n_layers)
+    )
+    prompt_width = valid_rs.shape[1] - settings.max_new_tokens
+
+    def cond(state: _LoopState):
+        return (state.step < settings.max_new_tokens) & ~jnp.all(state.done_r)
+
+    def body(state: _LoopState):
+        # The token recorded at step j-1 has RoPE position prompt_len + j - 1
+        # and goes to cache slot prompt_width + j - 1.
+        logits_rv, caches = _decode_logits(
+            config,
+            params,
+            layer_params,
+            state.caches,
+            valid_rs,
+            state.last_r,
+            prompt_len_r + state.step - 1,
+            prompt_width + state.step - 1,
+        )
+        tokens_r, logprobs_r = _choose(
+            logits_rv, _step_keys(row_keys_r, state.step), settings
+        )
+        return _record(state._replace(caches=caches), tokens_r, logprobs_r, settings)
+
+    return jax.lax.while_loop(cond, body, state)
+
+
+def _repeat_rows(x, n: int, axis: int):
+    return x if n == 1 else jnp.repeat(x, n, axis=axis)
+
+
+def _sample(
+    config, params, prompt_tokens_bt, prompt_mask_bt, key, row_offset, settings
+):
+    b, t = prompt_tokens_bt.shape
+    n, new = settings.n, settings.max_new_tokens
+    params = decode_params(config, params)
+    prompt_mask_bt = prompt_mask_bt.astype(bool)
+
+    # ---- prefill: once per prompt, through the learner's own forward; the
+    # logits are only taken at the last (real) position.
+    cache = model.init_cache(config, b, t, settings.cache_dtype)
+    x_btd, cache = model.hidden(
+        config,
+        params,
+        prompt_tokens_bt,
+        model.positions_from_mask(prompt_mask_bt),
+        prompt_mask_bt,
+        cache,
+    )
+    logits_bv = model.head(config, params, x_btd[:, -1:])[:, 0]
+
+    # ---- per-layer caches of prompt + response slots, repeated n times so
+    # the n samples of a prompt share its prefill.
+    def grow(c_bskh):
+        c_bskh = jnp.pad(c_bskh, ((0, 0), (0, new), (0, 0), (0, 0)))
+        return _repeat_rows(c_bskh, n, axis=0)
+
+    caches = _LayerCaches(
+        k=tuple(grow(cache.k_lbskh[i]) for i in range(config.n_layers)),
+        v=tuple(grow(cache.v_lbskh[i]) for i in range(config.n_layers)),
+    )
+    valid_bs = jnp.concatenate([prompt_mask_bt, jnp.ones((b, new), bool)], axis=1)
+    valid_rs = _repeat_rows(valid_bs, n, axis=0)
+    logits_rv = _repeat_rows(logits_bv, n, axis=0)
+    prompt_len_r = _repeat_rows(prompt_mask_bt.sum(-1, dtype=jnp.int32), n, axis=0)
+    r = b * n
+    rows_r = row_offset + jnp.arange(r, dtype=jnp.int32)
+    row_keys_r = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, rows_r)
+
+    # ---- first token from the prefill logits, then the decode loop.
+    state = _LoopState(
+        step=jnp.zeros((), jnp.int32),
+        last_r=jnp.zeros((r,), jnp.int32),
+        tokens_rn=jnp.full((r, new), settings.pad_id, jnp.int32),
+        logprobs_rn=jnp.zeros((r, new), jnp.float32),
+        lengths_r=jnp.zeros((r,), jnp.int32),
+        done_r=jnp.zeros((r,), bool),
+        caches=caches,
+    )
+    tokens_r, logprobs_r = _choose(
+        logits_rv, _step_keys(row_keys_r, state.step), settings
+    )
+    state = _record(state, tokens_r, logprobs_r, settings)
+    state = _decode_loop(
+        config, params, state, row_keys_r, prompt_len_r, valid_rs, settings
+    )
+    return Samples(
+        tokens_rn=state.tokens_rn,
+        logprobs_rn=state.logprobs_rn,
+        lengths_r=state.lengths_r,
+        truncated_r=~state.done_r,
+        steps=state.step,
+    )
+
+
+_sample_jit = jax.jit(_sample, static_argnames=("config", "settings"))
+
+
+def sample(
+    config: model.ModelConfig,
+    params: Params,
+    prompt_tokens_bt: jax.Array,
+    prompt_mask_bt: jax.Array,
+    key: jax.Array,
+    row_offset: int | jax.Array = 0,
+    *,
+    settings: SamplingSettings,
+) -> Samples:
+    """Jitted prefill + decode of one left-padded prompt batch.
+
+    Compiles once per (config, settings, batch shape, prompt width); call it
+    with `pad_prompts` output so widths fall into a few buckets. Inputs may be
+    sharded (e.g. params over an `fsdp` mesh axis, prompts over `data`); the
+    result is the same as on one device.
+
+    Args:
+      config: the architecture (static).
+      params: the parameter pytree (fp32 master weights or already cast).
+      prompt_tokens_bt: int [B, T] left-padded prompt tokens.
+      prompt_mask_bt: bool [B, T], True on real tokens; every row needs one.
+      key: a `jax.random.key` (or raw uint32 key); unused when greedy.
+      row_offset: index of this batch's first response row in the whole
+        rollout (traced: changing it does not recompile). Row keys derive from
+        it, so chunked and unchunked rollouts draw the same tokens.
+      settings: static `SamplingSettings`.
+
+    Returns:
+      `Samples` with R = B * settings.n prompt-major rows.
+    """
+    return _sample_jit(
+        config,
+        params,
+        prompt_tokens_bt,
+        prompt_mask_bt,
+        key,
+        jnp.asarray(row_offset, jnp.int32),
+        settings=settings,
+    )
+
+
+# ----------------------------------------------------------------- generate
+def _check_prompts(config, prompts, max_new_tokens) -> None:
+    _check(len(prompts) > 0, "prompts", "is empty")
+    limit = config.max_seq_len - max_new_tokens
+    for i, p in enumerate(prompts):
+        _check(len(p) > 0, "prompts", f"prompts[{i}] is empty")
+        _check(
+            len(p) <= limit,
+            "prompts",
+            f"prompts[{i}] has {len(p)} tokens; with max_new_tokens="
+            f"{max_new_tokens} the context max_seq_len={config.max_seq_len} "
+            f"allows at most {limit}",
+        )
+        ids = np.asarray(p)
+        _check(
+            np.issubdtype(ids.dtype, np.integer)
+            and ids.min() >= 0
+            and ids.max() < config.vocab_size,
+            "prompts",
+            f"prompts[{i}] holds ids outside [0, {config.vocab_size})",
+        )
+
+
+def generate(
+    config: model.ModelConfig,
+    params: Params,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    eos_ids: int | Sequence[int],
+    seed: int,
+    n: int = 1,
+    chunk_size: int | None = None,
+    cache_dtype: str = "bfloat16",
+    pad_id: int = 0,
+    buckets: Sequence[int] | None = None,
+    batch_sharding: jax.sharding.Sharding | None = None,
+) -> Rollout:
+    """Samples `n` responses per prompt; the convenience entry point.
+
+    Args:
+      config: the architecture.
+      params: the parameter pytree.
+      prompts: token-id lists (any lengths; left-padded to a bucket width).
+      max_new_tokens: response buffer length N.
+      temperature: T (0 = greedy).
+      top_p: nucleus mass in (0, 1].
+      top_k: 0 disables.
+      eos_ids: stop token id(s); empty disables stopping.
+      seed: the sampling seed.
+      n: samples per prompt.
+      chunk_size: prompts per `sample` call (bounds the KV cache, which holds
+        chunk_size * n rows); None = all at once. The last chunk is padded
+        with dummy rows so every call has the same shape (one compilation).
+      cache_dtype: KV-cache dtype.
+      pad_id: token written after EOS.
+      buckets: prompt widths (see `bucket_width`).
+      batch_sharding: optional sharding for the [B, T] prompt arrays (e.g.
+        NamedSharding(mesh, P("data"))); chunk_size must then divide evenly.
+
+    Returns:
+      A `Rollout` with len(prompts) * n prompt-major rows.
+
+    Raises:
+      ValueError: naming the bad argument (empty prompt, prompt too long for
+        the context, max_new_tokens <= 0, unknown EOS id, top_p outside
+        (0, 1], ...).
+    """
+    settings = SamplingSettings(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        eos_ids=eos_ids,
+        n=n,
+        cache_dtype=cache_dtype,
+        pad_id=pad_id,
+    )
+    settings.check_against(config)
+    _check_prompts(config, prompts, max_new_tokens)
+    tokens_bt, mask_bt = pad_prompts(prompts, buckets, pad_id)
+    b = len(prompts)
+    chunk = b if chunk_size is None else chunk_size
+    _check(chunk >= 1, "chunk_size", f"must be >= 1, got {chunk_size!r}")
+    n_chunks = -(-b // chunk)
+    fill = n_chunks * chunk - b
+    if fill:
+        # Dummy rows (copies of prompt 0) keep every call the same shape.
+        tokens_bt = np.concatenate([tokens_bt, np.repeat(tokens_bt[:1], fill, 0)])
+        mask_bt = np.concatenate([mask_bt, np.repeat(mask_bt[:1], fill, 0)])
+    key = jax.random.key(seed)
+    outputs = []
+    for c in range(n_chunks):
+        rows = slice(c * chunk, (c + 1) * chunk)
+        toks, mask = tokens_bt[rows], mask_bt[rows]
+        if batch_sharding is not None:
+            toks = jax.device_put(toks, batch_sharding)
+            mask = jax.device_put(mask, batch_sharding)
+        # Dispatch is asynchronous: chunks queue up without host syncs.
+        outputs.append(
+            sample(config, params, toks, mask, key, c * chunk * n, settings=settings)
+        )
+    host = jax.device_get(outputs)
+    r = b * n
+
+    def cat(field):
+        return np.concatenate([getattr(o, field) for o in host])[:r]
+
+    return Rollout(
+        tokens=cat("tokens_rn").astype(np.int32),
+        logprobs=cat("logprobs_rn").astype(np.float32),
+        lengths=cat("lengths_r").astype(np.int32),
+        truncated=cat("truncated_r").astype(bool),
+        prompt_index=np.repeat(np.arange(b, dtype=np.int32), n),
+    )

@@ -1,0 +1,165 @@
+"""TensorFlow Datasets builders for the evaluation benchmarks (no TensorFlow).
+
+One builder, `rlvr_eval_math`, with a config per registered benchmark
+(`rlvr_eval_math/math500`, `rlvr_eval_math/aime24`, ...). It prepares the
+single `test` split in the array_record format, which `tensorflow-datasets`
+writes and reads without TensorFlow, from:
+
+  - a local directory of the standard jsonl files (`<dir>/<name>/test.jsonl`,
+    e.g. the evaluation harness's `data` folder), passed as TFDS's manual
+    directory; or
+  - the benchmark's public source URL when no local directory is given
+    (needs a network).
+
+Each example stores the problem text and gold answer as `rlvr_jax.benchmarks`
+reads them, plus the raw row as JSON so nothing from the source is lost.
+Records keep file order (shuffling is disabled): row i of the split is line i
+of the source.
+
+    from rlvr_jax import tfds_builders
+    rows = tfds_builders.read("aime24", data_dir="~/tfds", source_dir="data/eval")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from rlvr_jax import benchmarks
+
+_FILE_FORMAT = "array_record"
+
+
+class RlvrEvalMath(tfds.core.GeneratorBasedBuilder):
+    """The paper's math benchmarks, one builder config per benchmark."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Problem, gold answer and raw row per example."}
+    BUILDER_CONFIGS = [
+        tfds.core.BuilderConfig(name=b.name, description=f"{b.title} test split")
+        for b in benchmarks.REGISTRY.values()
+    ]
+    # Setting instructions enables `dl_manager.manual_dir` (the local source).
+    MANUAL_DOWNLOAD_INSTRUCTIONS = (
+        "Pass a directory holding <benchmark>/test.jsonl (the Qwen2.5-Math "
+        "evaluation data layout) as download_config.manual_dir."
+    )
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description="Math evaluation problems with gold answers.",
+            features=tfds.features.FeaturesDict(
+                {
+                    "index": np.int64,
+                    "problem": tfds.features.Text(),
+                    "gold": tfds.features.Text(),
+                    "row": tfds.features.Text(),
+                }
+            ),
+            # Row i must stay line i of the source: generations are audited
+            # against it, and replicated files are grouped by it.
+            disable_shuffling=True,
+        )
+
+    def _source_file(self, dl_manager) -> str:
+        benchmark = benchmarks.get(self.builder_config.name)
+        try:
+            manual = os.fspath(dl_manager.manual_dir)
+        except AssertionError:  # raised by TFDS when no manual dir exists
+            manual = None
+        if manual is not None:
+            return benchmarks.standard_path(manual, benchmark.name)
+        if benchmark.url is None:
+            raise benchmarks.BenchmarkError(
+                f"benchmark {benchmark.name!r} has no public source URL; prepare it "
+                "from a local directory of <name>/test.jsonl files"
+            )
+        try:
+            return os.fspath(dl_manager.download(benchmark.url))
+        except Exception as e:  # noqa: BLE001 - any failure: no usable source
+            raise benchmarks.BenchmarkError(
+                f"could not download {benchmark.url} ({type(e).__name__}: {e}); "
+                "without a network, prepare from a local directory of "
+                "<name>/test.jsonl files (source_dir / --config.data.dir)"
+            ) from e
+
+    def _split_generators(self, dl_manager):
+        return {"test": self._generate_examples(self._source_file(dl_manager))}
+
+    def _generate_examples(self, path: str):
+        benchmark = benchmarks.get(self.builder_config.name)
+        for i, (row, where) in enumerate(benchmarks.read_jsonl(path)):
+            problem, gold = benchmarks.parse_row(benchmark, row, where)
+            yield (
+                i,
+                {
+                    "index": i,
+                    "problem": problem,
+                    "gold": gold,
+                    "row": json.dumps(row, ensure_ascii=False, sort_keys=True),
+                },
+            )
+
+
+def builder(name: str, data_dir: str | None = None) -> RlvrEvalMath:
+    """The array_record builder of benchmark `name` (not yet prepared)."""
+    benchmarks.get(name)  # a clear error for an unknown name
+    return RlvrEvalMath(
+        config=name,
+        data_dir=os.path.expanduser(data_dir) if data_dir else None,
+        file_format=_FILE_FORMAT,
+    )
+
+
+def prepare(
+    name: str, data_dir: str | None = None, source_dir: str | None = None
+) -> RlvrEvalMath:
+    """Prepares benchmark `name` once (a no-op when already prepared).
+
+    Args:
+      name: a registered benchmark.
+      data_dir: TFDS data directory (None: TFDS's default).
+      source_dir: a local directory of standard jsonl files; None downloads the
+        public source.
+
+    Raises:
+      BenchmarkError: a missing source file or a malformed row, by file/line.
+    """
+    b = builder(name, data_dir)
+    if source_dir is not None:
+        path = benchmarks.standard_path(source_dir, name)
+        if not os.path.isfile(path):
+            raise benchmarks.BenchmarkError(f"benchmark file not found: {path}")
+    config = tfds.download.DownloadConfig(
+        manual_dir=os.path.expanduser(source_dir) if source_dir else None
+    )
+    b.download_and_prepare(download_config=config)
+    return b
+
+
+def read(
+    name: str, data_dir: str | None = None, source_dir: str | None = None
+) -> list[dict]:
+    """All examples of benchmark `name`, in source order, as plain dicts.
+
+    Each dict has `index` (int), `problem`, `gold` and `row` (str; the raw row
+    as JSON). Prepares the dataset first when needed.
+    """
+    source = prepare(name, data_dir, source_dir).as_data_source(split="test")
+
+    def text(x) -> str:
+        return x.decode("utf-8") if isinstance(x, bytes) else str(x)
+
+    return [
+        {
+            "index": int(ex["index"]),
+            "problem": text(ex["problem"]),
+            "gold": text(ex["gold"]),
+            "row": text(ex["row"]),
+        }
+        for ex in (source[i] for i in range(len(source)))
+    ]

@@ -1,0 +1,650 @@
+"""The GRPO training loop, top to bottom. The only reader of the experiment config.
+
+    mesh → tokenizer/model/initial params → data → optimizer/learner → restore
+    → loop { sample → decode → score → advantages → update → log → eval → save }
+
+Per step t (0-based, t updates already applied): the policy samples `n`
+responses to each of `batch_size` prompts (each prompt row is its own GRPO
+group), the reward pool scores them, `grpo.train_step` applies one AdamW
+update on the whole batch (one mini-batch, one epoch: on-policy), and the step
+is logged as t + 1. Evaluation and checkpoints happen at multiples of their
+intervals, including step 0 (before the first update).
+
+Everything random derives from `config.seed`: the data order (numpy, seeded
+per epoch) and the sampling keys (`fold_in(key(seed), t)`), so a run resumed
+from a checkpoint replays exactly the batches and samples it would have drawn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import tempfile
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from etils import epath
+from ml_collections import config_dict
+
+from rlvr_jax import checkpoint as ckpt_lib
+from rlvr_jax import data as data_lib
+from rlvr_jax import grpo
+from rlvr_jax import metrics as metrics_lib
+from rlvr_jax import model as model_lib
+from rlvr_jax import optimizer as optimizer_lib
+from rlvr_jax import params as params_lib
+from rlvr_jax import reward as reward_lib
+from rlvr_jax import sampler as sampler_lib
+from rlvr_jax import sharding as sharding_lib
+from rlvr_jax import tokenizer as tokenizer_lib
+
+HISTORY_FILE = "accuracy_history.json"
+
+
+class Preempted(Exception):
+    """Raised after a SIGTERM-triggered checkpoint, to exit cleanly."""
+
+
+# --------------------------------------------------------------- model source
+def resolve_model_path(path: str) -> str:
+    """A local HF directory for `model.path` (a directory or a cached hub id)."""
+    if os.path.isdir(path):
+        return path
+    if path.count("/") == 1 and not path.startswith((".", "/")):
+        try:
+            from huggingface_hub import snapshot_download
+
+            return snapshot_download(path, local_files_only=True)
+        except Exception:  # noqa: BLE001 - any miss means "not cached"
+            pass
+    raise FileNotFoundError(
+        f"model.path={path!r} is neither a local directory nor a hub id in the "
+        "local Hugging Face cache. Fetch it on a machine with network access "
+        f"with `huggingface-cli download {path}` (or `hf download {path} "
+        "--local-dir DIR` and pass --config.model.path=DIR)."
+    )
+
+
+def _tokenizer_and_model_config(config) -> tuple[Any, model_lib.ModelConfig, str]:
+    """(tokenizer, ModelConfig, HF dir or "") from the model section."""
+    m = config.model
+    overrides = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat)
+    if m.preset:
+        if m.preset != "tiny":
+            raise ValueError(f"unknown model.preset {m.preset!r} (known: 'tiny')")
+        tok = tokenizer_lib.build_tiny()
+        model_config = model_lib.ModelConfig.tiny(
+            vocab_size=len(tok), eos_token_ids=tokenizer_lib.stop_token_ids(tok)
+        ).replace(**overrides)
+        return tok, model_config, ""
+    path = resolve_model_path(m.path)
+    tok = tokenizer_lib.load(path)
+    model_config = params_lib.read_config(path, **overrides)
+    eos = tuple(
+        dict.fromkeys(model_config.eos_token_ids + tokenizer_lib.stop_token_ids(tok))
+    )
+    return tok, model_config.replace(eos_token_ids=eos), path
+
+
+def _initial_params(config, model_config, hf_path, shardings):
+    """The weights the run starts from (also the KL reference); see checkpoint.py."""
+    if config.checkpoint.resume_from:
+        try:
+            saved_config, params = ckpt_lib.load_params(
+                config.checkpoint.resume_from, shardings=shardings
+            )
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # noqa: BLE001 - orbax raises many kinds
+            raise ValueError(
+                f"checkpoint.resume_from={config.checkpoint.resume_from!r} is "
+                f"unreadable ({e!r})"
+            ) from e
+        if _architecture(saved_config) != _architecture(model_config):
+            raise ValueError(
+                f"checkpoint.resume_from={config.checkpoint.resume_from!r} holds a "
+                f"different architecture: {saved_config}"
+            )
+        return params
+    if hf_path:
+        _, params = params_lib.load_hf(
+            hf_path,
+            jnp.dtype(model_config.param_dtype),
+            compute_dtype=model_config.dtype,
+            shardings=shardings,
+            remat=model_config.remat,
+        )
+        return params
+    init = lambda key: model_lib.init_params(model_config, key)
+    return jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
+
+
+def _architecture(c: model_lib.ModelConfig) -> model_lib.ModelConfig:
+    """The config with run-time choices (dtypes, remat, stop tokens) blanked."""
+    return c.replace(
+        dtype="float32", param_dtype="float32", remat=False, eos_token_ids=()
+    )
+
+
+# ---------------------------------------------------------------------- data
+def _train_examples(config) -> list[data_lib.Example]:
+    d = config.data
+    if d.train_path:
+        examples = data_lib.load_examples(d.train_path)
+        if d.indices:
+            examples = data_lib.select(examples, list(d.indices))
+    else:
+        examples = data_lib.builtin_task()
+    if d.replicate:
+        examples = data_lib.replicate(examples, d.replicate)
+    return examples
+
+
+def _eval_examples(config) -> list[data_lib.Example]:
+    if not config.eval.path:
+        return []
+    if config.eval.path == "builtin":
+        examples = data_lib.builtin_task()
+    else:
+        examples = data_lib.load_examples(config.eval.path)
+    if config.eval.max_examples:
+        examples = examples[: config.eval.max_examples]
+    return examples
+
+
+def _eval_name(path: str) -> str:
+    if path == "builtin":
+        return "builtin"
+    parent = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    return parent or os.path.splitext(os.path.basename(path))[0]
+
+
+# ------------------------------------------------------------------- rollout
+def _bucket(length: int, limit: int) -> int:
+    """Response columns the learner trains on: next power of two ≥ length."""
+    return min(limit, max(8, 1 << max(0, length - 1).bit_length()))
+
+
+def rollout(
+    model_config, params, prompts, settings, key, *, buckets, chunk_rows, mesh
+) -> dict[str, np.ndarray]:
+    """Samples `settings.n` responses per prompt, in chunks of prompts.
+
+    Returns host arrays: prompt tokens/mask [R, W] (repeated per sample),
+    response tokens/logprobs [R, N], lengths [R], truncated [R].
+    """
+    tokens_bt, mask_bt = sampler_lib.pad_prompts(prompts, buckets)
+    n = settings.n
+    per_chunk = max(1, chunk_rows // n)
+    divisor = sharding_lib.batch_divisor(mesh)
+    parts = []
+    for start in range(0, len(prompts), per_chunk):
+        chunk_t = tokens_bt[start : start + per_chunk]
+        chunk_m = mask_bt[start : start + per_chunk]
+        rows = len(chunk_t)
+        pad = -rows % divisor  # the prompt batch must split over the mesh
+        if pad:
+            chunk_t = np.concatenate([chunk_t, np.repeat(chunk_t[-1:], pad, 0)])
+            chunk_m = np.concatenate([chunk_m, np.repeat(chunk_m[-1:], pad, 0)])
+        placed = sharding_lib.shard_batch(mesh, {"t": chunk_t, "m": chunk_m})
+        out = sampler_lib.sample(
+            model_config,
+            params,
+            placed["t"],
+            placed["m"],
+            key,
+            start * n,
+            settings=settings,
+        )
+        out = jax.device_get(out)
+        keep = rows * n
+        parts.append(
+            {
+                "tokens": out.tokens_rn[:keep],
+                "logprobs": out.logprobs_rn[:keep],
+                "lengths": out.lengths_r[:keep],
+                "truncated": out.truncated_r[:keep],
+            }
+        )
+    result = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    result["prompt_tokens"] = np.repeat(tokens_bt, n, axis=0)
+    result["prompt_mask"] = np.repeat(mask_bt, n, axis=0)
+    return result
+
+
+def learner_batch(roll: dict[str, np.ndarray], advantages_r: np.ndarray, limit: int):
+    """The learner's prompt+response batch (alignment: see grpo's docstring).
+
+    Response columns are cut to a power-of-two bucket of the longest
+    response, so short rollouts train on short sequences without compiling a
+    new shape per step.
+    """
+    lengths = roll["lengths"]
+    width = _bucket(int(lengths.max()), limit)
+    resp_valid = np.arange(width)[None, :] < lengths[:, None]
+    tokens = np.concatenate([roll["prompt_tokens"], roll["tokens"][:, :width]], axis=1)
+    mask = np.concatenate([roll["prompt_mask"], resp_valid], axis=1)
+    loss_mask = np.concatenate([np.zeros_like(roll["prompt_mask"]), resp_valid], axis=1)
+    old_logp = np.concatenate(
+        [np.zeros(roll["prompt_mask"].shape, np.float32), roll["logprobs"][:, :width]],
+        axis=1,
+    )
+    return {
+        "tokens": tokens.astype(np.int32),
+        "mask": mask,
+        "loss_mask": loss_mask,
+        "advantages": advantages_r.astype(np.float32),
+        "old_logp": np.where(loss_mask, old_logp, 0.0).astype(np.float32),
+    }
+
+
+# ------------------------------------------------------------------- metrics
+def _rollout_metrics(roll, rewards, examples, n, history) -> dict[str, float]:
+    lengths = roll["lengths"]
+    out = {
+        "reward/mean": float(np.mean(rewards)),
+        "reward/std": float(np.std(rewards)),
+        "response_len/mean": float(lengths.mean()),
+        "response_len/min": float(lengths.min()),
+        "response_len/max": float(lengths.max()),
+        "response_len/truncated_frac": float(roll["truncated"].mean()),
+    }
+    # Accuracy per distinct example this step, appended to its history (the
+    # historical-variance selection reads one value per time it was sampled).
+    per_example: dict[int, list[float]] = {}
+    for i, ex in enumerate(examples):
+        per_example.setdefault(ex.index, []).extend(rewards[i * n : (i + 1) * n])
+    for index, values in per_example.items():
+        acc = float(np.mean(values))
+        out[f"train_acc/{index}"] = acc
+        history.setdefault(str(index), []).append(acc)
+    return out
+
+
+def _write_history(workdir: str, history: dict) -> None:
+    if jax.process_index() == 0:
+        metrics_lib.write_atomic(
+            epath.Path(workdir) / HISTORY_FILE, json.dumps(history)
+        )
+
+
+# ---------------------------------------------------------------- validation
+def validate(config, model_config: model_lib.ModelConfig, mesh) -> None:
+    """Config checks that must pass before anything touches the workdir."""
+    t, r, d = config.train, config.rollout, config.data
+    responses = t.batch_size * r.n
+    divisor = sharding_lib.batch_divisor(mesh)
+    if t.batch_size <= 0 or r.n <= 0:
+        raise ValueError("train.batch_size and rollout.n must be positive")
+    if responses % divisor:
+        raise ValueError(
+            f"train.batch_size × rollout.n = {responses} responses do not split "
+            f"over the mesh's data×fsdp = {divisor} devices"
+        )
+    if responses % t.micro_batch_size:
+        raise ValueError(
+            f"train.micro_batch_size={t.micro_batch_size} does not divide the "
+            f"{responses} responses of a step"
+        )
+    if t.micro_batch_size % divisor:
+        raise ValueError(
+            f"train.micro_batch_size={t.micro_batch_size} does not split over "
+            f"data×fsdp = {divisor} devices"
+        )
+    longest = max(d.prompt_buckets) + max(r.max_new_tokens, config.eval.max_new_tokens)
+    if d.max_prompt_len > max(d.prompt_buckets):
+        raise ValueError(
+            f"data.max_prompt_len={d.max_prompt_len} exceeds the largest prompt "
+            f"bucket {max(d.prompt_buckets)}"
+        )
+    if longest > model_config.max_seq_len:
+        raise ValueError(
+            f"prompt bucket {max(d.prompt_buckets)} + response "
+            f"{max(r.max_new_tokens, config.eval.max_new_tokens)} tokens = {longest} "
+            f"exceeds the model's context of {model_config.max_seq_len}"
+        )
+    if t.steps < 0:
+        raise ValueError(f"train.steps must be >= 0, got {t.steps}")
+
+
+def _learner_config(config) -> grpo.LearnerConfig:
+    loss = config.loss
+    return grpo.LearnerConfig(
+        temperature=config.rollout.temperature,
+        clip_eps=loss.clip_eps,
+        clip_eps_high=loss.clip_eps_high,
+        kl_coef=loss.kl_coef,
+        kl_type=loss.kl_type,
+        entropy_coef=loss.entropy_coef,
+        pg_coef=loss.pg_coef,
+        agg=loss.agg,
+        micro_batch_size=config.train.micro_batch_size,
+        recompute_old_logp=config.train.recompute_old_logp,
+        remat=config.model.remat,
+    )
+
+
+def _optimizer(config):
+    o = config.optim
+    return optimizer_lib.adamw(
+        o.lr,
+        b1=o.b1,
+        b2=o.b2,
+        eps=o.eps,
+        weight_decay=o.weight_decay,
+        warmup_steps=o.warmup_steps,
+        first_step_zero_lr=o.first_step_zero_lr,
+        decay_norms_and_biases=o.decay_norms_biases,
+        grad_clip=o.grad_clip or None,
+    )
+
+
+# ----------------------------------------------------------------------- run
+def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
+    """Trains as `config` says, checkpointing and logging into `workdir`.
+
+    Returns the metrics of the last step. Raises `Preempted` after saving when
+    a SIGTERM arrived.
+    """
+    # ---------------------------------------------------------------- mesh
+    mesh = sharding_lib.make_mesh(
+        data=config.mesh.data, fsdp=config.mesh.fsdp, tensor=config.mesh.tensor
+    )
+
+    # -------------------------------------------- tokenizer, model, checks
+    tokenizer, model_config, hf_path = _tokenizer_and_model_config(config)
+    validate(config, model_config, mesh)
+    learner_config = _learner_config(config)
+    tx = _optimizer(config)
+    lr_schedule = optimizer_lib.schedule(
+        config.optim.lr, config.optim.warmup_steps, config.optim.first_step_zero_lr
+    )
+    settings = sampler_lib.SamplingSettings(
+        max_new_tokens=config.rollout.max_new_tokens,
+        temperature=config.rollout.temperature,
+        top_p=config.rollout.top_p,
+        top_k=config.rollout.top_k,
+        eos_ids=model_config.eos_token_ids,
+        n=config.rollout.n,
+        cache_dtype=config.rollout.cache_dtype,
+        pad_id=tokenizer.pad_token_id or 0,
+    )
+    settings.check_against(model_config)
+    eval_settings = sampler_lib.SamplingSettings(
+        max_new_tokens=config.eval.max_new_tokens,
+        temperature=0.0,
+        eos_ids=model_config.eos_token_ids,
+        cache_dtype=config.rollout.cache_dtype,
+        pad_id=settings.pad_id,
+    )
+
+    # ------------------------------------------------------------------ data
+    examples = _train_examples(config)
+    batches = data_lib.Batches(
+        examples, config.train.batch_size, config.seed, shuffle=config.data.shuffle
+    )
+    # Tokenise every distinct prompt once up front: a too-long prompt fails
+    # here, before any work, naming its example.
+    distinct = {ex.index: ex for ex in examples}
+    prompt_ids = dict(
+        zip(
+            distinct,
+            data_lib.encode_prompts(
+                tokenizer, list(distinct.values()), config.data.max_prompt_len
+            ),
+            strict=True,
+        )
+    )
+    eval_examples = _eval_examples(config)
+    eval_prompts = data_lib.encode_prompts(
+        tokenizer, eval_examples, config.data.max_prompt_len
+    )
+
+    # ---------------------------------------------- initial params and state
+    param_shardings = sharding_lib.tree_shardings(
+        model_lib.abstract_params(model_config), mesh
+    )
+    reference = _initial_params(config, model_config, hf_path, param_shardings)
+    checkpointer = ckpt_lib.Checkpointer(
+        ckpt_lib.checkpoint_dir(workdir),
+        keep=config.checkpoint.keep,
+        async_save=config.checkpoint.async_save,
+    )
+    state_shardings = grpo.state_shardings(model_config, tx, mesh)
+    history: dict[str, list[float]] = {}
+    start = checkpointer.latest_step()
+    restored = start is not None
+    if not restored:
+        state = grpo.init_train_state(model_config, tx, mesh, params=reference)
+        start = 0
+    else:
+        abstract = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            grpo.abstract_train_state(model_config, tx),
+            state_shardings,
+        )
+        train_abstract = {k: v for k, v in abstract._asdict().items() if k != "params"}
+        try:
+            params, train_items, meta = checkpointer.restore(
+                start, abstract.params, train_abstract
+            )
+        except Exception as e:  # noqa: BLE001 - orbax raises many kinds
+            raise ValueError(
+                f"checkpoint {checkpointer.directory}/{start} is unreadable ({e!r}); "
+                "move it aside to resume from an earlier step"
+            ) from e
+        state = grpo.TrainState(params=params, **train_items)
+        batches.restore(meta["data"])
+        history = meta["accuracy_history"]
+        print(f"resumed from {checkpointer.directory} at step {start}", flush=True)
+    if config.loss.kl_coef == 0:
+        reference = None  # no KL term: free the memory
+    train_step = grpo.jit_train_step(model_config, learner_config, tx, mesh)
+    logprobs_fn = grpo.jit_logprobs(model_config, learner_config, mesh)
+
+    # -------------------------------------------------------------- workdir
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0 and not restored:
+        # Checkpoint sweeps (python -m rlvr_jax.evaluate) decode with this.
+        _save_tokenizer(tokenizer, epath.Path(workdir) / "tokenizer")
+    writer = metrics_lib.MetricsWriter(
+        workdir,
+        resume_step=start if restored else None,
+        tensorboard=config.log.tensorboard,
+        wandb_project=config.log.wandb_project,
+        run_config=config.to_dict(),
+    )
+    progress = metrics_lib.Progress(config.train.steps, start)
+    pool = reward_lib.RewardPool(
+        workers=config.log.checker_workers or None,
+        timeout_s=config.log.checker_timeout_s,
+    )
+
+    stop = {"sigterm": False}
+    previous_handler = signal.signal(
+        signal.SIGTERM, lambda *_: stop.__setitem__("sigterm", True)
+    )
+
+    def save(step: int) -> None:
+        meta = {
+            "data": batches.state(),
+            "accuracy_history": history,
+            "model_config": ckpt_lib.config_to_meta(model_config),
+            "seed": config.seed,
+        }
+        train_items = {k: v for k, v in state._asdict().items() if k != "params"}
+        checkpointer.save(step, state.params, train_items, meta)
+        _write_history(workdir, history)
+        if (
+            config.checkpoint.export_hf_every
+            and step % config.checkpoint.export_hf_every == 0
+        ):
+            export(step)
+
+    def export(step: int) -> None:
+        if jax.process_index() != 0:
+            return
+        out = epath.Path(workdir) / "hf" / f"step_{step}"
+        with _local_dir(out) as local:
+            params_lib.save_hf(local, model_config, state.params)
+            tokenizer.save_pretrained(local)
+
+    def evaluate(step: int) -> dict[str, float]:
+        if not eval_examples:
+            return {}
+        t0 = time.time()
+        roll = rollout(
+            model_config,
+            state.params,
+            eval_prompts,
+            eval_settings,
+            jax.random.key(0),
+            buckets=config.data.prompt_buckets,
+            chunk_rows=config.rollout.chunk_size,
+            mesh=mesh,
+        )
+        texts = _decode(tokenizer, roll)
+        scored = pool.score(texts, [ex.ground_truth for ex in eval_examples])
+        name = _eval_name(config.eval.path)
+        return {
+            f"eval/{name}/acc": float(np.mean(scored.rewards)),
+            f"eval/{name}/response_len": float(roll["lengths"].mean()),
+            "time/eval_s": time.time() - t0,
+        }
+
+    last: dict[str, float] = {}
+    try:
+        step = start
+        if not restored:
+            metrics0 = evaluate(0)
+            if metrics0:
+                writer.write(0, metrics0)
+            save(0)
+        base_key = jax.random.key(config.seed)
+        while step < config.train.steps:
+            t_step = time.time()
+            # -------------------------------------------------------- sample
+            batch_examples = batches.next()
+            t0 = time.time()
+            roll = rollout(
+                model_config,
+                state.params,
+                [prompt_ids[ex.index] for ex in batch_examples],
+                settings,
+                jax.random.fold_in(base_key, step),
+                buckets=config.data.prompt_buckets,
+                chunk_rows=config.rollout.chunk_size,
+                mesh=mesh,
+            )
+            t_sample = time.time() - t0
+            # --------------------------------------------------------- score
+            t0 = time.time()
+            texts = _decode(tokenizer, roll)
+            golds = [
+                ex.ground_truth for ex in batch_examples for _ in range(settings.n)
+            ]
+            scored = pool.score(texts, golds)
+            rewards = np.asarray(scored.rewards, np.float32)
+            t_score = time.time() - t0
+            # ---------------------------------------------------- advantages
+            adv = np.asarray(
+                grpo.advantages(
+                    rewards,
+                    settings.n,
+                    eps=config.loss.adv_eps,
+                    norm_by_std=config.loss.norm_adv_by_std,
+                )
+            )
+            # -------------------------------------------------------- update
+            t0 = time.time()
+            host_batch = learner_batch(roll, adv, settings.max_new_tokens)
+            batch = sharding_lib.shard_batch(mesh, host_batch)
+            if reference is not None:
+                batch["ref_logp"] = logprobs_fn(reference, batch)
+            lr = float(lr_schedule(int(state.step) - int(state.skipped)))
+            state, learn = train_step(state, batch)
+            learn = jax.device_get(learn)
+            t_learn = time.time() - t0
+            step += 1
+            # ----------------------------------------------------------- log
+            generated = int(roll["lengths"].sum())
+            m = _rollout_metrics(roll, rewards, batch_examples, settings.n, history)
+            m.update(
+                {
+                    "loss/total": learn["loss"],
+                    "loss/pg": learn["pg_loss"],
+                    "loss/entropy": learn["entropy"],
+                    "loss/kl": learn["kl"],
+                    "loss/clip_frac": learn["clip_frac"],
+                    "loss/ppo_kl": learn["ppo_kl"],
+                    "grad_norm": learn["grad_norm"],
+                    "lr": lr,
+                    "skipped_updates": learn["skipped_total"],
+                    "checker/timeouts": scored.timeouts,
+                    "checker/errors": scored.errors,
+                    "time/sample_s": t_sample,
+                    "time/score_s": t_score,
+                    "time/learn_s": t_learn,
+                    "throughput/gen_tokens_per_s": generated / max(t_sample, 1e-9),
+                }
+            )
+            # ------------------------------------------------ eval and save
+            if config.eval.every and step % config.eval.every == 0:
+                m.update(evaluate(step))
+            m["time/step_s"] = time.time() - t_step
+            writer.write(step, m)
+            progress.update(step, m)
+            last = m
+            if step % config.checkpoint.every == 0 or step == config.train.steps:
+                save(step)
+            if stop["sigterm"]:
+                if step % config.checkpoint.every and step != config.train.steps:
+                    save(step)
+                checkpointer.wait()
+                raise Preempted(
+                    f"SIGTERM: saved step {step} to {checkpointer.directory}"
+                )
+        checkpointer.wait()
+        if step == config.train.steps:
+            export(step)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        pool.close()
+        writer.close()
+        checkpointer.close()
+    return last
+
+
+@contextlib.contextmanager
+def _local_dir(out: epath.Path):
+    """A local directory whose files end up in `out` (local or gs://).
+
+    safetensors and tokenizers only write local files: for a remote `out`
+    they are staged in a temporary directory and copied.
+    """
+    if not metrics_lib.is_remote(out):
+        out.mkdir(parents=True, exist_ok=True)
+        yield str(out)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        yield tmp
+        out.mkdir(parents=True, exist_ok=True)
+        for name in os.listdir(tmp):
+            epath.Path(tmp, name).copy(out / name, overwrite=True)
+
+
+def _save_tokenizer(tokenizer, out: epath.Path) -> None:
+    with _local_dir(out) as local:
+        tokenizer.save_pretrained(local)
+
+
+def _decode(tokenizer, roll) -> list[str]:
+    return tokenizer.batch_decode(
+        [row[:n] for row, n in zip(roll["tokens"], roll["lengths"], strict=True)],
+        skip_special_tokens=True,
+    )

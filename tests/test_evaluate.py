@@ -1,0 +1,382 @@
+"""Evaluation: exact aggregation, eval-mode scoring, end-to-end runs and errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rlvr_jax import benchmarks, evaluate
+from rlvr_jax import results as results_lib
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+SIX = ("math500", "aime24", "aime25", "amc23", "minerva_math", "olympiadbench")
+
+
+def _records(correct_per_group: list[list[bool]]) -> list[dict]:
+    return [
+        {
+            "group": g,
+            "correct": c,
+            "length": 10,
+            "finish_reason": "stop",
+            "response": "",
+        }
+        for g, row in enumerate(correct_per_group)
+        for c in row
+    ]
+
+
+# ------------------------------------------------------------ aggregation
+def test_avg_at_8_and_pass_at_8_over_replicated_problems():
+    # Three problems, eight samples each: 8/8, 3/8 and 0/8 right.
+    groups = [[True] * 8, [True] * 3 + [False] * 5, [False] * 8]
+    m = results_lib.benchmark_metrics(_records(groups))
+    assert m["k"] == 8 and m["n_problems"] == 3 and m["n_generations"] == 24
+    assert m["avg@k"] == m["acc"] == pytest.approx((1 + 3 / 8 + 0) / 3)
+    assert m["pass@k"] == pytest.approx(2 / 3)
+
+
+def test_replicated_file_rows_group_into_the_same_avg_at_8():
+    # An x8 file lists the whole set 8 times; rows group by problem.
+    rows = [("p0", "1"), ("p1", "2"), ("p2", "3")] * 8
+    problems = benchmarks._grouped(benchmarks.get("aime24x8"), rows)
+    correct = {0: 8, 1: 3, 2: 0}  # right answers per problem
+    seen = {0: 0, 1: 0, 2: 0}
+    recs = []
+    for p in problems:
+        recs.append(
+            {
+                "group": p.group,
+                "correct": seen[p.group] < correct[p.group],
+                "length": 1,
+                "finish_reason": "stop",
+                "response": "",
+            }
+        )
+        seen[p.group] += 1
+    m = results_lib.benchmark_metrics(recs)
+    assert (m["k"], m["n_problems"]) == (8, 3)
+    assert m["avg@k"] == pytest.approx((1 + 3 / 8) / 3)
+    assert m["pass@k"] == pytest.approx(2 / 3)
+
+
+def test_greedy_pass_at_1_and_the_six_way_average():
+    greedy = results_lib.benchmark_metrics(_records([[True], [False], [True], [False]]))
+    assert (greedy["k"], greedy["avg@k"], greedy["pass@k"]) == (1, 0.5, 0.5)
+    accs = dict(zip(SIX, [0.736, 0.1, 0.05, 0.45, 0.3, 0.35]))
+    per = {n: {"acc": a} for n, a in accs.items()}
+    assert results_lib.average(per) == pytest.approx(sum(accs.values()) / 6)
+
+
+def test_unequal_sample_counts_are_refused():
+    with pytest.raises(evaluate.EvalError, match="different sample counts"):
+        results_lib.benchmark_metrics(_records([[True] * 8, [True] * 7]))
+
+
+def test_tables_show_percentages_and_the_average():
+    per = {}
+    for name, groups in (("math500", [[True], [False]]), ("aime24", [[True] * 8])):
+        per[name] = results_lib.benchmark_metrics(_records(groups))
+        per[name]["protocol"] = "greedy" if name == "math500" else "T=0.6 x 8"
+    results = {
+        "model": evaluate.ModelSource("hf", "/m/base", None).describe(),
+        "benchmarks": per,
+        "average": results_lib.average(per),
+    }
+    md = results_lib.markdown(results)
+    assert "| math500 | greedy | 1 | 50.0 | 50.0 | 2 | 10.0 |" in md
+    assert "| aime24 | T=0.6 x 8 | 8 | 100.0 | 100.0 | 1 | 10.0 |" in md
+    assert "| average | mean of 2 |  | 75.0 |" in md
+    lines = results_lib.csv_text(results).splitlines()
+    assert lines[0] == "benchmark,protocol,k,avg@k,pass@k,n_problems,mean_len"
+    assert lines[-1].startswith("average,mean of 2,,75.0")
+
+
+def test_reflection_and_length_analysis():
+    from rlvr_jax import analysis
+
+    texts = ["Let me recheck. Rechecking again.", "I rethink it", "no reflection"]
+    stats = analysis.reflection_stats(texts)
+    assert stats["reflection/recheck"] == pytest.approx(2 / 3)
+    assert stats["reflection/recheck_frac"] == pytest.approx(1 / 3)
+    assert stats["reflection/rethink"] == pytest.approx(1 / 3)
+    assert stats["reflection/recalculate"] == 0.0
+    assert stats["reflection/any_frac"] == pytest.approx(2 / 3)
+    lengths = analysis.length_stats([10, 20, 60], [False, False, True])
+    assert lengths["response_len/mean"] == 30.0
+    assert lengths["response_len/truncated_frac"] == pytest.approx(1 / 3)
+
+
+# ------------------------------------------------------------------ scoring
+def test_eval_mode_scoring_is_lenient():
+    scorer = evaluate.Scorer(workers=1, timeout_s=3.0)
+    try:
+        recs = [
+            {"response": "so \\boxed{12.80}", "gold": "12.8"},
+            {"response": "Thus the answer is 27.", "gold": "27"},
+            {"response": "we get 3, then 5", "gold": "5"},  # last number
+            {"response": "\\boxed{1.33333}", "gold": "\\frac{4}{3}"},  # rel 1e-4
+            {"response": "\\boxed{13}", "gold": "12.8"},
+            {"response": "no answer at all", "gold": "7"},
+        ]
+        scorer.score(recs)
+    finally:
+        scorer.close()
+    assert [r["correct"] for r in recs] == [True, True, True, True, False, False]
+    assert recs[1]["extracted"] == "27" and recs[2]["extracted"] == "5"
+
+
+# ----------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def eval_dir():
+    path = DATA / "eval"
+    if not (path / "math500" / "test.jsonl").exists():
+        pytest.skip(f"shared data not found at {path}")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A tiny random Qwen2 HF directory with the tiny tokenizer saved in it."""
+    from rlvr_jax import tokenizer as tokenizer_lib
+    from tests import hf_fixtures
+
+    tok = tokenizer_lib.build_tiny()
+    path = tmp_path_factory.mktemp("tiny_hf")
+    hf_fixtures.make_checkpoint(path, vocab_size=len(tok), max_position_embeddings=4096)
+    tok.save_pretrained(str(path))
+    return str(path)
+
+
+def _config(**overrides):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("eval_cfg", REPO / "configs/eval.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config("tiny")
+    c.sampling.max_new_tokens = 4
+    for key, value in overrides.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+@pytest.fixture(scope="module")
+def six_run(tiny_model, eval_dir, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("eval_six"))
+    config = _config(**{"model.path": tiny_model, "data.dir": eval_dir})
+    logs: list[str] = []
+    results = evaluate.run(config, workdir, log=logs.append)
+    return config, workdir, results, logs
+
+
+def test_end_to_end_writes_table_and_generations(six_run, tiny_model):
+    from rlvr_jax import data, tokenizer
+
+    config, workdir, (results,), logs = six_run
+    out = os.path.join(workdir, "eval", os.path.basename(tiny_model))
+    for name in ("results.json", "results.md", "results.csv"):
+        assert os.path.isfile(os.path.join(out, name))
+    assert list(results["benchmarks"]) == list(SIX)
+    tok = tokenizer.load(tiny_model)
+    for name in SIX:
+        recs = results_lib.read_jsonl(os.path.join(out, "generations", f"{name}.jsonl"))
+        b = benchmarks.get(name)
+        assert len(recs) == 2 * b.n_samples  # limit=2 problems × protocol samples
+        problems = benchmarks.load_jsonl(name, config.data.dir)[:2]
+        for r in recs:
+            p = problems[r["index"]]
+            assert r["gold"] == p.gold
+            assert r["prompt"] == data.render_prompt(
+                tok, [{"role": "user", "content": p.problem}]
+            )
+            assert r["prompt"].startswith("<|im_start|>system\nPlease reason step")
+            assert 1 <= r["length"] <= 4
+            assert r["finish_reason"] in ("stop", "length")
+            assert set(r) >= {"response", "extracted", "correct"}
+        m = results["benchmarks"][name]
+        per_problem = [
+            np.mean([r["correct"] for r in recs if r["group"] == g]) for g in (0, 1)
+        ]
+        assert m["avg@k"] == pytest.approx(np.mean(per_problem))
+        assert m["k"] == b.n_samples and m["protocol"] == b.protocol
+    # Samples of one problem at T=0.6 differ (independent draws).
+    aime = results_lib.read_jsonl(os.path.join(out, "generations", "aime24.jsonl"))
+    assert len({r["response"] for r in aime if r["group"] == 0}) > 1
+    assert results["average"] == pytest.approx(
+        np.mean([m["acc"] for m in results["benchmarks"].values()])
+    )
+    md = open(os.path.join(out, "results.md")).read()
+    assert md.count("\n| ") == 8  # header + 6 benchmarks + average
+    assert os.path.isfile(os.path.join(workdir, "eval", "summary.md"))
+
+
+def test_rerun_skips_finished_and_resumes_partial(six_run):
+    config, workdir, (first,), _ = six_run
+    out = os.path.join(workdir, "eval", first["model"]["tag"])
+    stamp = os.path.getmtime(os.path.join(out, "results.json"))
+    logs: list[str] = []
+    (again,) = evaluate.run(config, workdir, log=logs.append)
+    assert again == first and any("done already" in line for line in logs)
+    assert os.path.getmtime(os.path.join(out, "results.json")) == stamp
+    # A crash after some benchmarks: their generations are reused, the model
+    # is only loaded for what is missing.
+    os.remove(os.path.join(out, "results.json"))
+    os.remove(os.path.join(out, "generations", "amc23.settings.json"))
+    logs = []
+    (resumed,) = evaluate.run(config, workdir, log=logs.append)
+    assert sum("reusing" in line for line in logs) == 5
+    assert sum("loading" in line for line in logs) == 1
+    assert resumed["benchmarks"]["math500"] == first["benchmarks"]["math500"]
+    assert resumed["benchmarks"]["amc23"] == first["benchmarks"]["amc23"]  # seeded
+
+
+def test_sweep_over_step_dirs_then_plots(tiny_model, eval_dir, tmp_path):
+    from rlvr_jax import plot
+
+    pytest.importorskip("matplotlib")
+    for step in (0, 20):
+        os.makedirs(tmp_path / "run" / "hf", exist_ok=True)
+        os.symlink(tiny_model, tmp_path / "run" / "hf" / f"step_{step}")
+    workdir = str(tmp_path / "run")
+    config = _config(
+        **{
+            "model.path": os.path.join(workdir, "hf"),
+            "data.dir": eval_dir,
+            "benchmarks": "math500,aime24",
+        }
+    )
+    results = evaluate.run(config, workdir, log=lambda _: None)
+    assert [r["model"]["step"] for r in results] == [0, 20]
+    summary = open(os.path.join(workdir, "eval", "summary.md")).read()
+    assert "| step_0 | 0 |" in summary and "| step_20 | 20 |" in summary
+    # A sweep that crashed during step 20 redoes only step 20.
+    os.remove(os.path.join(workdir, "eval", "step_20", "results.json"))
+    logs: list[str] = []
+    evaluate.run(config, workdir, log=logs.append)
+    assert "[step_0] done already, skipping" in logs
+    assert not any("step_20] done" in line for line in logs)
+    written = plot.plot_all(workdir)
+    assert os.path.join(workdir, "eval_curves.png") in written
+    # Only step 20 asked for: step 0 is untouched, a missing step is named.
+    config.model.steps = "20,40"
+    with pytest.raises(evaluate.EvalError, match=r"step\(s\) \[40\] do not exist"):
+        evaluate.run(config, workdir, log=lambda _: None)
+
+
+def test_orbax_checkpoint_matches_the_hf_directory(tiny_model, eval_dir, tmp_path):
+    from rlvr_jax import checkpoint, params
+
+    model_config, p = params.load_hf(tiny_model, np.float32, compute_dtype="float32")
+    ckpt = checkpoint.Checkpointer(
+        checkpoint.checkpoint_dir(str(tmp_path)), async_save=False
+    )
+    ckpt.save(
+        7,
+        p,
+        {"step": np.int32(7)},
+        {"model_config": checkpoint.config_to_meta(model_config)},
+    )
+    ckpt.close()
+    common = {"data.dir": eval_dir, "benchmarks": "math500", "data.limit": 2}
+    (via_orbax,) = evaluate.run(
+        _config(**{"tokenizer": tiny_model, **common}), str(tmp_path), log=print
+    )
+    (via_hf,) = evaluate.run(
+        _config(**{"model.path": tiny_model, **common}), str(tmp_path), log=print
+    )
+    assert via_orbax["model"]["tag"] == "step_7"
+    read = lambda tag: results_lib.read_jsonl(  # noqa: E731
+        os.path.join(tmp_path, "eval", tag, "generations", "math500.jsonl")
+    )
+    hf_tag = os.path.basename(tiny_model)
+    assert [r["response"] for r in read("step_7")] == [
+        r["response"] for r in read(hf_tag)
+    ]
+    with pytest.raises(evaluate.EvalError, match="step"):
+        evaluate.run(
+            _config(**{"tokenizer": tiny_model, "model.steps": "8", **common}),
+            str(tmp_path),
+            log=print,
+        )
+
+
+# --------------------------------------------------------------- CLI errors
+def _cli(*args):
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rlvr_jax.evaluate",
+            "--config=configs/eval.py:tiny",
+            *args,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cli_unknown_benchmark(tmp_path):
+    proc = _cli(f"--workdir={tmp_path}", "--config.benchmarks=math500,gsm9k")
+    assert proc.returncode != 0
+    assert "unknown benchmark 'gsm9k'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_missing_benchmark_file(tmp_path):
+    proc = _cli(f"--workdir={tmp_path}", f"--config.data.dir={tmp_path}")
+    assert proc.returncode != 0
+    assert f"benchmark file not found: {tmp_path}/math500/test.jsonl" in proc.stderr
+
+
+def test_cli_malformed_row(tmp_path):
+    bad = tmp_path / "aime25.jsonl"
+    bad.write_text('{"problem": "1+1?", "answer": "2"}\n{"problem": "2+2?"}\n')
+    proc = _cli(f"--workdir={tmp_path}", f"--config.benchmarks=aime25={bad}")
+    assert proc.returncode != 0
+    assert f"{bad}:2: aime25 row has no gold answer" in proc.stderr
+
+
+def test_cli_missing_step(tiny_model, eval_dir, tmp_path):
+    os.makedirs(tmp_path / "hf")
+    os.symlink(tiny_model, tmp_path / "hf" / "step_0")
+    proc = _cli(
+        f"--workdir={tmp_path}",
+        f"--config.model.path={tmp_path / 'hf'}",
+        "--config.model.steps=5",
+        f"--config.data.dir={eval_dir}",
+    )
+    assert proc.returncode != 0
+    assert "checkpoint step(s) [5] do not exist" in proc.stderr
+    assert "available steps: [0]" in proc.stderr
+
+
+def test_tfds_data_format_gives_the_same_tasks(eval_dir, tmp_path):
+    pytest.importorskip("rlvr_jax.tfds_builders")
+    common = {"benchmarks": "aime25,olympiadbench", "data.dir": eval_dir}
+    via_jsonl = evaluate.load_tasks(_config(**common))
+    via_tfds = evaluate.load_tasks(
+        _config(**common, **{"data.format": "tfds", "data.tfds_dir": str(tmp_path)})
+    )
+    assert [t.problems for t in via_tfds] == [t.problems for t in via_jsonl]
+    assert [len(t.problems) for t in via_tfds] == [2, 2]  # tiny: limit 2
+    assert via_tfds[0].data_source == "tfds:aime25"
+
+
+def test_unknown_template_and_data_format(eval_dir, tmp_path):
+    with pytest.raises(evaluate.EvalError, match="template 'chatml'"):
+        evaluate.load_tasks(_config(**{"template": "chatml", "data.dir": eval_dir}))
+    with pytest.raises(evaluate.EvalError, match="data.format='csv'"):
+        evaluate.load_tasks(_config(**{"data.format": "csv", "data.dir": eval_dir}))

@@ -1,0 +1,265 @@
+"""The training loop end to end: pulse, learning, resume, preemption, bad input.
+
+Runs go through `python -m rlvr_jax.main` in subprocesses (as a user runs
+them), on one CPU device, sharing a persistent compilation cache so that only
+the first run pays for compiling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rlvr_jax import checkpoint as ckpt_lib
+from rlvr_jax import metrics as metrics_lib
+
+REPO = Path(__file__).resolve().parents[1]
+PI1 = str(REPO / "configs" / "pi1.py")
+# Wall-clock and throughput figures differ between runs by nature.
+VOLATILE = ("time/", "throughput/")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    e = dict(os.environ)
+    e["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+    e["JAX_PLATFORMS"] = "cpu"
+    e["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("xla_cache"))
+    e["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    e["PYTHONUNBUFFERED"] = "1"
+    return e
+
+
+def main_cmd(workdir, arg="tiny", *overrides):
+    return [
+        sys.executable,
+        "-m",
+        "rlvr_jax.main",
+        f"--config={PI1}:{arg}",
+        f"--workdir={workdir}",
+        *overrides,
+    ]
+
+
+def run_main(env, workdir, arg="tiny", *overrides, timeout=600):
+    return subprocess.run(
+        main_cmd(workdir, arg, *overrides),
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def stable_rows(workdir):
+    rows = metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    return [{k: v for k, v in r.items() if not k.startswith(VOLATILE)} for r in rows]
+
+
+def assert_same_params(a, b):
+    _, pa = ckpt_lib.load_params(a)
+    _, pb = ckpt_lib.load_params(b)
+    import jax
+
+    for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=1e-6)
+
+
+def test_pulse_writes_metrics_checkpoints_and_hf_export(env, tmp_path):
+    wd = tmp_path / "run"
+    out = run_main(env, wd, "tiny,steps=3")
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = metrics_lib.read_jsonl(str(wd / "metrics.jsonl"))
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    assert "eval/builtin/acc" in rows[0] and "eval/builtin/acc" in rows[3]
+    for key in (
+        "reward/mean",
+        "loss/kl",
+        "loss/entropy",
+        "grad_norm",
+        "lr",
+        "train_acc/0",
+    ):
+        assert key in rows[1], key
+    assert list((wd / "tensorboard").glob("events.out.tfevents.*"))
+    assert ckpt_lib.available_steps(str(wd)) == [0, 3]  # keep=2, every=3
+    history = json.loads((wd / "accuracy_history.json").read_text())
+    assert len(history["0"]) == 3
+    assert history["0"] == [r["train_acc/0"] for r in rows[1:]]
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    export = wd / "hf" / "step_3"
+    model = AutoModelForCausalLM.from_pretrained(str(export), dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(export))
+    ids = tok("What is 3 + 4?", return_tensors="pt").input_ids
+    logits = model(ids).logits
+    assert logits.shape[-1] == len(tok) and torch.isfinite(logits).all()
+    # The export holds the trained policy, i.e. the last checkpoint's params.
+    _, params = ckpt_lib.load_params(str(wd), 3)
+    emb = np.asarray(params["embed"]["embedding"])
+    np.testing.assert_array_equal(model.model.embed_tokens.weight.detach().numpy(), emb)
+
+
+def test_it_learns_the_builtin_task_through_the_real_checker(tmp_path):
+    """GRPO on one example: mean reward rises from chance to near 1."""
+    from rlvr_jax import train
+
+    spec = importlib.util.spec_from_file_location("pi1_config", PI1)
+    config_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(config_module)
+    config = config_module.get_config("tiny,steps=20")
+    config.log.tensorboard = False
+    train.run(config, str(tmp_path / "learn"))
+    rewards = [
+        r["reward/mean"]
+        for r in metrics_lib.read_jsonl(str(tmp_path / "learn" / "metrics.jsonl"))
+        if "reward/mean" in r
+    ]
+    assert len(rewards) == 20
+    first, last = np.mean(rewards[:4]), np.mean(rewards[-4:])
+    assert first < 0.25, rewards
+    assert last > 0.6, rewards
+    assert last - first > 0.4, rewards
+
+
+def _wait_for_checkpoint(workdir, step, proc, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if step in ckpt_lib.available_steps(str(workdir)):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended early: {proc.stderr.read()[-3000:]}")
+        time.sleep(0.2)
+    raise AssertionError(f"no checkpoint {step} within {timeout}s")
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(env, tmp_path):
+    arg = "tiny,steps=6"
+    overrides = ("--config.checkpoint.every=2", "--config.checkpoint.keep=5")
+    whole = tmp_path / "whole"
+    out = run_main(env, whole, arg, *overrides)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(
+        main_cmd(cut, arg, *overrides),
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for_checkpoint(cut, 2, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert max(ckpt_lib.available_steps(str(cut))) < 6
+    out = run_main(env, cut, arg, *overrides)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resumed from" in out.stdout
+
+    assert stable_rows(cut) == stable_rows(whole)
+    assert_same_params(str(cut), str(whole))
+    assert json.loads((cut / "accuracy_history.json").read_text()) == json.loads(
+        (whole / "accuracy_history.json").read_text()
+    )
+
+
+def test_sigterm_saves_a_checkpoint_that_resumes(env, tmp_path):
+    wd = tmp_path / "term"
+    proc = subprocess.Popen(
+        main_cmd(wd, "tiny,steps=200", "--config.checkpoint.every=100"),
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for_checkpoint(wd, 0, proc)
+    # Let a couple of steps run, then preempt.
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        rows = metrics_lib.read_jsonl(str(wd / "metrics.jsonl"))
+        if any(r["step"] >= 2 for r in rows):
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "SIGTERM: saved step" in stdout
+    saved = max(ckpt_lib.available_steps(str(wd)))
+    assert 2 <= saved < 100  # a step that is not a regular save point
+    rows = metrics_lib.read_jsonl(str(wd / "metrics.jsonl"))
+    assert rows[-1]["step"] == saved
+
+    out = run_main(env, wd, f"tiny,steps={saved + 1}", "--config.checkpoint.every=100")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"at step {saved}" in out.stdout
+    rows = metrics_lib.read_jsonl(str(wd / "metrics.jsonl"))
+    assert [r["step"] for r in rows][-2:] == [saved, saved + 1]
+
+
+def _tree_digest(root: Path) -> dict:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(env, tmp_path_factory):
+    wd = tmp_path_factory.mktemp("existing")
+    out = run_main(env, wd, "tiny,steps=1")
+    assert out.returncode == 0, out.stderr[-3000:]
+    return wd
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (("--config.train.nope=1",), "nope"),
+        (
+            (
+                "--config.rollout.n=3",
+                "--config.train.batch_size=3",
+                "--config.mesh.data=1",
+                "--config.mesh.fsdp=-1",
+            ),
+            None,
+        ),
+        (("--config.rollout.max_new_tokens=4000",), "exceeds the model's context"),
+        (("--config.data.train_path=/no/such/file.parquet",), "data file not found"),
+        (("--config.checkpoint.resume_from=CORRUPT",), "unreadable"),
+    ],
+    ids=["unknown_field", "mesh_split", "context", "missing_data", "bad_checkpoint"],
+)
+def test_bad_input_fails_clearly_and_leaves_workdir_intact(
+    env, trained_workdir, tmp_path, overrides, message
+):
+    corrupt = tmp_path / "corrupt" / "checkpoints" / "5"
+    corrupt.mkdir(parents=True)
+    (corrupt / "_CHECKPOINT_METADATA").write_text("{not json")
+    overrides = [o.replace("CORRUPT", str(tmp_path / "corrupt")) for o in overrides]
+    before = _tree_digest(trained_workdir)
+    e = dict(env)
+    if message is None:  # the mesh case needs several devices
+        e["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+        message = "do not split over the mesh"
+    out = run_main(e, trained_workdir, "tiny,steps=2", *overrides)
+    assert out.returncode != 0
+    assert message in out.stderr, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr or message == "nope"
+    assert _tree_digest(trained_workdir) == before

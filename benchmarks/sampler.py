@@ -1,17 +1,23 @@
 """Decode throughput of `rlvr_jax.sampler` vs `transformers` generate, same CPU.
 
 Both run greedy decoding of the same random weights at the Qwen2.5-0.5B shape
-on the same left-padded batch with EOS disabled, in this one process. The
-script prints generated tokens/s for each, their ratio, and a memory-bandwidth
-roofline: the bytes of weights one decode step must read divided by the
-machine's read bandwidth, measured here with a streaming reduction.
+on the same batch (8 prompts x 64 tokens, 128 new tokens, EOS disabled), in
+this one process. The script prints generated tokens/s for each and their
+ratio, plus two yardsticks measured here:
 
-    python benchmarks/sampler.py                       # 8 x 64 prompt + 128 new
+  * the roofline: the bytes of weights one decode step must read divided by
+    the machine's read bandwidth (a streaming reduction over 1 GiB);
+  * the matmul floor: the same weight matmuls a decode step performs, alone in
+    a jitted loop, i.e. what this backend's matmul kernels can do.
+
+    python benchmarks/sampler.py                       # fp32, the full shape
+    python benchmarks/sampler.py --dtype bfloat16
     python benchmarks/sampler.py --layers 6 --new 32   # shrunk, for slow hosts
 
-Decode time per step is measured as (time(N new) - time(1 new)) / (N - 1), so
-the prefill is excluded from the per-step figure; end-to-end tokens/s include
-it.
+Decode time per step is (time(N new) - time(1 new)) / (N - 1), so the prefill
+is excluded from the per-step figure; end-to-end tokens/s include it. fp32 is
+the default because XLA:CPU has no native bf16 dot (it upcasts the weights);
+on accelerators use --dtype bfloat16.
 """
 
 from __future__ import annotations
@@ -57,6 +63,57 @@ def measure_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
     y = np.ones((n,), np.float32)
     np_s = _timed(lambda: y.sum(), repeats)
     return n * 4 / min(jax_s, np_s)
+
+
+def matmul_floor(config, jax_params, batch: int, repeats: int) -> float:
+    """Seconds for one decode step's weight matmuls alone, in one jit.
+
+    The same [batch, d] x weight products a decode step performs (q, k, v, o,
+    gate, up, down per layer, then the head), on the same weights, with no
+    attention, sampling or loop: what this backend's matmul kernels can do.
+    """
+    p = sampler.decode_params(config, jax_params)
+    n_out = lambda w: w.reshape(w.shape[0], w.shape[1], -1)  # [L, in, out]
+    layers = p["layers"]
+    stacked = {
+        "q": n_out(layers["attn"]["q_kernel"]),
+        "k": n_out(layers["attn"]["k_kernel"]),
+        "v": n_out(layers["attn"]["v_kernel"]),
+        "o": layers["attn"]["o_kernel"].reshape(config.n_layers, -1, config.d_model),
+        "gate": layers["mlp"]["gate_kernel"],
+        "up": layers["mlp"]["up_kernel"],
+        "down": layers["mlp"]["down_kernel"],
+    }
+    per_layer = [
+        jax.tree.map(lambda w, i=i: w[i], stacked) for i in range(config.n_layers)
+    ]
+    x_bd = jnp.ones((batch, config.d_model), config.dtype)
+
+    def step(per_layer, embedding_vd, x_bd):
+        for w in per_layer:
+            kv = (x_bd @ w["k"]).sum() + (x_bd @ w["v"]).sum()
+            x_bd = x_bd + (x_bd @ w["q"]) @ w["o"] + kv.astype(x_bd.dtype)
+            x_bd = x_bd + (jax.nn.silu(x_bd @ w["gate"]) * (x_bd @ w["up"])) @ w["down"]
+            x_bd = x_bd * jax.lax.rsqrt(jnp.mean(x_bd * x_bd, -1, keepdims=True))
+        logits_bv = jnp.einsum(
+            "bd,vd->bv", x_bd, embedding_vd, preferred_element_type=jnp.float32
+        )
+        # Feed the logits back so no step can be skipped or hoisted.
+        return x_bd + logits_bv[:, : x_bd.shape[1]].astype(x_bd.dtype)
+
+    # A loop of steps, like the sampler's, so loop-invariant work (e.g. the
+    # weight upcasts XLA:CPU inserts for bf16 dots) is hoisted alike.
+    steps = 8
+    loop = jax.jit(
+        lambda per_layer, embedding_vd, x_bd: jax.lax.fori_loop(
+            0, steps, lambda _, x: step(per_layer, embedding_vd, x), x_bd
+        )
+    )
+    embedding_vd = p["embed"]["embedding"]
+    total_s = _timed(
+        lambda: loop(per_layer, embedding_vd, x_bd).block_until_ready(), repeats
+    )
+    return total_s / steps
 
 
 def _build(args, path: str):
@@ -166,6 +223,12 @@ def main() -> None:
         f"bandwidth bound {bound_s * 1e3:.1f} ms/step"
     )
 
+    floor_s = matmul_floor(config, jax_params, args.batch, max(args.repeats, 3))
+    print(
+        f"matmul floor (the step's weight matmuls alone, one jit): "
+        f"{floor_s * 1e3:.1f} ms/step, {floor_s / bound_s:.2f}x the bound"
+    )
+
     results = {}
     for name, run in (("rlvr_jax", jax_run), ("transformers", hf_run)):
         if name == "transformers" and args.skip_hf:
@@ -179,6 +242,11 @@ def main() -> None:
             f"{name:>12}: {generated / full_s:7.1f} tok/s end-to-end "
             f"({full_s:.2f} s), decode {step_s * 1e3:.1f} ms/step = "
             f"{args.batch / step_s:.1f} tok/s, {step_s / bound_s:.2f}x the bound"
+            + (
+                f", {step_s / floor_s:.2f}x the matmul floor"
+                if name == "rlvr_jax"
+                else ""
+            )
         )
     if "transformers" in results:
         ours, theirs = results["rlvr_jax"], results["transformers"]

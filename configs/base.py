@@ -75,7 +75,7 @@ def base_config() -> config_dict.ConfigDict:
     c.train.steps = 2000  # RL steps, one optimizer update each (on-policy)
     c.train.batch_size = 128  # prompts per step (× rollout.n responses)
     c.train.micro_batch_size = 16  # responses per gradient-accumulation slice
-    c.train.recompute_old_logp = True  # π_old from the learner, as veRL does; False: the sampler's
+    c.train.recompute_old_logp = True  # π_old from the learner (veRL); False: sampler
 
     c.mesh = config_dict.ConfigDict()
     c.mesh.data = -1  # -1 = all remaining devices

@@ -1,23 +1,26 @@
 """Batched generation: one prefill, then a single jitted `while_loop` decode.
 
-The sampler and the learner share `model.hidden` / `model.head` and the same
-parameter pytree; there is no second inference engine. One call of `sample`
-runs entirely on device:
+The sampler and the learner share the model code and the same parameter
+pytree; there is no second inference engine. One call of `sample` runs
+entirely on device:
 
-  1. prefill the left-padded prompt batch into a fixed-size KV cache of
-     `prompt width + max_new_tokens` slots (prompt logits are only taken at the
-     last position, so no [B, T, V] tensor is ever built);
-  2. repeat the cache `n` times along the batch axis (one prefill per prompt,
-     `n` samples each);
+  1. prefill the left-padded prompt batch with the learner's forward
+     (`model.hidden`, layers scanned); logits are only taken at the last
+     position, so no [B, T, V] tensor is ever built;
+  2. move the prompt keys/values into per-layer caches of
+     `prompt width + max_new_tokens` slots, repeated `n` times along the batch
+     axis (one prefill per prompt, `n` samples each);
   3. a `jax.lax.while_loop` over fixed-size token / log-prob buffers with a
-     per-row done mask; it stops as soon as every row has emitted an EOS id or
+     per-row done mask; each step runs the model's own `DecoderLayer`s one
+     layer at a time on per-layer weights and caches (so the cache is updated
+     in place) and the loop stops as soon as every row has emitted an EOS id or
      `max_new_tokens` tokens exist. No host round trip happens per token.
 
 Axis legend for tensor-name suffixes (extends the one in `model.py`):
   b  prompt rows                t  prompt positions (left-padded width)
   r  response rows, r = b * n (prompt-major: row i*n + j is sample j of prompt i)
   n  generated-token positions (max_new_tokens)
-  v  vocabulary                 k  kept candidates (top-k)
+  v  vocabulary                 c  kept candidates (top-k)
 
 Log-prob convention. `logprobs_rn[i, j]` is the log-probability of the sampled
 token under the *temperature-scaled full-vocabulary* distribution,
@@ -237,18 +240,18 @@ def _truncate(scaled_rv: jax.Array, top_k: int, top_p: float) -> jax.Array:
     if top_k == 0 and top_p >= 1.0:
         return scaled_rv
     if top_k > 0:
-        sorted_rk = jax.lax.top_k(scaled_rv, top_k)[0]  # descending
+        sorted_rc = jax.lax.top_k(scaled_rv, top_k)[0]  # descending
     else:
         # A full-vocabulary sort per step: costly, only paid when top_p < 1.
-        sorted_rk = -jnp.sort(-scaled_rv, axis=-1)
+        sorted_rc = -jnp.sort(-scaled_rv, axis=-1)
     if top_p < 1.0:
-        probs_rk = jax.nn.softmax(sorted_rk, axis=-1)
-        mass_before_rk = jnp.cumsum(probs_rk, axis=-1) - probs_rk
+        probs_rc = jax.nn.softmax(sorted_rc, axis=-1)
+        mass_before_rc = jnp.cumsum(probs_rc, axis=-1) - probs_rc
         # The most likely token always has 0 mass before it, so it stays.
-        keep_rk = mass_before_rk < top_p
-        cutoff_r = jnp.min(jnp.where(keep_rk, sorted_rk, jnp.inf), axis=-1)
+        keep_rc = mass_before_rc < top_p
+        cutoff_r = jnp.min(jnp.where(keep_rc, sorted_rc, jnp.inf), axis=-1)
     else:
-        cutoff_r = sorted_rk[:, -1]
+        cutoff_r = sorted_rc[:, -1]
     return jnp.where(scaled_rv >= cutoff_r[:, None], scaled_rv, -jnp.inf)
 
 

@@ -129,7 +129,7 @@ def test_greedy_matches_transformers_with_early_eos(hf_model):
     hits = np.isin(want, eos)
     want_len = np.where(hits.any(1), hits.argmax(1) + 1, new)
     assert want_len[0] <= 4 and want_len[2] <= 7
-    assert want_len.min() < new  # some row really stopped early
+    assert want_len.max() > want_len[0]  # others decode on past a stopped row
     np.testing.assert_array_equal(got.tokens[:, : want.shape[1]], want)
     np.testing.assert_array_equal(got.tokens[:, want.shape[1] :], PAD)
     np.testing.assert_array_equal(got.lengths, want_len)
@@ -433,16 +433,30 @@ def test_decode_params_cast_is_bit_identical(hf_model):
     )
 
 
-def test_bf16_defaults_run_and_mostly_agree_with_fp32(hf_tiny_dir):
-    config32, params = PR.load_hf(hf_tiny_dir, np.float32, compute_dtype="float32")
-    config16 = config32.replace(dtype="bfloat16")
-    prompts = _prompts(np.random.default_rng(10), config32.vocab_size, (6, 9))
-    kwargs = dict(max_new_tokens=8, temperature=0.0, eos_ids=(), seed=0)
-    bf16 = S.generate(config16, params, prompts, **kwargs)  # bf16 cache default
-    fp32 = S.generate(config32, params, prompts, cache_dtype="float32", **kwargs)
-    assert np.isfinite(bf16.logprobs).all()
-    # Greedy paths agree until the first near-tie; the first token always.
-    np.testing.assert_array_equal(bf16.tokens[:, 0], fp32.tokens[:, 0])
+def test_bf16_defaults_agree_with_bf16_teacher_forcing(hf_model):
+    """With the production dtypes (bf16 compute and cache) sampler and learner
+    log-probs stay within bf16 rounding of each other."""
+    config, params, _ = hf_model
+    config = config.replace(dtype="bfloat16")
+    prompts = _prompts(np.random.default_rng(10), config.vocab_size, (6, 9))
+    rollout = S.generate(
+        config,
+        params,
+        prompts,
+        max_new_tokens=10,
+        temperature=0.6,
+        eos_ids=(),
+        seed=0,
+        n=2,
+    )
+    logits, response_mask = _teacher_forced_logits(config, params, prompts, rollout, 2)
+    want = np.take_along_axis(
+        _log_softmax(logits / 0.6), rollout.tokens[..., None], -1
+    )[..., 0]
+    err = np.abs(rollout.logprobs - want)[response_mask]
+    # Same budget as the model's bf16-vs-fp32 logit tolerance (0.1); a wrong
+    # position or mask shows up as O(1) errors.
+    assert err.max() < 0.1 and err.mean() < 0.03, (err.max(), err.mean())
 
 
 # ----------------------------------------------------------------- sharding

@@ -191,7 +191,9 @@ def rollout(
         if pad:
             chunk_t = np.concatenate([chunk_t, np.repeat(chunk_t[-1:], pad, 0)])
             chunk_m = np.concatenate([chunk_m, np.repeat(chunk_m[-1:], pad, 0)])
-        placed = sharding_lib.shard_batch(mesh, {"t": chunk_t, "m": chunk_m})
+        placed = sharding_lib.shard_batch(
+            mesh, {"t": _process_rows(chunk_t), "m": _process_rows(chunk_m)}
+        )
         out = sampler_lib.sample(
             model_config,
             params,
@@ -201,20 +203,44 @@ def rollout(
             start * n,
             settings=settings,
         )
-        out = jax.device_get(out)
-        keep = rows * n
-        parts.append(
+        out = _to_host(
             {
-                "tokens": out.tokens_rn[:keep],
-                "logprobs": out.logprobs_rn[:keep],
-                "lengths": out.lengths_r[:keep],
-                "truncated": out.truncated_r[:keep],
+                "tokens": out.tokens_rn,
+                "logprobs": out.logprobs_rn,
+                "lengths": out.lengths_r,
+                "truncated": out.truncated_r,
             }
         )
+        parts.append({k: v[: rows * n] for k, v in out.items()})
     result = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     result["prompt_tokens"] = np.repeat(tokens_bt, n, axis=0)
     result["prompt_mask"] = np.repeat(mask_bt, n, axis=0)
     return result
+
+
+def _process_rows(x: np.ndarray) -> np.ndarray:
+    """This process's share of a global batch (all of it on one process).
+
+    Every process holds the whole rollout on the host (scoring and advantages
+    are cheap), but feeds only its own rows to `shard_batch`.
+    """
+    count, index = jax.process_count(), jax.process_index()
+    rows = len(x) // count
+    return x[index * rows : (index + 1) * rows]
+
+
+def _local(x: jax.Array):
+    """A replicated array's value, read from this process's own copy."""
+    return np.asarray(x.addressable_data(0))
+
+
+def _to_host(tree):
+    """Global device arrays as host numpy arrays, on every process."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def learner_batch(roll: dict[str, np.ndarray], advantages_r: np.ndarray, limit: int):
@@ -563,12 +589,15 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
             # -------------------------------------------------------- update
             t0 = time.time()
             host_batch = learner_batch(roll, adv, settings.max_new_tokens)
-            batch = sharding_lib.shard_batch(mesh, host_batch)
+            batch = sharding_lib.shard_batch(
+                mesh, jax.tree.map(_process_rows, host_batch)
+            )
             if reference is not None:
                 batch["ref_logp"] = logprobs_fn(reference, batch)
-            lr = float(lr_schedule(int(state.step) - int(state.skipped)))
+            applied = _local(state.step) - _local(state.skipped)
+            lr = float(lr_schedule(applied))
             state, learn = train_step(state, batch)
-            learn = jax.device_get(learn)
+            learn = jax.tree.map(_local, learn)
             t_learn = time.time() - t0
             step += 1
             # ----------------------------------------------------------- log

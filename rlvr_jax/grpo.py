@@ -586,6 +586,17 @@ def state_shardings(
     return S.tree_shardings(abstract_train_state(model_config, tx), mesh)
 
 
+def sharded_abstract_state(
+    model_config: M.ModelConfig, tx: optax.GradientTransformation, mesh: Mesh
+) -> TrainState:
+    """ShapeDtypeStructs carrying their shardings: a restore or `lower` target."""
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        abstract_train_state(model_config, tx),
+        state_shardings(model_config, tx, mesh),
+    )
+
+
 def init_train_state(
     model_config: M.ModelConfig,
     tx: optax.GradientTransformation,

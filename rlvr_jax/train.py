@@ -441,7 +441,6 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
         keep=config.checkpoint.keep,
         async_save=config.checkpoint.async_save,
     )
-    state_shardings = grpo.state_shardings(model_config, tx, mesh)
     history: dict[str, list[float]] = {}
     start = checkpointer.latest_step()
     restored = start is not None
@@ -449,11 +448,7 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
         state = grpo.init_train_state(model_config, tx, mesh, params=reference)
         start = 0
     else:
-        abstract = jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-            grpo.abstract_train_state(model_config, tx),
-            state_shardings,
-        )
+        abstract = grpo.sharded_abstract_state(model_config, tx, mesh)
         train_abstract = {k: v for k, v in abstract._asdict().items() if k != "params"}
         try:
             params, train_items, meta = checkpointer.restore(

@@ -309,13 +309,7 @@ def test_real_1_5b_train_step_lowers_on_8_devices_with_expected_bytes():
     mesh = S.make_mesh(data=2, fsdp=4)
     tx = optimizer.adamw(1e-6)
     cfg = grpo.LearnerConfig(micro_batch_size=8)
-    abstract = grpo.abstract_train_state(config, tx)
-    shardings = grpo.state_shardings(config, tx, mesh)
-    state = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-        abstract,
-        shardings,
-    )
+    state = grpo.sharded_abstract_state(config, tx, mesh)
     rows, t = 16, 4096
     bs = S.batch_sharding(mesh)
     sds = lambda dtype, shape=(rows, t): jax.ShapeDtypeStruct(shape, dtype, sharding=bs)
@@ -354,11 +348,7 @@ def test_real_1_5b_fsdp_partitioning_gathers_weights_not_activations():
     config = M.ModelConfig.qwen2_5_math_1_5b()
     mesh = S.make_mesh(data=1, fsdp=8)
     tx = optimizer.adamw(1e-6)
-    state = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-        grpo.abstract_train_state(config, tx),
-        grpo.state_shardings(config, tx, mesh),
-    )
+    state = grpo.sharded_abstract_state(config, tx, mesh)
     rows, t = 16, 1024
     bs = S.batch_sharding(mesh)
     sds = lambda dtype, shape=(rows, t): jax.ShapeDtypeStruct(shape, dtype, sharding=bs)

@@ -259,13 +259,18 @@ def init_cache(
     )
 
 
-def _rope(x_btnh: jax.Array, sin_bth: jax.Array, cos_bth: jax.Array) -> jax.Array:
-    """Rotary embedding, rotate-half layout as in HF Qwen2 (fp32 math)."""
+def rope(x_btnh: jax.Array, sin_bth: jax.Array, cos_bth: jax.Array) -> jax.Array:
+    """Rotary embedding, rotate-half layout as in HF Qwen2 (fp32 math).
+
+    `x_btnh` may have any number of head axes between `t` and `h`.
+    """
     half = x_btnh.shape[-1] // 2
     x = x_btnh.astype(jnp.float32)
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    out = x * cos_bth[:, :, None, :] + rotated * sin_bth[:, :, None, :]
-    return out.astype(x_btnh.dtype)
+    heads = tuple(range(2, x.ndim - 1))
+    sin = jnp.expand_dims(sin_bth, heads)
+    cos = jnp.expand_dims(cos_bth, heads)
+    return (x * cos + rotated * sin).astype(x_btnh.dtype)
 
 
 def rope_tables(positions_bt: jax.Array, head_dim: int, theta: float):
@@ -289,11 +294,22 @@ class RMSNorm(nn.Module):
         scale_d = self.param(
             "scale", nn.initializers.ones, (cfg.d_model,), jnp.dtype(cfg.param_dtype)
         )
-        x = x_btd.astype(jnp.float32)
-        x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + cfg.rms_eps)
-        # HF casts back to the input dtype before applying the weight.
-        x = x.astype(x_btd.dtype)
-        return (scale_d.astype(jnp.float32) * x).astype(cfg.dtype)
+        return rms_norm(cfg, x_btd, scale_d)
+
+
+def rms_norm(config: ModelConfig, x_btd: jax.Array, scale_d: jax.Array) -> jax.Array:
+    """The RMSNorm math on any [..., D] input; returns `config.dtype`."""
+    x = x_btd.astype(jnp.float32)
+    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + config.rms_eps)
+    # HF casts back to the input dtype before applying the weight.
+    x = x.astype(x_btd.dtype)
+    return (scale_d.astype(jnp.float32) * x).astype(config.dtype)
+
+
+def attention_probs(scores_f32: jax.Array, mask: jax.Array, dtype) -> jax.Array:
+    """Softmax over the last (key) axis of fp32 scores where `mask` is True."""
+    scores_f32 = jnp.where(mask, scores_f32, _MASK_VALUE)
+    return jax.nn.softmax(scores_f32, axis=-1).astype(dtype)
 
 
 def _kernel(module: nn.Module, name: str, shape, fan_in: int):
@@ -330,8 +346,8 @@ class Attention(nn.Module):
             "btd,dkh->btkh", x_btd, _kernel(self, "v_kernel", (d, k, h), d)
         )
         v_btkh = v_btkh + _bias(self, "v_bias", (k, h))
-        q_btnh = _rope(q_btnh, sin_bth, cos_bth)
-        k_btkh = _rope(k_btkh, sin_bth, cos_bth)
+        q_btnh = rope(q_btnh, sin_bth, cos_bth)
+        k_btkh = rope(k_btkh, sin_bth, cos_bth)
 
         if layer_cache is None:
             k_bskh, v_bskh = k_btkh, v_btkh
@@ -356,8 +372,7 @@ class Attention(nn.Module):
         s = k_bskh.shape[1]
         causal_ts = jnp.arange(s)[None, :] <= q_slot_t[:, None]
         mask_bts = causal_ts[None] & key_valid_bs[:, None, :]
-        scores_bkgts = jnp.where(mask_bts[:, None, None], scores_bkgts, _MASK_VALUE)
-        probs_bkgts = jax.nn.softmax(scores_bkgts, axis=-1).astype(cfg.dtype)
+        probs_bkgts = attention_probs(scores_bkgts, mask_bts[:, None, None], cfg.dtype)
         out_btkgh = jnp.einsum("bkgts,bskh->btkgh", probs_bkgts, v_bskh)
         out_btnh = out_btkgh.reshape(b, t, n, h)
         o_nhd = _kernel(self, "o_kernel", (n, h, d), n * h)
@@ -375,7 +390,12 @@ class MLP(nn.Module):
         d, f = cfg.d_model, cfg.mlp_dim
         gate_btf = x_btd @ _kernel(self, "gate_kernel", (d, f), d)
         up_btf = x_btd @ _kernel(self, "up_kernel", (d, f), d)
-        return (nn.silu(gate_btf) * up_btf) @ _kernel(self, "down_kernel", (f, d), f)
+        return swiglu(gate_btf, up_btf) @ _kernel(self, "down_kernel", (f, d), f)
+
+
+def swiglu(gate_btf: jax.Array, up_btf: jax.Array) -> jax.Array:
+    """The MLP's gated activation, silu(gate) * up."""
+    return nn.silu(gate_btf) * up_btf
 
 
 class DecoderLayer(nn.Module):

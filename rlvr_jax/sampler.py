@@ -9,12 +9,13 @@ entirely on device:
      position, so no [B, T, V] tensor is ever built;
   2. move the prompt keys/values into per-layer caches of
      `prompt width + max_new_tokens` slots, repeated `n` times along the batch
-     axis (one prefill per prompt, `n` samples each);
+     axis (one prefill per prompt, `n` samples each), and lay the weights out
+     for decoding once (`decoding.pack`: fused, [out, in], per layer);
   3. a `jax.lax.while_loop` over fixed-size token / log-prob buffers with a
-     per-row done mask; each step runs the model's own `DecoderLayer`s one
-     layer at a time on per-layer weights and caches (so the cache is updated
-     in place) and the loop stops as soon as every row has emitted an EOS id or
-     `max_new_tokens` tokens exist. No host round trip happens per token.
+     per-row done mask; each step is `decoding.step` (the model's math for one
+     position per row, caches updated in place) and the loop stops as soon as
+     every row has emitted an EOS id or `max_new_tokens` tokens exist. No host
+     round trip happens per token.
 
 Axis legend for tensor-name suffixes (extends the one in `model.py`):
   b  prompt rows                t  prompt positions (left-padded width)
@@ -48,7 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlvr_jax import model
+from rlvr_jax import decoding, model
 
 Params = Any
 
@@ -300,19 +301,6 @@ def decode_params(config: model.ModelConfig, params: Params) -> Params:
     return jax.tree_util.tree_map_with_path(cast, params)
 
 
-class _LayerCaches(NamedTuple):
-    """The decode-time KV cache: one [R, S, K, H] buffer per layer and kind.
-
-    Separate buffers (rather than `model.KVCache`'s stacked [L, ...] arrays
-    sliced inside a layer scan) let XLA write each new key/value in place in
-    the loop carry and let attention read a layer's buffer directly, so a
-    decode step touches the cache once instead of copying it.
-    """
-
-    k: tuple[jax.Array, ...]
-    v: tuple[jax.Array, ...]
-
-
 class _LoopState(NamedTuple):
     step: jax.Array  # tokens produced so far (the next one goes here)
     last_r: jax.Array  # token fed to the model this step
@@ -320,7 +308,7 @@ class _LoopState(NamedTuple):
     logprobs_rn: jax.Array
     lengths_r: jax.Array
     done_r: jax.Array
-    caches: _LayerCaches
+    caches: decoding.Cache
 
 
 def _record(state: _LoopState, tokens_r, logprobs_r, settings) -> _LoopState:
@@ -347,54 +335,12 @@ def _step_keys(row_keys_r: jax.Array, step: jax.Array) -> jax.Array:
     return jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys_r, step)
 
 
-def _embed(module: model.Qwen2, tokens_bt):
-    return module.embed(tokens_bt)
-
-
-def _final_norm(module: model.Qwen2, x_btd):
-    return module.final_norm(x_btd)
-
-
-def _decode_logits(
-    config, params, layer_params, caches, valid_rs, tokens_r, pos_r, slot
-):
-    """One token per row through the decoder; returns (logits_rv, caches).
-
-    The same modules as `model.Qwen2.__call__` (embedding, `DecoderLayer`,
-    final norm, head) applied layer by layer to per-layer weights and caches
-    instead of scanned over stacked ones; `tests/test_sampler.py` checks the
-    result against a teacher-forced `model.forward`.
-    """
-    x_r1d = model.Qwen2(config).apply(
-        {"params": params}, tokens_r[:, None], method=_embed
-    )
-    sin_r1h, cos_r1h = model.rope_tables(
-        pos_r[:, None], config.head_dim, config.rope_theta
-    )
-    new_k, new_v = [], []
-    for layer in range(config.n_layers):
-        x_r1d, (k_rskh, v_rskh) = model.DecoderLayer(config).apply(
-            {"params": layer_params[layer]},
-            x_r1d,
-            (caches.k[layer], caches.v[layer]),
-            sin_r1h,
-            cos_r1h,
-            valid_rs,
-            slot[None],
-            slot,
-        )
-        new_k.append(k_rskh)
-        new_v.append(v_rskh)
-    x_r1d = model.Qwen2(config).apply({"params": params}, x_r1d, method=_final_norm)
-    logits_rv = model.head(config, params, x_r1d)[:, 0]
-    return logits_rv, _LayerCaches(tuple(new_k), tuple(new_v))
-
-
-def _decode_loop(config, params, state, row_keys_r, prompt_len_r, valid_rs, settings):
+def _decode_loop(config, weights, state, row_keys_r, prompt_len_r, valid_rs, settings):
     """Runs the while_loop from a state whose first token is recorded.
 
     Args:
-      config, params: the model (params already cast by `decode_params`).
+      config: the model.
+      weights: `decoding.pack` output (made once, outside the loop).
       state: `_LoopState` after step 0.
       row_keys_r: per-row base keys.
       prompt_len_r: int32 [R] real prompt tokens per row.
@@ -402,13 +348,6 @@ def _decode_loop(config, params, state, row_keys_r, prompt_len_r, valid_rs, sett
         then every response slot; causality hides slots not yet written).
       settings: `SamplingSettings`.
     """
-    # Per-layer slices of the stacked weights, taken once outside the loop so
-    # that no step slices (and, on some backends, copies) a layer's weights.
-    # Costs one extra copy of the layer weights in the compute dtype.
-    layer_params = tuple(
-        jax.tree.map(lambda w, i=i: w[i], params["layers"])
-        for i in range(config.n_layers)
-    )
     prompt_width = valid_rs.shape[1] - settings.max_new_tokens
 
     def cond(state: _LoopState):
@@ -417,15 +356,14 @@ def _decode_loop(config, params, state, row_keys_r, prompt_len_r, valid_rs, sett
     def body(state: _LoopState):
         # The token recorded at step j-1 has RoPE position prompt_len + j - 1
         # and goes to cache slot prompt_width + j - 1.
-        logits_rv, caches = _decode_logits(
+        logits_rv, caches = decoding.step(
             config,
-            params,
-            layer_params,
+            weights,
             state.caches,
-            valid_rs,
             state.last_r,
             prompt_len_r + state.step - 1,
             prompt_width + state.step - 1,
+            valid_rs,
         )
         tokens_r, logprobs_r = _choose(
             logits_rv, _step_keys(row_keys_r, state.step), settings
@@ -440,7 +378,14 @@ def _repeat_rows(x, n: int, axis: int):
 
 
 def _sample(
-    config, params, prompt_tokens_bt, prompt_mask_bt, key, row_offset, settings
+    config,
+    params,
+    prompt_tokens_bt,
+    prompt_mask_bt,
+    key,
+    row_offset,
+    settings,
+    weights_dtype=None,
 ):
     b, t = prompt_tokens_bt.shape
     n, new = settings.n, settings.max_new_tokens
@@ -460,18 +405,10 @@ def _sample(
     )
     logits_bv = model.head(config, params, x_btd[:, -1:])[:, 0]
 
-    # ---- per-layer caches of prompt + response slots, repeated n times so
-    # the n samples of a prompt share its prefill.
-    def grow(c_bskh):
-        c_bskh = jnp.pad(c_bskh, ((0, 0), (0, new), (0, 0), (0, 0)))
-        return _repeat_rows(c_bskh, n, axis=0)
-
-    caches = _LayerCaches(
-        k=tuple(grow(cache.k_lbskh[i]) for i in range(config.n_layers)),
-        v=tuple(grow(cache.v_lbskh[i]) for i in range(config.n_layers)),
-    )
-    valid_bs = jnp.concatenate([prompt_mask_bt, jnp.ones((b, new), bool)], axis=1)
-    valid_rs = _repeat_rows(valid_bs, n, axis=0)
+    # ---- decode-layout caches of prompt + response slots, repeated n times
+    # so the n samples of a prompt share its prefill; decode-layout weights.
+    caches, valid_rs = decoding.cache_from_prefill(cache, new, n, settings.cache_dtype)
+    weights = decoding.pack(config, params, weights_dtype)
     logits_rv = _repeat_rows(logits_bv, n, axis=0)
     prompt_len_r = _repeat_rows(prompt_mask_bt.sum(-1, dtype=jnp.int32), n, axis=0)
     r = b * n
@@ -493,7 +430,7 @@ def _sample(
     )
     state = _record(state, tokens_r, logprobs_r, settings)
     state = _decode_loop(
-        config, params, state, row_keys_r, prompt_len_r, valid_rs, settings
+        config, weights, state, row_keys_r, prompt_len_r, valid_rs, settings
     )
     return Samples(
         tokens_rn=state.tokens_rn,
@@ -504,7 +441,25 @@ def _sample(
     )
 
 
-_sample_jit = jax.jit(_sample, static_argnames=("config", "settings"))
+_sample_jit = jax.jit(_sample, static_argnames=("config", "settings", "weights_dtype"))
+
+
+def decode_weights_dtype(config: model.ModelConfig, params: Params) -> str:
+    """Storage dtype of the decode-layout weights for params on their devices.
+
+    The compute dtype, except on CPU, where bf16 weights are stored as fp32
+    (exactly, once per rollout): XLA:CPU has no bf16 matmul kernels and would
+    convert every weight at every decode step.
+    """
+    return "float32" if _platforms(params) == {"cpu"} else config.dtype
+
+
+def _platforms(params: Params) -> set[str]:
+    """Platforms holding the params (the default backend for host/abstract ones)."""
+    leaf = jax.tree.leaves(params)[0]
+    if isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer):
+        return {d.platform for d in leaf.devices()}
+    return {jax.default_backend()}
 
 
 def sample(
@@ -546,6 +501,7 @@ def sample(
         key,
         jnp.asarray(row_offset, jnp.int32),
         settings=settings,
+        weights_dtype=decode_weights_dtype(config, params),
     )
 
 

@@ -1,0 +1,301 @@
+"""Single-token decoding of the Qwen2 model over packed per-layer weights.
+
+A decode step multiplies a few rows (one token per response) by every weight
+of the model, so its speed is the speed of reading the weights. `pack` lays
+the weights out once per rollout for that access pattern:
+
+  * one [O, D] ("out, in") matrix per projection, with the projections that
+    read the same input fused: q|k|v into one, gate|up into one; the tied
+    embedding already has this layout and serves as the head unchanged;
+  * one entry per layer (not the learner's stacked [L, ...] arrays), so no
+    step slices or copies a layer's weights.
+
+`step` is the model's forward for one position per row. It uses the same
+math as `model.DecoderLayer` (`model.rms_norm`, `model.rope`,
+`model.attention_probs`, `model.swiglu`); only the matmul layout and the KV
+cache layout differ. `tests/test_decoding.py` checks its logits against a
+teacher-forced `model.forward`, and `tests/test_sampler.py` the sampler built
+on it against `transformers`.
+
+Matmuls (`project`). On accelerators a projection is an einsum. On CPU it is
+written as a broadcast multiply and a sum over the contiguous `D` axis of the
+[O, D] weight: XLA:CPU hands that to its reduction kernels, which stream the
+weight at close to memory bandwidth, while its dot kernels re-pack the whole
+weight on every call and run a decode-shaped [rows, D] x [D, O] product 2-4x
+slower (`benchmarks/sampler.py` measures both).
+
+KV cache layout, per layer: keys [R, K, H, S] and values [R, K, S, H]. Those
+are the operand layouts the two attention contractions read in place (the
+learner's [R, S, K, H] layout makes XLA transpose-copy the whole cache in
+every step).
+
+Axis legend (extends the one in `model.py`): r response rows, o projection
+outputs, m attention features (n * h).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from rlvr_jax import model
+
+Params = Any
+
+
+class LayerWeights(NamedTuple):
+    """One decoder layer's weights in the decode layout (see `pack` for dtypes).
+
+    Attributes:
+      input_norm_d, post_attn_norm_d: RMSNorm scales (fp32, as the model).
+      qkv_od: fused q|k|v projection, O = (n + 2k) * h rows.
+      qkv_bias_o: the fused q|k|v bias.
+      o_dm: attention output projection, m = n * h.
+      gate_up_od: fused gate|up projection, O = 2 * f rows.
+      down_df: MLP down projection.
+    """
+
+    input_norm_d: jax.Array
+    qkv_od: jax.Array
+    qkv_bias_o: jax.Array
+    o_dm: jax.Array
+    post_attn_norm_d: jax.Array
+    gate_up_od: jax.Array
+    down_df: jax.Array
+
+
+class Weights(NamedTuple):
+    """The whole model in the decode layout.
+
+    Attributes:
+      embed_vd: token embedding in the compute dtype (a lookup, not a matmul).
+      layers: one `LayerWeights` per decoder layer.
+      final_norm_d: final RMSNorm scale.
+      head_vd: output head [V, D] (the embedding itself when tied).
+    """
+
+    embed_vd: jax.Array
+    layers: tuple[LayerWeights, ...]
+    final_norm_d: jax.Array
+    head_vd: jax.Array
+
+
+class Cache(NamedTuple):
+    """Per-layer KV buffers in the decode layout (see module docstring).
+
+    Attributes:
+      k: one [R, K, H, S] key buffer per layer.
+      v: one [R, K, S, H] value buffer per layer.
+    """
+
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
+
+
+def pack(config: model.ModelConfig, params: Params, dtype=None) -> Weights:
+    """Decode-layout weights from the model's parameter pytree (traceable).
+
+    Args:
+      config: the architecture.
+      params: the model's parameter pytree.
+      dtype: storage dtype of the matmul weights; default `config.dtype`.
+        Weights are first rounded to `config.dtype` (as the model casts them
+        at every use, so results are unchanged), then stored in `dtype`: on
+        CPU, pass float32 for a bf16 model, since XLA:CPU has no bf16 matmul
+        kernels and would otherwise convert every weight in every step.
+
+    Norm scales stay as stored. Costs one copy of the weights, made once per
+    rollout, outside the decode loop.
+    """
+    compute = jnp.dtype(config.dtype)
+    store = compute if dtype is None else jnp.dtype(dtype)
+
+    def cast(w):
+        return w.astype(compute).astype(store)
+
+    d, f, m = config.d_model, config.mlp_dim, config.n_heads * config.head_dim
+    stacked = params["layers"]
+    attn, mlp = stacked["attn"], stacked["mlp"]
+
+    def out_in(w_ld_o):  # [L, D, ...out] -> [L, O, D]
+        w_ldo = w_ld_o.reshape(w_ld_o.shape[0], w_ld_o.shape[1], -1)
+        return cast(jnp.swapaxes(w_ldo, 1, 2))
+
+    def flat(b_l_o):  # [L, ...out] -> [L, O]
+        return b_l_o.reshape(b_l_o.shape[0], -1)
+
+    qkv_lod = jnp.concatenate(
+        [out_in(attn["q_kernel"]), out_in(attn["k_kernel"]), out_in(attn["v_kernel"])],
+        axis=1,
+    )
+    qkv_bias_lo = jnp.concatenate(
+        [flat(attn["q_bias"]), flat(attn["k_bias"]), flat(attn["v_bias"])], axis=1
+    ).astype(compute)
+    o_ldm = cast(jnp.swapaxes(attn["o_kernel"].reshape(-1, m, d), 1, 2))
+    gate_up_lod = jnp.concatenate(
+        [out_in(mlp["gate_kernel"]), out_in(mlp["up_kernel"])], axis=1
+    )
+    down_ldf = cast(jnp.swapaxes(mlp["down_kernel"].reshape(-1, f, d), 1, 2))
+    layers = tuple(
+        LayerWeights(
+            input_norm_d=stacked["input_norm"]["scale"][i],
+            qkv_od=qkv_lod[i],
+            qkv_bias_o=qkv_bias_lo[i],
+            o_dm=o_ldm[i],
+            post_attn_norm_d=stacked["post_attn_norm"]["scale"][i],
+            gate_up_od=gate_up_lod[i],
+            down_df=down_ldf[i],
+        )
+        for i in range(config.n_layers)
+    )
+    # The lookup reads one row per token: kept in the compute dtype.
+    embed_vd = params["embed"]["embedding"].astype(compute)
+    if config.tie_embeddings:
+        head_vd = cast(params["embed"]["embedding"])
+    else:
+        head_vd = cast(jnp.swapaxes(params["lm_head"], 0, 1))
+    return Weights(embed_vd, layers, params["final_norm"]["scale"], head_vd)
+
+
+def project(x_rd: jax.Array, w_od: jax.Array, out_dtype=None) -> jax.Array:
+    """x @ w.T for a few rows: [R, D] x [O, D] -> [R, O].
+
+    Accumulates in fp32 and returns `out_dtype` (default: x's dtype), as the
+    model's einsums do. The CPU lowering is a multiply and a reduction over
+    the contiguous axis of `w` (see the module docstring); elsewhere it is an
+    einsum.
+    """
+    out_dtype = jnp.dtype(out_dtype or x_rd.dtype)
+
+    def einsum(x_rd, w_od):
+        return jnp.einsum(
+            "rd,od->ro", x_rd, w_od, preferred_element_type=jnp.float32
+        ).astype(out_dtype)
+
+    def streamed(x_rd, w_od):
+        # fp32 products of the compute-dtype values, fp32 sums: the same
+        # arithmetic as XLA:CPU's dot (which upcasts bf16 operands too).
+        prod_rod = w_od.astype(jnp.float32)[None] * x_rd.astype(jnp.float32)[:, None]
+        return jnp.sum(prod_rod, axis=-1).astype(out_dtype)
+
+    return jax.lax.platform_dependent(x_rd, w_od, cpu=streamed, default=einsum)
+
+
+def cache_from_prefill(
+    cache: model.KVCache, new: int, n: int, dtype
+) -> tuple[Cache, jax.Array]:
+    """Decode caches with `new` empty slots after the prompt's, rows repeated n×.
+
+    Args:
+      cache: the prefill's `model.KVCache` ([L, B, T, K, H] buffers).
+      new: response slots to append.
+      n: samples per prompt (row i*n + j reads prompt i).
+      dtype: the cache dtype.
+
+    Returns:
+      (`Cache` with R = B * n rows and S = T + new slots, valid_rs: bool [R, S]
+      marking real prompt tokens and every response slot).
+    """
+
+    def rows(x, axis=0):
+        return x if n == 1 else jnp.repeat(x, n, axis=axis)
+
+    k, v = [], []
+    for i in range(cache.k_lbskh.shape[0]):
+        k_bkht = jnp.transpose(cache.k_lbskh[i], (0, 2, 3, 1)).astype(dtype)
+        v_bkth = jnp.transpose(cache.v_lbskh[i], (0, 2, 1, 3)).astype(dtype)
+        k.append(rows(jnp.pad(k_bkht, ((0, 0), (0, 0), (0, 0), (0, new)))))
+        v.append(rows(jnp.pad(v_bkth, ((0, 0), (0, 0), (0, new), (0, 0)))))
+    b = cache.valid_bs.shape[0]
+    valid_bs = jnp.concatenate([cache.valid_bs, jnp.ones((b, new), bool)], axis=1)
+    return Cache(tuple(k), tuple(v)), rows(valid_bs)
+
+
+def _attention(
+    config, w: LayerWeights, x_rd, k_rkhs, v_rksh, sin_r1h, cos_r1h, mask_rs, slot
+):
+    """Self-attention of one new position per row; writes it at `slot`."""
+    r = x_rd.shape[0]
+    n, k, h = config.n_heads, config.n_kv_heads, config.head_dim
+    g = n // k
+    qkv_ro = project(x_rd, w.qkv_od) + w.qkv_bias_o
+    q_r1nh = qkv_ro[:, : n * h].reshape(r, 1, n, h)
+    k_r1kh = qkv_ro[:, n * h : (n + k) * h].reshape(r, 1, k, h)
+    v_rkh = qkv_ro[:, (n + k) * h :].reshape(r, k, h)
+    q_rkgh = model.rope(q_r1nh, sin_r1h, cos_r1h).reshape(r, k, g, h)
+    k_rkh = model.rope(k_r1kh, sin_r1h, cos_r1h)[:, 0]
+    k_rkhs = jax.lax.dynamic_update_slice(
+        k_rkhs, k_rkh[..., None].astype(k_rkhs.dtype), (0, 0, 0, slot)
+    )
+    v_rksh = jax.lax.dynamic_update_slice(
+        v_rksh, v_rkh[:, :, None].astype(v_rksh.dtype), (0, 0, slot, 0)
+    )
+    scores_rkgs = jnp.einsum(
+        "rkgh,rkhs->rkgs",
+        q_rkgh,
+        k_rkhs.astype(config.dtype),
+        preferred_element_type=jnp.float32,
+    ) / math.sqrt(h)
+    probs_rkgs = model.attention_probs(
+        scores_rkgs, mask_rs[:, None, None], config.dtype
+    )
+    out_rkgh = jnp.einsum("rkgs,rksh->rkgh", probs_rkgs, v_rksh.astype(config.dtype))
+    return project(out_rkgh.reshape(r, n * h), w.o_dm), k_rkhs, v_rksh
+
+
+def step(
+    config: model.ModelConfig,
+    weights: Weights,
+    cache: Cache,
+    tokens_r: jax.Array,
+    positions_r: jax.Array,
+    slot: jax.Array,
+    valid_rs: jax.Array,
+) -> tuple[jax.Array, Cache]:
+    """One token per row through the model; returns (fp32 logits [R, V], cache).
+
+    Args:
+      config: the architecture.
+      weights: `pack` output.
+      cache: the decode caches; this step's keys/values go to slot `slot`.
+      tokens_r: int32 [R] the tokens to feed.
+      positions_r: int32 [R] their RoPE positions.
+      slot: int32 scalar cache slot of this step (shared by all rows).
+      valid_rs: bool [R, S] slots holding real tokens; slots after `slot`
+        are hidden by causality whatever they hold.
+    """
+    x_rd = jnp.take(weights.embed_vd, tokens_r, axis=0)
+    sin_r1h, cos_r1h = model.rope_tables(
+        positions_r[:, None], config.head_dim, config.rope_theta
+    )
+    s = valid_rs.shape[1]
+    mask_rs = valid_rs & (jnp.arange(s) <= slot)[None]
+    new_k, new_v = [], []
+    for w, k_rkhs, v_rksh in zip(weights.layers, cache.k, cache.v):
+        attn_rd, k_rkhs, v_rksh = _attention(
+            config,
+            w,
+            model.rms_norm(config, x_rd, w.input_norm_d),
+            k_rkhs,
+            v_rksh,
+            sin_r1h,
+            cos_r1h,
+            mask_rs,
+            slot,
+        )
+        new_k.append(k_rkhs)
+        new_v.append(v_rksh)
+        x_rd = x_rd + attn_rd
+        gate_up_ro = project(
+            model.rms_norm(config, x_rd, w.post_attn_norm_d), w.gate_up_od
+        )
+        f = config.mlp_dim
+        x_rd = x_rd + project(
+            model.swiglu(gate_up_ro[:, :f], gate_up_ro[:, f:]), w.down_df
+        )
+    x_rd = model.rms_norm(config, x_rd, weights.final_norm_d)
+    logits_rv = project(x_rd, weights.head_vd, jnp.float32)
+    return logits_rv, Cache(tuple(new_k), tuple(new_v))

@@ -184,6 +184,11 @@ def project(x_rd: jax.Array, w_od: jax.Array, out_dtype=None) -> jax.Array:
     return jax.lax.platform_dependent(x_rd, w_od, cpu=streamed, default=einsum)
 
 
+def repeat_rows(x, n: int, axis: int = 0):
+    """Each row n times in a row (row i*n + j is copy j of row i)."""
+    return x if n == 1 else jnp.repeat(x, n, axis=axis)
+
+
 def cache_from_prefill(
     cache: model.KVCache, new: int, n: int, dtype
 ) -> tuple[Cache, jax.Array]:
@@ -200,8 +205,8 @@ def cache_from_prefill(
       marking real prompt tokens and every response slot).
     """
 
-    def rows(x, axis=0):
-        return x if n == 1 else jnp.repeat(x, n, axis=axis)
+    def rows(x):
+        return repeat_rows(x, n)
 
     k, v = [], []
     for i in range(cache.k_lbskh.shape[0]):

@@ -282,12 +282,12 @@ def _is_eos(tokens_r: jax.Array, eos_ids: tuple[int, ...]) -> jax.Array:
 
 # ------------------------------------------------------------------- decode
 def decode_params(config: model.ModelConfig, params: Params) -> Params:
-    """Casts matmul weights to the compute dtype once, ahead of the loop.
+    """Casts matmul weights to the compute dtype once, ahead of the prefill.
 
-    The model casts each fp32 weight to `config.dtype` at every use; inside a
-    decode loop that would re-read the fp32 master weights (twice the bytes)
-    and write a bf16 copy on every token. Casting here gives bit-identical
-    results: norm scales, which the model reads in fp32, are left alone.
+    The model casts each fp32 weight to `config.dtype` at every use; casting
+    once here lets the prefill (and `decoding.pack` after it) read half the
+    bytes. Results are bit-identical: norm scales, which the model reads in
+    fp32, are left alone.
     """
     compute = jnp.dtype(config.dtype)
 
@@ -373,10 +373,6 @@ def _decode_loop(config, weights, state, row_keys_r, prompt_len_r, valid_rs, set
     return jax.lax.while_loop(cond, body, state)
 
 
-def _repeat_rows(x, n: int, axis: int):
-    return x if n == 1 else jnp.repeat(x, n, axis=axis)
-
-
 def _sample(
     config,
     params,
@@ -409,8 +405,10 @@ def _sample(
     # so the n samples of a prompt share its prefill; decode-layout weights.
     caches, valid_rs = decoding.cache_from_prefill(cache, new, n, settings.cache_dtype)
     weights = decoding.pack(config, params, weights_dtype)
-    logits_rv = _repeat_rows(logits_bv, n, axis=0)
-    prompt_len_r = _repeat_rows(prompt_mask_bt.sum(-1, dtype=jnp.int32), n, axis=0)
+    logits_rv = decoding.repeat_rows(logits_bv, n, axis=0)
+    prompt_len_r = decoding.repeat_rows(
+        prompt_mask_bt.sum(-1, dtype=jnp.int32), n, axis=0
+    )
     r = b * n
     rows_r = row_offset + jnp.arange(r, dtype=jnp.int32)
     row_keys_r = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, rows_r)

@@ -101,9 +101,9 @@ def test_bf16_model_with_fp32_stored_weights_matches_bf16_weights(hf_tiny_dir):
     feed_bn = rng.integers(0, 256, (2, 3))
     wide, _ = _decode(config, params, tokens_bt, mask_bt, feed_bn, 1, "float32")
     narrow, _ = _decode(config, params, tokens_bt, mask_bt, feed_bn, 1)
-    # Both accumulate bf16 products in fp32; only the summation order may
-    # differ, and outputs are rounded to bf16 after every projection.
-    np.testing.assert_allclose(wide, narrow, atol=0.05)
+    # On CPU both multiply the same values in fp32; only the fp32 summation
+    # order of the two kernels differs (measured: 2.4e-7 at most).
+    np.testing.assert_allclose(wide, narrow, rtol=1e-5, atol=1e-5)
 
 
 def test_pack_lays_out_every_weight_as_out_by_in(hf_tiny_dir):

@@ -214,19 +214,16 @@ def main() -> None:
         settings = sampler.SamplingSettings(
             max_new_tokens=new, temperature=0.0, cache_dtype=args.dtype
         )
-        # Compile ahead of time so that no timed call includes compilation.
+        # Compile ahead of time so that no timed call includes compilation;
+        # each timed call prepares (casts and packs) the weights, as a
+        # rollout does.
+        prepared = sampler.prepare(config, jax_params)
         compiled = sampler._sample_jit.lower(
-            config,
-            jax_params,
-            tokens_bt,
-            mask_bt,
-            key,
-            0,
-            settings=settings,
-            weights_dtype=sampler.decode_weights_dtype(config, jax_params),
+            config, prepared, tokens_bt, mask_bt, key, 0, settings=settings
         ).compile()
+        del prepared
         return lambda: jax.block_until_ready(
-            compiled(jax_params, tokens_bt, mask_bt, key, 0)
+            compiled(sampler.prepare(config, jax_params), tokens_bt, mask_bt, key, 0)
         )
 
     def hf_run(new: int):

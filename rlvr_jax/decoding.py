@@ -6,8 +6,9 @@ the weights out once per rollout for that access pattern:
 
   * one [O, D] ("out, in") matrix per projection, with the projections that
     read the same input fused: q|k|v into one, gate|up into one; the tied
-    embedding already has this layout and serves as the head unchanged;
-  * one entry per layer (not the learner's stacked [L, ...] arrays), so no
+    embedding already has this layout and serves as the head (and as the
+    token lookup table) unchanged;
+  * one array per layer (not the learner's stacked [L, ...] arrays), so no
     step slices or copies a layer's weights.
 
 `step` is the model's forward for one position per row. It uses the same
@@ -71,7 +72,8 @@ class Weights(NamedTuple):
     """The whole model in the decode layout.
 
     Attributes:
-      embed_vd: token embedding in the compute dtype (a lookup, not a matmul).
+      embed_vd: token embedding in the compute dtype (a lookup, not a matmul);
+        None when the embedding is tied, the lookup then reads `head_vd`.
       layers: one `LayerWeights` per decoder layer.
       final_norm_d: final RMSNorm scale.
       head_vd: output head [V, D] (the embedding itself when tied).
@@ -120,42 +122,36 @@ def pack(config: model.ModelConfig, params: Params, dtype=None) -> Weights:
     stacked = params["layers"]
     attn, mlp = stacked["attn"], stacked["mlp"]
 
-    def out_in(w_ld_o):  # [L, D, ...out] -> [L, O, D]
-        w_ldo = w_ld_o.reshape(w_ld_o.shape[0], w_ld_o.shape[1], -1)
-        return cast(jnp.swapaxes(w_ldo, 1, 2))
-
-    def flat(b_l_o):  # [L, ...out] -> [L, O]
-        return b_l_o.reshape(b_l_o.shape[0], -1)
-
-    qkv_lod = jnp.concatenate(
-        [out_in(attn["q_kernel"]), out_in(attn["k_kernel"]), out_in(attn["v_kernel"])],
-        axis=1,
-    )
-    qkv_bias_lo = jnp.concatenate(
-        [flat(attn["q_bias"]), flat(attn["k_bias"]), flat(attn["v_bias"])], axis=1
-    ).astype(compute)
-    o_ldm = cast(jnp.swapaxes(attn["o_kernel"].reshape(-1, m, d), 1, 2))
-    gate_up_lod = jnp.concatenate(
-        [out_in(mlp["gate_kernel"]), out_in(mlp["up_kernel"])], axis=1
-    )
-    down_ldf = cast(jnp.swapaxes(mlp["down_kernel"].reshape(-1, f, d), 1, 2))
-    layers = tuple(
-        LayerWeights(
-            input_norm_d=stacked["input_norm"]["scale"][i],
-            qkv_od=qkv_lod[i],
-            qkv_bias_o=qkv_bias_lo[i],
-            o_dm=o_ldm[i],
-            post_attn_norm_d=stacked["post_attn_norm"]["scale"][i],
-            gate_up_od=gate_up_lod[i],
-            down_df=down_ldf[i],
+    # Built layer by layer, so that each output is written by one fused
+    # transpose (a stacked [L, ...] intermediate would be written, then
+    # sliced, i.e. copied, once more).
+    def out_in(*ws_d_o):  # [D, ...out] each -> one fused [O, D]
+        return jnp.concatenate(
+            [cast(w.reshape(w.shape[0], -1).T) for w in ws_d_o], axis=0
         )
-        for i in range(config.n_layers)
-    )
-    # The lookup reads one row per token: kept in the compute dtype.
-    embed_vd = params["embed"]["embedding"].astype(compute)
+
+    def flat(*bs_o):
+        return jnp.concatenate([b.reshape(-1) for b in bs_o]).astype(compute)
+
+    def layer(i):
+        return LayerWeights(
+            input_norm_d=stacked["input_norm"]["scale"][i],
+            qkv_od=out_in(
+                attn["q_kernel"][i], attn["k_kernel"][i], attn["v_kernel"][i]
+            ),
+            qkv_bias_o=flat(attn["q_bias"][i], attn["k_bias"][i], attn["v_bias"][i]),
+            o_dm=cast(attn["o_kernel"][i].reshape(m, d).T),
+            post_attn_norm_d=stacked["post_attn_norm"]["scale"][i],
+            gate_up_od=out_in(mlp["gate_kernel"][i], mlp["up_kernel"][i]),
+            down_df=cast(mlp["down_kernel"][i].reshape(f, d).T),
+        )
+
+    layers = tuple(layer(i) for i in range(config.n_layers))
     if config.tie_embeddings:
-        head_vd = cast(params["embed"]["embedding"])
+        # The head is the embedding: one copy serves the lookup too.
+        embed_vd, head_vd = None, cast(params["embed"]["embedding"])
     else:
+        embed_vd = params["embed"]["embedding"].astype(compute)
         head_vd = cast(jnp.swapaxes(params["lm_head"], 0, 1))
     return Weights(embed_vd, layers, params["final_norm"]["scale"], head_vd)
 
@@ -272,7 +268,8 @@ def step(
       valid_rs: bool [R, S] slots holding real tokens; slots after `slot`
         are hidden by causality whatever they hold.
     """
-    x_rd = jnp.take(weights.embed_vd, tokens_r, axis=0)
+    table_vd = weights.head_vd if weights.embed_vd is None else weights.embed_vd
+    x_rd = jnp.take(table_vd, tokens_r, axis=0).astype(config.dtype)
     sin_r1h, cos_r1h = model.rope_tables(
         positions_r[:, None], config.head_dim, config.rope_theta
     )

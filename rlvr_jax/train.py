@@ -182,6 +182,7 @@ def rollout(
     n = settings.n
     per_chunk = max(1, chunk_rows // n)
     divisor = sharding_lib.batch_divisor(mesh)
+    weights = sampler_lib.prepare(model_config, params)  # once for all chunks
     parts = []
     for start in range(0, len(prompts), per_chunk):
         chunk_t = tokens_bt[start : start + per_chunk]
@@ -196,7 +197,7 @@ def rollout(
         )
         out = sampler_lib.sample(
             model_config,
-            params,
+            weights,
             placed["t"],
             placed["m"],
             key,

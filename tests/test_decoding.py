@@ -106,9 +106,9 @@ def test_bf16_model_with_fp32_stored_weights_matches_bf16_weights(hf_tiny_dir):
     np.testing.assert_allclose(wide, narrow, rtol=1e-5, atol=1e-5)
 
 
-def test_pack_lays_out_every_weight_as_out_by_in(hf_tiny_dir):
-    config, params = PR.load_hf(hf_tiny_dir, np.float32, compute_dtype="float32")
-    w = D.pack(config, params)
+def test_pack_lays_out_every_weight_as_out_by_in(fp32_model):
+    config, params = fp32_model
+    w = jax.jit(D.pack, static_argnums=0)(config, params)
     layers = params["layers"]
     n, k, h, d, f = (
         config.n_heads,
@@ -135,7 +135,22 @@ def test_pack_lays_out_every_weight_as_out_by_in(hf_tiny_dir):
         )
         np.testing.assert_array_equal(lw.down_df, np.asarray(mlp["down_kernel"][i]).T)
         assert lw.gate_up_od.shape == (2 * f, d)
-    np.testing.assert_array_equal(w.head_vd, params["embed"]["embedding"])
+        np.testing.assert_array_equal(lw.input_norm_d, layers["input_norm"]["scale"][i])
+        np.testing.assert_array_equal(
+            lw.qkv_bias_o,
+            np.concatenate([np.asarray(attn[b][i]).reshape(-1) for b in _QKV_BIAS]),
+        )
+    embedding = np.asarray(params["embed"]["embedding"])
+    if config.tie_embeddings:
+        # One copy of the tied matrix: the head, which the lookup reads too.
+        assert w.embed_vd is None
+        np.testing.assert_array_equal(w.head_vd, embedding)
+    else:
+        np.testing.assert_array_equal(w.embed_vd, embedding)
+        np.testing.assert_array_equal(w.head_vd, np.asarray(params["lm_head"]).T)
+
+
+_QKV_BIAS = ("q_bias", "k_bias", "v_bias")
 
 
 def test_project_equals_einsum_in_fp32_and_bf16():

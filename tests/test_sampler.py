@@ -382,6 +382,39 @@ def test_prefill_sharing_and_chunking_do_not_change_samples(hf_model):
     np.testing.assert_array_equal(shared.prompt_index, np.repeat(np.arange(5), 3))
 
 
+def test_prepared_weights_are_packed_once_and_sample_like_params(hf_model):
+    config, params, _ = hf_model
+    prompts = _prompts(np.random.default_rng(12), config.vocab_size, (4, 9, 2, 6))
+    kwargs = dict(
+        max_new_tokens=6,
+        temperature=0.8,
+        eos_ids=(7,),
+        seed=5,
+        n=2,
+        cache_dtype="float32",
+    )
+    packs = mock.patch.object(S, "_pack_jit", wraps=S._pack_jit)
+    with packs as pack:
+        chunked = S.generate(config, params, prompts, chunk_size=1, **kwargs)
+        assert pack.call_count == 1  # one pack serves all four chunks
+        weights = S.prepare(config, params)
+        assert pack.call_count == 2
+        assert S.prepare(config, weights) is weights
+        assert pack.call_count == 2
+    # fp32 params and compute: the prefill reads the caller's arrays, uncopied.
+    for a, b in zip(jax.tree.leaves(weights.prefill), jax.tree.leaves(params)):
+        assert a is b
+    tokens_bt, mask_bt = S.pad_prompts(prompts)
+    settings = S.SamplingSettings(**{k: v for k, v in kwargs.items() if k != "seed"})
+    key = jax.random.key(5)
+    from_params = S.sample(config, params, tokens_bt, mask_bt, key, settings=settings)
+    from_weights = S.sample(config, weights, tokens_bt, mask_bt, key, settings=settings)
+    for a, b in zip(from_params, from_weights):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(from_params.tokens_rn, chunked.tokens)
+    np.testing.assert_array_equal(from_params.lengths_r, chunked.lengths)
+
+
 def test_decode_is_traced_once_for_repeated_shapes(hf_model):
     config, params, _ = hf_model
     # Settings no other test uses, so the first call below must trace.

@@ -79,7 +79,7 @@ class Weights(NamedTuple):
       head_vd: output head [V, D] (the embedding itself when tied).
     """
 
-    embed_vd: jax.Array
+    embed_vd: jax.Array | None
     layers: tuple[LayerWeights, ...]
     final_norm_d: jax.Array
     head_vd: jax.Array

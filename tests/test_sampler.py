@@ -407,12 +407,12 @@ def test_prepared_weights_are_packed_once_and_sample_like_params(hf_model):
     tokens_bt, mask_bt = S.pad_prompts(prompts)
     settings = S.SamplingSettings(**{k: v for k, v in kwargs.items() if k != "seed"})
     key = jax.random.key(5)
-    from_params = S.sample(config, params, tokens_bt, mask_bt, key, settings=settings)
-    from_weights = S.sample(config, weights, tokens_bt, mask_bt, key, settings=settings)
-    for a, b in zip(from_params, from_weights):
-        np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(from_params.tokens_rn, chunked.tokens)
-    np.testing.assert_array_equal(from_params.lengths_r, chunked.lengths)
+    # One unchunked call on the prepared weights draws what the four chunks did.
+    whole = S.sample(config, weights, tokens_bt, mask_bt, key, settings=settings)
+    np.testing.assert_array_equal(whole.tokens_rn, chunked.tokens)
+    np.testing.assert_array_equal(whole.lengths_r, chunked.lengths)
+    # Batch size changes the fp32 matmul blocking: agreement to 1e-5.
+    np.testing.assert_allclose(whole.logprobs_rn, chunked.logprobs, atol=1e-5)
 
 
 def test_decode_is_traced_once_for_repeated_shapes(hf_model):

@@ -11,6 +11,10 @@ CORE = [
     "absl-py==2.5.1",
     "transformers==5.24.0",
     "tokenizers==0.23.3",
+    "jinja2==3.1.6",  # transformers renders chat templates with it
+    "huggingface-hub==2.4.0",  # hub ids resolved in the local cache
+    "etils[epath]==1.15.0",  # local/gs:// workdir files
+    "ml-dtypes==0.7.0",  # bf16 safetensors
     "safetensors==0.8.0",
     "mpmath==1.3.0",  # the checker's high-precision numeric equality
     "numpy==2.4.6",
@@ -30,7 +34,15 @@ EXTRAS = {
     "eval": EVAL,
     # torch is only the parity reference; the CPU build is pinned so that pip
     # never pulls a multi-GB CUDA wheel onto a test machine.
-    "test": ["pytest==9.0.3", "torch==2.13.0", *EVAL],
+    # nbclient + ipykernel execute the notebooks top to bottom in the suite.
+    "test": [
+        "pytest==9.0.3",
+        "torch==2.13.0",
+        "nbclient==0.11.0",
+        "nbformat==5.11.1",
+        "ipykernel==7.4.0",
+        *EVAL,
+    ],
     "tpu": ["jax[tpu]==0.10.2"],
     "cuda": ["jax[cuda12]==0.10.2"],
     "notebook": ["jupyter==1.1.1", "matplotlib==3.11.2"],
@@ -41,6 +53,8 @@ setup(
     version="0.1.0",
     description="Pure-JAX RL with verifiable rewards (1-shot RLVR / GRPO) for Qwen2 models.",
     packages=find_packages(include=["rlvr_jax", "rlvr_jax.*"]),
+    # The paper's data (rlvr_jax/paper_data/SOURCES.md): the run needs no files.
+    package_data={"rlvr_jax.paper_data": ["SOURCES.md", "train/*", "eval/*/*"]},
     python_requires=">=3.10",
     install_requires=CORE,
     extras_require=EXTRAS,

@@ -33,7 +33,10 @@ def base_config() -> config_dict.ConfigDict:
     c.model.remat = True  # gradient checkpointing per decoder layer
 
     c.data = config_dict.ConfigDict()
-    c.data.train_path = ""  # veRL parquet/jsonl or HF dataset dir; "" = built-in task
+    # The pool: a packaged name ("dsr_sub": the 1,209-example DSR-sub), a veRL
+    # parquet/jsonl file, a HF dataset dir or cached hub id; "" = the built-in
+    # one-example task of `tiny` runs (then `indices` must be ()).
+    c.data.train_path = "dsr_sub"
     c.data.indices = (124,)  # examples to train on (extra_info.index); () = all
     c.data.replicate = 128  # repeat the selected examples to this many rows; 0 = no
     c.data.shuffle = True  # shuffled with `seed`, drop_last
@@ -83,7 +86,8 @@ def base_config() -> config_dict.ConfigDict:
     c.mesh.tensor = 1
 
     c.eval = config_dict.ConfigDict()
-    c.eval.path = ""  # veRL parquet (MATH500 verl_val.parquet), "builtin" or "" = none
+    # "math500" (packaged veRL MATH500), a veRL file, "builtin" or "" = none
+    c.eval.path = "math500"
     c.eval.every = 20  # steps; also before the first step
     c.eval.max_examples = 0  # 0 = all
     c.eval.max_new_tokens = 3072  # greedy decoding

@@ -2,8 +2,7 @@
 
 Shuffled with the seed, drop_last: 9 steps of 128 prompts per epoch.
   python -m rlvr_jax.main --config=configs/dsr_sub.py --workdir=/tmp/dsr_sub \
-      --config.model.path=/path/to/Qwen2.5-Math-1.5B \
-      --config.data.train_path=/path/to/dsr_sub.parquet
+      --config.model.path=/path/to/Qwen2.5-Math-1.5B
 """
 
 import pathlib

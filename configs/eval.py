@@ -2,27 +2,28 @@
 
 A Hugging Face model (the base model, or any exported checkpoint):
   python -m rlvr_jax.evaluate --config=configs/eval.py --workdir=/tmp/eval_base \
-      --config.model.path=/models/Qwen2.5-Math-1.5B --config.data.dir=/data/eval
+      --config.model.path=/models/Qwen2.5-Math-1.5B
 Every checkpoint of a training run (a resumable sweep; results per step):
   python -m rlvr_jax.evaluate --config=configs/eval.py --workdir=/tmp/pi1 \
-      --config.tokenizer=/models/Qwen2.5-Math-1.5B --config.data.dir=/data/eval
+      --config.tokenizer=/models/Qwen2.5-Math-1.5B
   python -m rlvr_jax.plot --workdir=/tmp/pi1
 Only some steps / benchmarks, a benchmark from its own file:
   ... --config.model.steps=0,500,1000 \
       --config.benchmarks=math500,aime24=/path/aime24/test.jsonl
 Benchmarks through TensorFlow Datasets (array_record, no TensorFlow), prepared
-once from a local directory of the standard jsonl files (or downloaded):
-  ... --config.data.format=tfds --config.data.dir=/data/eval \
-      --config.data.tfds_dir=~/tensorflow_datasets
+once, offline, from the packaged files (or from --config.data.dir):
+  ... --config.data.format=tfds --config.data.tfds_dir=~/tensorflow_datasets
 pass@8 / avg@8 of MATH500 at T=0.6 instead of greedy:
   ... --config.benchmarks=math500 --config.sampling.temperature=0.6 \
       --config.sampling.n=8
 Laptop CPU smoke test (a tiny random model, 2 problems per benchmark):
   python -m rlvr_jax.evaluate --config=configs/eval.py:tiny --workdir=/tmp/ev \
-      --config.model.path=/tmp/tiny_hf --config.data.dir=/data/eval
+      --config.model.path=/tmp/tiny_hf
 
-`data.dir` holds `<benchmark>/test.jsonl` (math500, aime24, aime25, amc23,
-minerva_math, olympiadbench; also aime24x8, aime25x8, amc23x8).
+The benchmark files ship with the package (`rlvr_jax.paper_data`): math500,
+aime24, aime25, amc23, minerva_math, olympiadbench, and the replicated
+aime24x8, aime25x8, amc23x8. `data.dir` points at another directory of
+`<benchmark>/test.jsonl` files instead.
 """
 
 from ml_collections import config_dict
@@ -47,7 +48,7 @@ def get_config(arg=None):
     c.template = "qwen25-math-cot"  # or qwen25-math-cot-step, or "...{problem}..."
 
     c.data = config_dict.ConfigDict()
-    c.data.dir = ""  # directory of <benchmark>/test.jsonl files
+    c.data.dir = ""  # directory of <benchmark>/test.jsonl files; "" = packaged
     c.data.format = "jsonl"  # "jsonl" or "tfds" (array_record builders)
     c.data.tfds_dir = ""  # TFDS data_dir; "" = TFDS's default
     c.data.limit = 0  # first N problems per benchmark; 0 = all

@@ -1,10 +1,9 @@
 """The paper's π1 run: GRPO on one example (index 124) replicated to 128 rows.
 
-Paper run (accelerators; ~1.5B params, 1024 responses × 3072 tokens a step):
+Paper run (accelerators; ~1.5B params, 1024 responses × 3072 tokens a step;
+the pool and MATH500 validation are packaged, only the weights are needed):
   python -m rlvr_jax.main --config=configs/pi1.py --workdir=/tmp/pi1 \
-      --config.model.path=/path/to/Qwen2.5-Math-1.5B \
-      --config.data.train_path=/path/to/dsr_sub.parquet \
-      --config.eval.path=/path/to/math500/verl_val.parquet
+      --config.model.path=/path/to/Qwen2.5-Math-1.5B
 Laptop CPU (tiny random model, built-in task, a few minutes):
   python -m rlvr_jax.main --config=configs/pi1.py:tiny --workdir=/tmp/pi1_tiny
 Entropy-only ablation: add --config.loss.pg_coef=0.

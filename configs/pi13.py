@@ -1,8 +1,7 @@
 """π13 alone (index 682) replicated to 128 rows; otherwise the π1 recipe.
 
   python -m rlvr_jax.main --config=configs/pi13.py --workdir=/tmp/pi13 \
-      --config.model.path=/path/to/Qwen2.5-Math-1.5B \
-      --config.data.train_path=/path/to/dsr_sub.parquet
+      --config.model.path=/path/to/Qwen2.5-Math-1.5B
 """
 
 import pathlib

@@ -1,8 +1,7 @@
 """The 2-example run {π1, π13}: each replicated 64× into the 128-row batch.
 
   python -m rlvr_jax.main --config=configs/pi1_pi13.py --workdir=/tmp/pi1_pi13 \
-      --config.model.path=/path/to/Qwen2.5-Math-1.5B \
-      --config.data.train_path=/path/to/dsr_sub.parquet
+      --config.model.path=/path/to/Qwen2.5-Math-1.5B
 """
 
 import pathlib

@@ -34,9 +34,9 @@ from rlvr_jax.checker import extract_answer
 # The canonical six, in the order of the paper's table.
 PAPER_SIX = ("math500", "aime24", "aime25", "amc23", "minerva_math", "olympiadbench")
 
-# Public copies of the standard files (the Qwen2.5-Math harness's data folder;
-# AIME 2025 from the 1-shot RLVR fork of it), for preparing without a local
-# directory when a network exists.
+# Where the packaged files (rlvr_jax/paper_data/eval) come from: the
+# Qwen2.5-Math harness's data folder, and AIME 2025 from the 1-shot RLVR fork
+# of it. Provenance only: nothing here downloads.
 _QWEN_DATA = (
     "https://raw.githubusercontent.com/QwenLM/Qwen2.5-Math/main/evaluation/data"
 )
@@ -97,7 +97,7 @@ class Benchmark:
       gold_rule: a key of `GOLD_RULES`.
       temperature: the paper's sampling temperature (0 = greedy).
       n_samples: samples per row.
-      url: public source of the standard file, or None.
+      url: the public source the packaged file was taken from, or None.
     """
 
     name: str
@@ -316,7 +316,7 @@ def load_tfds(name: str, tfds_dir: str | None, source_dir: str | None) -> list[P
       name: a registered benchmark name.
       tfds_dir: TFDS data_dir (None: the TFDS default).
       source_dir: a local directory of standard jsonl files to prepare from;
-        None downloads the public source (needs a network).
+        None prepares from the packaged files (offline).
     """
     from rlvr_jax import tfds_builders  # lazy: tensorflow_datasets is heavy
 

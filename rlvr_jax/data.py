@@ -1,13 +1,14 @@
 """Training data: loading, example selection, replication, shuffling, prompts.
 
-Accepted sources (a user passes their own paths; nothing here reads the
-project's shared data at run time):
+Accepted sources (`resolve_source` turns a config value into a file):
+  - a packaged name (`dsr_sub`, `pi1_r128`, `math500`: see `rlvr_jax.paper_data`);
   - veRL parquet / jsonl rows: `prompt` (chat messages), `reward_model.
     ground_truth`, `extra_info.index`;
   - plain jsonl rows with a problem and an answer field (`problem`/`question`,
     `answer`/`ground_truth`/`final_answer`);
   - a Hugging Face dataset directory: `datasets.save_to_disk` output (arrow
-    files listed in state.json) or a hub snapshot holding parquet/jsonl files.
+    files listed in state.json) or a hub snapshot holding parquet/jsonl files,
+    also named by its hub id (`org/name`) when it is in the local HF cache.
 
 The iterator is an explicit state machine (epoch, position) so that a
 checkpoint can store it and a resumed run continues with the exact same
@@ -24,6 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from rlvr_jax import paper_data
 from rlvr_jax.tokenizer import QWEN_MATH_CHAT_TEMPLATE
 
 # The suffix the training prompts carry (RECIPE.md), for jsonl sources that
@@ -137,18 +139,48 @@ def _read_rows(path: str) -> list[tuple[dict, str]]:
     raise ValueError(f"{path}: unsupported data format (want .parquet, .jsonl, a dir)")
 
 
-def load_examples(path: str, suffix: str = "") -> list[Example]:
-    """All examples of a dataset file or directory, in file order.
+def resolve_source(source: str) -> str:
+    """The local file or directory a dataset config value names.
 
     Args:
-      path: a veRL parquet/jsonl file, a problem/answer jsonl, or a HF dataset
-        directory.
+      source: an existing path; else a packaged name (`paper_data.FILES`);
+        else a Hugging Face dataset id (`org/name`) already in the local HF
+        cache (nothing is downloaded: runs must not depend on a network).
+
+    Raises:
+      FileNotFoundError: saying what was tried and what is accepted.
+    """
+    if os.path.exists(source):
+        return source
+    if source in paper_data.FILES:
+        return paper_data.path(source)
+    if source.count("/") == 1 and not source.startswith((".", "/", "~")):
+        try:
+            from huggingface_hub import snapshot_download
+
+            return snapshot_download(source, repo_type="dataset", local_files_only=True)
+        except Exception:  # noqa: BLE001 - any miss means "not cached"
+            pass
+    raise FileNotFoundError(
+        f"data source {source!r} is not a file or directory, a packaged dataset "
+        f"({', '.join(sorted(paper_data.FILES))}), or a Hugging Face dataset id in "
+        "the local cache (fetch one with `huggingface-cli download --repo-type "
+        "dataset ORG/NAME` on a machine with network access)"
+    )
+
+
+def load_examples(source: str, suffix: str = "") -> list[Example]:
+    """All examples of a dataset, in file order.
+
+    Args:
+      source: a veRL parquet/jsonl file, a problem/answer jsonl, a HF dataset
+        directory, a packaged name or a cached hub id (see `resolve_source`).
       suffix: appended to bare problems (not to veRL prompts, which already
         carry their instruction).
     """
     return [
         _row_to_example(row, i, where, suffix)
-        for i, (row, where) in enumerate(_read_rows(path))
+        for i, (row, where) in enumerate(_read_rows(resolve_source(source)))
     ]
 
 

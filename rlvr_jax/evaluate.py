@@ -1,7 +1,10 @@
 """Benchmark evaluation: the paper's table for a model or every checkpoint.
 
     python -m rlvr_jax.evaluate --config=configs/eval.py --workdir=DIR \
-        --config.model.path=MODEL --config.data.dir=EVAL_DATA
+        --config.model.path=MODEL
+
+The benchmark files are the packaged ones (`rlvr_jax.paper_data`) unless
+`data.dir` names a directory of `<benchmark>/test.jsonl` files.
 
 What is evaluated (`model.path`):
   - a Hugging Face directory (has config.json): that model;
@@ -40,7 +43,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from rlvr_jax import benchmarks
+from rlvr_jax import benchmarks, paper_data
 from rlvr_jax import metrics as metrics_lib
 from rlvr_jax import results as results_lib
 from rlvr_jax.results import EvalError  # noqa: F401 - re-exported
@@ -382,13 +385,9 @@ def _load_problems(
     elif d.format == "tfds":
         problems = benchmarks.load_tfds(name, d.tfds_dir or None, d.dir or None)
         source = f"tfds:{name}"
-    elif d.dir:
-        problems, source = benchmarks.load_jsonl(name, d.dir), os.path.abspath(d.dir)
     else:
-        raise results_lib.EvalError(
-            f"benchmark {name}: no data; set --config.data.dir=<dir with "
-            f"{name}/test.jsonl> or list it as {name}=/path/file.jsonl"
-        )
+        data_dir = os.path.abspath(d.dir) if d.dir else paper_data.eval_dir()
+        problems, source = benchmarks.load_jsonl(name, data_dir), data_dir
     if d.limit:
         # Whole groups, so a replicated file keeps all samples of a problem.
         keep = set(sorted({p.group for p in problems})[: d.limit])
@@ -631,6 +630,7 @@ def main(argv: Sequence[str]) -> None:
     from absl import flags
 
     del argv
+    metrics_lib.quiet_library_logs()
     config = flags.FLAGS.config
     workdir = flags.FLAGS.workdir
     try:

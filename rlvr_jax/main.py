@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
+
+from rlvr_jax import metrics
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py[:arg]).", lock_config=True
@@ -39,9 +41,7 @@ def _multi_host() -> bool:
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:
-        # orbax logs every save phase at INFO; keep the console for progress.
-        logging.set_verbosity(logging.WARNING)
+    metrics.quiet_library_logs()
     import jax
 
     if _multi_host():

@@ -31,6 +31,18 @@ from etils import epath
 METRICS_FILE = "metrics.jsonl"
 
 
+def quiet_library_logs() -> None:
+    """Library logs (orbax, TFDS, absl) at WARNING unless `--verbosity` is given.
+
+    Orbax logs every save and restore phase at INFO; the console is for the
+    program's own progress lines. Call from an absl `main` (flags parsed).
+    """
+    from absl import flags, logging
+
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+
+
 def is_remote(path) -> bool:
     return "://" in str(path)
 

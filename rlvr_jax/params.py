@@ -204,7 +204,7 @@ def load_hf(
     path: str,
     dtype: Any = np.float32,
     *,
-    compute_dtype: str = "bfloat16",
+    compute_dtype: str | None = None,
     shardings: Any = None,
     **config_overrides,
 ) -> tuple[ModelConfig, Any]:
@@ -214,7 +214,9 @@ def load_hf(
       path: directory with config.json and model.safetensors (or an index with
         shards).
       dtype: parameter (storage) dtype, e.g. np.float32 or jnp.bfloat16.
-      compute_dtype: `ModelConfig.dtype`, the dtype of matmuls/activations.
+      compute_dtype: `ModelConfig.dtype`, the dtype of matmuls/activations;
+        None computes in the storage dtype (fp32 weights give fp32 logits,
+        equal to transformers'; training configs ask for bf16 explicitly).
       shardings: optional pytree of `jax.sharding.Sharding` matching the
         params; each device then receives only its own slice.
       **config_overrides: other `ModelConfig` fields to set (e.g. remat=True).
@@ -229,7 +231,10 @@ def load_hf(
     """
     param_dtype = np.dtype(dtype)
     config = read_config(
-        path, param_dtype=param_dtype.name, dtype=compute_dtype, **config_overrides
+        path,
+        param_dtype=param_dtype.name,
+        dtype=compute_dtype or param_dtype.name,
+        **config_overrides,
     )
     tensors = _Tensors(path)
     shapes = abstract_params(config)

@@ -7,15 +7,15 @@ history, and rank by score, descending. The sort is stable over the history
 file's own key order, so ties (e.g. the all-zero histories at the bottom) keep
 the order in which the file lists them; π_i is rank i.
 
-    # π1 replicated to the paper's batch of 128 (veRL parquet):
-    python -m rlvr_jax.select --history=acc_step_500.json \
-        --pool=dsr_sub.parquet --ranks=1 --batch_size=128 --output=pi1_r128.parquet
+    # π1 replicated to the paper's batch of 128 (veRL parquet), from the
+    # packaged history and pool (`--history` / `--pool` take files too):
+    python -m rlvr_jax.select --ranks=1 --batch_size=128 --output=pi1_r128.parquet
     # {π1, π13} × 64, from our own training run's history:
-    python -m rlvr_jax.select --workdir=/tmp/dsr_run --pool=dsr_sub.parquet \
-        --ranks=1,13 --batch_size=128 --output=pi1_pi13_r128.parquet
+    python -m rlvr_jax.select --workdir=/tmp/dsr_run --ranks=1,13 \
+        --batch_size=128 --output=pi1_pi13_r128.parquet
     # a random example instead:
-    python -m rlvr_jax.select --method=random --seed=0 --pool=dsr_sub.parquet \
-        --history=acc_step_500.json --ranks=1 --batch_size=128 --output=rand.parquet
+    python -m rlvr_jax.select --method=random --seed=0 --ranks=1 \
+        --batch_size=128 --output=rand.parquet
 
 The output rows are the pool's own rows (every column kept) in pool order,
 the whole selection repeated until it fills `batch_size`, as the reference's
@@ -30,6 +30,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from rlvr_jax import paper_data
+
 HISTORY_FILE = "accuracy_history.json"  # what the training loop saves
 METHODS = ("variance", "random")
 
@@ -38,16 +40,25 @@ class SelectionError(ValueError):
     """A bad history file, pool or request; the message names which."""
 
 
+def _local_or_packaged(path: str) -> str:
+    """`path` itself, or the packaged file of that name (`acc_step_500`, ...)."""
+    if not os.path.exists(path) and path in paper_data.FILES:
+        return paper_data.path(path)
+    return path
+
+
 # ----------------------------------------------------------------- history
 def read_history(path: str) -> dict[str, list[float]]:
     """An accuracy history {example index: [accuracy per epoch]}, file order.
 
     Args:
-      path: a JSON file, or a training workdir holding `accuracy_history.json`.
+      path: a JSON file, a training workdir holding `accuracy_history.json`,
+        or a packaged name (`acc_step_500`: the paper's full-pool history).
 
     Raises:
       SelectionError: a missing file, invalid JSON, or a malformed entry.
     """
+    path = _local_or_packaged(path)
     if os.path.isdir(path):
         path = os.path.join(path, HISTORY_FILE)
     if not os.path.isfile(path):
@@ -122,6 +133,7 @@ def _read_pool(path: str):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    path = _local_or_packaged(path)
     if not os.path.isfile(path):
         raise SelectionError(f"pool file not found: {path}")
     if path.endswith(".parquet"):
@@ -194,9 +206,7 @@ def main(argv: Sequence[str]) -> None:
 
     del argv
     f = flags.FLAGS
-    if not (f.history or f.workdir):
-        raise SelectionError("pass --history=<json> or --workdir=<training workdir>")
-    history = read_history(f.history or f.workdir)
+    history = read_history(f.workdir or f.history)
     ranking = rank(history, f.method, f.seed)
     ranks = [int(r) for r in f.ranks]
     chosen = pick(ranking, ranks)
@@ -207,8 +217,6 @@ def main(argv: Sequence[str]) -> None:
         mark = "  <- selected" if r in ranks else ""
         print(f"rank {r:>{width}}  index {index:>{width}}  score {score:.6f}{mark}")
     if f.output:
-        if not f.pool:
-            raise SelectionError("--output needs --pool=<veRL parquet or jsonl>")
         table = replicated_rows(f.pool, chosen, f.batch_size)
         write_parquet(table, f.output)
         print(f"wrote {table.num_rows} rows (indices {chosen}) to {f.output}")
@@ -217,12 +225,22 @@ def main(argv: Sequence[str]) -> None:
 def _define_flags() -> None:
     from absl import flags
 
-    flags.DEFINE_string("history", "", "accuracy history JSON {index: [acc, ...]}")
-    flags.DEFINE_string("workdir", "", f"training workdir holding {HISTORY_FILE}")
+    flags.DEFINE_string(
+        "history",
+        "acc_step_500",
+        "accuracy history JSON {index: [acc, ...]}; default: the paper's (packaged)",
+    )
+    flags.DEFINE_string(
+        "workdir", "", f"training workdir holding {HISTORY_FILE} (over --history)"
+    )
     flags.DEFINE_enum("method", "variance", list(METHODS), "ranking method")
     flags.DEFINE_integer("seed", 0, "seed of the random method")
     flags.DEFINE_list("ranks", ["1"], "1-based ranks to select (π_i is rank i)")
-    flags.DEFINE_string("pool", "", "the pool in veRL format (parquet or jsonl)")
+    flags.DEFINE_string(
+        "pool",
+        "dsr_sub",
+        "the pool in veRL format (parquet or jsonl); default: DSR-sub",
+    )
     flags.DEFINE_integer("batch_size", 128, "rows of the written file")
     flags.DEFINE_string("output", "", "veRL parquet to write; '' = only print")
     flags.DEFINE_integer("show", 20, "print this many top ranks")

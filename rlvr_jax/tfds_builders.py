@@ -8,8 +8,9 @@ writes and reads without TensorFlow, from:
   - a local directory of the standard jsonl files (`<dir>/<name>/test.jsonl`,
     e.g. the evaluation harness's `data` folder), passed as TFDS's manual
     directory; or
-  - the benchmark's public source URL when no local directory is given
-    (needs a network).
+  - the files packaged with rlvr_jax (`rlvr_jax.paper_data`) when no manual
+    directory is given, so `tfds.builder("rlvr_eval_math/math500")
+    .download_and_prepare()` works offline.
 
 Each example stores the problem text and gold answer as `rlvr_jax.benchmarks`
 reads them, plus the raw row as JSON so nothing from the source is lost.
@@ -28,7 +29,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from rlvr_jax import benchmarks
+from rlvr_jax import benchmarks, paper_data
 
 _FILE_FORMAT = "array_record"
 
@@ -71,21 +72,9 @@ class RlvrEvalMath(tfds.core.GeneratorBasedBuilder):
             manual = os.fspath(dl_manager.manual_dir)
         except AssertionError:  # raised by TFDS when no manual dir exists
             manual = None
-        if manual is not None:
-            return benchmarks.standard_path(manual, benchmark.name)
-        if benchmark.url is None:
-            raise benchmarks.BenchmarkError(
-                f"benchmark {benchmark.name!r} has no public source URL; prepare it "
-                "from a local directory of <name>/test.jsonl files"
-            )
-        try:
-            return os.fspath(dl_manager.download(benchmark.url))
-        except Exception as e:  # noqa: BLE001 - any failure: no usable source
-            raise benchmarks.BenchmarkError(
-                f"could not download {benchmark.url} ({type(e).__name__}: {e}); "
-                "without a network, prepare from a local directory of "
-                "<name>/test.jsonl files (source_dir / --config.data.dir)"
-            ) from e
+        return benchmarks.standard_path(
+            paper_data.eval_dir() if manual is None else manual, benchmark.name
+        )
 
     def _split_generators(self, dl_manager):
         return {"test": self._generate_examples(self._source_file(dl_manager))}
@@ -123,8 +112,8 @@ def prepare(
     Args:
       name: a registered benchmark.
       data_dir: TFDS data directory (None: TFDS's default).
-      source_dir: a local directory of standard jsonl files; None downloads the
-        public source.
+      source_dir: a local directory of standard jsonl files; None: the
+        packaged files.
 
     Raises:
       BenchmarkError: a missing source file or a malformed row, by file/line.

@@ -33,7 +33,7 @@ from ml_collections import config_dict
 
 from rlvr_jax import checkpoint as ckpt_lib
 from rlvr_jax import data as data_lib
-from rlvr_jax import grpo
+from rlvr_jax import grpo, paper_data
 from rlvr_jax import metrics as metrics_lib
 from rlvr_jax import model as model_lib
 from rlvr_jax import optimizer as optimizer_lib
@@ -138,6 +138,15 @@ def _train_examples(config) -> list[data_lib.Example]:
         examples = data_lib.load_examples(d.train_path)
         if d.indices:
             examples = data_lib.select(examples, list(d.indices))
+    elif d.indices:
+        # Without a pool the built-in task would silently replace the chosen
+        # examples: a 1.5B run would train on "3 + 4" instead of π1.
+        raise ValueError(
+            f"data.indices={tuple(d.indices)} selects examples from a pool, but "
+            "data.train_path is empty; set --config.data.train_path=dsr_sub (the "
+            "packaged pool) or a file, or --config.data.indices='()' for the "
+            "built-in task"
+        )
     else:
         examples = data_lib.builtin_task()
     if d.replicate:
@@ -158,8 +167,8 @@ def _eval_examples(config) -> list[data_lib.Example]:
 
 
 def _eval_name(path: str) -> str:
-    if path == "builtin":
-        return "builtin"
+    if path == "builtin" or path in paper_data.FILES:
+        return path
     parent = os.path.basename(os.path.dirname(os.path.abspath(path)))
     return parent or os.path.splitext(os.path.basename(path))[0]
 

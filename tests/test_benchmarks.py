@@ -9,17 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from rlvr_jax import benchmarks
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from rlvr_jax import benchmarks, paper_data
 
 
 @pytest.fixture(scope="module")
 def eval_dir():
-    path = DATA / "eval"
-    if not (path / "math500" / "test.jsonl").exists():
-        pytest.skip(f"shared data not found at {path}")
-    return str(path)
+    return paper_data.eval_dir()
 
 
 def _raw(eval_dir, name):

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from rlvr_jax import checker, latex
+from rlvr_jax import checker, latex, paper_data
 from tests.checker_cases import EQUIVALENCE, EVAL_MODE, EXTRACTION, RESPONSES
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(paper_data.__file__).parent  # the packaged data (train/, eval/)
 
 CASES = [
     pytest.param(pred, gold, expected, id=f"{group}-{i}")
@@ -240,8 +240,6 @@ def test_cli_prints_decision_and_rule():
 # ----------------------------------------------------------- real data
 def _jsonl(name: str) -> list[dict]:
     path = DATA / "eval" / name / "test.jsonl"
-    if not path.exists():
-        pytest.skip(f"{path} not available")
     return [json.loads(line) for line in path.open()]
 
 

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from rlvr_jax import data as D
+from rlvr_jax import paper_data
 from rlvr_jax import tokenizer as T
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 # RECIPE.md: the exact training prompt of a user-only conversation.
 PI1_PREFIX = (
@@ -27,21 +25,21 @@ PI1_END = (
 
 @pytest.fixture(scope="module")
 def pool():
-    if not SHARED.exists():
-        pytest.skip("shared data not available")
-    return D.load_examples(str(SHARED / "train" / "dsr_sub.parquet"))
+    return D.load_examples("dsr_sub")  # the packaged pool, by name
 
 
-def test_verl_parquet_and_jsonl_agree(pool):
+def test_verl_parquet_and_jsonl_agree(pool, tmp_path):
     assert len(pool) == 1209
-    from_jsonl = D.load_examples(str(SHARED / "train" / "dsr_sub.jsonl"))
-    assert from_jsonl == pool
+    rows = pq.read_table(paper_data.path("dsr_sub")).to_pylist()
+    jsonl = tmp_path / "dsr_sub.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert D.load_examples(str(jsonl)) == pool
 
 
 def test_select_pi1_equals_the_replicated_reference_file(pool):
     pi1 = D.select(pool, [124])
     assert pi1[0].ground_truth == "12.8"
-    stored = D.load_examples(str(SHARED / "train" / "pi1_r128.parquet"))
+    stored = D.load_examples(paper_data.path("pi1_r128"))
     assert D.replicate(pi1, 128) == stored
 
 
@@ -99,7 +97,7 @@ def test_jsonl_problem_answer_and_hf_dir(tmp_path):
 
 
 def test_bad_inputs_are_clear(tmp_path):
-    with pytest.raises(FileNotFoundError, match="data file not found"):
+    with pytest.raises(FileNotFoundError, match="missing.parquet' is not a file"):
         D.load_examples(str(tmp_path / "missing.parquet"))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"problem": "a", "answer": "1"}\n{oops\n')
@@ -126,3 +124,38 @@ def test_tiny_tokenizer_round_trips_and_boxes_are_single_tokens():
         "<|endoftext|>",
     }
     assert T.build_tiny()(text)["input_ids"] == tok(text)["input_ids"]
+
+
+# ------------------------------------------------------------------ sources
+def test_packaged_names_resolve_and_paths_win(tmp_path, monkeypatch):
+    assert D.resolve_source("dsr_sub") == paper_data.path("dsr_sub")
+    assert len(D.load_examples("math500")) == 500  # the veRL validation file
+    # A local file of the same name is the user's, not the package's.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dsr_sub").mkdir()
+    (tmp_path / "dsr_sub" / "mine.jsonl").write_text(
+        json.dumps({"problem": "1+1?", "answer": "2"}) + "\n"
+    )
+    assert [ex.ground_truth for ex in D.load_examples("dsr_sub")] == ["2"]
+
+
+def test_hub_dataset_id_resolves_from_the_local_cache_only(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    # The hub cache layout: refs/main names the snapshot that holds the files.
+    repo = tmp_path / "hub" / "datasets--someone--pi1"
+    snapshot = repo / "snapshots" / "0123abcd"
+    (snapshot / "data").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    rows = pq.read_table(paper_data.path("pi1_r128")).slice(0, 3)
+    pq.write_table(rows, snapshot / "data" / "train.parquet")
+    monkeypatch.setattr(
+        huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub")
+    )
+    examples = D.load_examples("someone/pi1")
+    assert [ex.index for ex in examples] == [124, 124, 124]
+    with pytest.raises(FileNotFoundError, match="not a file or directory, a packaged"):
+        D.load_examples("someone/not-cached")
+    with pytest.raises(FileNotFoundError, match="dsr_sub, math500, pi1_r128"):
+        D.load_examples("/no/such/file.parquet")

@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlvr_jax import benchmarks, evaluate
+from rlvr_jax import benchmarks, evaluate, paper_data
 from rlvr_jax import results as results_lib
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REPO = Path(__file__).resolve().parents[1]
 SIX = ("math500", "aime24", "aime25", "amc23", "minerva_math", "olympiadbench")
 
@@ -135,10 +134,7 @@ def test_eval_mode_scoring_is_lenient():
 # ----------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def eval_dir():
-    path = DATA / "eval"
-    if not (path / "math500" / "test.jsonl").exists():
-        pytest.skip(f"shared data not found at {path}")
-    return str(path)
+    return paper_data.eval_dir()
 
 
 @pytest.fixture(scope="module")

@@ -56,6 +56,19 @@ def test_logits_match_transformers(tmp_path, case):
         assert err <= 1e-4, f"{case} lengths={lengths}: max |dlogit| = {err}"
 
 
+def test_compute_dtype_follows_storage_dtype_unless_asked(hf_tiny_dir):
+    ref = hf_fixtures.load_reference(hf_tiny_dir)
+    config, params = PR.load_hf(hf_tiny_dir, np.float32)  # no compute_dtype
+    assert config.dtype == "float32"
+    tokens, mask = _left_padded_batch(np.random.default_rng(0), 256, (9, 4), 9)
+    got = np.asarray(M.forward(config, params, tokens, mask=mask))
+    err = np.abs(got - hf_fixtures.hf_logits(ref, tokens, mask))[mask].max()
+    assert err <= 1e-4, f"fp32 load computes off transformers' fp32: {err}"
+    assert PR.load_hf(hf_tiny_dir, ml_dtypes.bfloat16)[0].dtype == "bfloat16"
+    asked, _ = PR.load_hf(hf_tiny_dir, np.float32, compute_dtype="bfloat16")
+    assert (asked.dtype, asked.param_dtype) == ("bfloat16", "float32")
+
+
 def test_load_reads_config_fields(hf_tiny_dir):
     config, params = PR.load_hf(hf_tiny_dir, np.float32)
     assert (config.n_layers, config.n_heads, config.n_kv_heads) == (2, 4, 2)

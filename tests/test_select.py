@@ -12,18 +12,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rlvr_jax import select
+from rlvr_jax import paper_data, select
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(paper_data.__file__).parent  # the packaged data (train/, eval/)
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def train_dir():
-    path = DATA / "train"
-    if not (path / "acc_step_500.json").exists():
-        pytest.skip(f"shared data not found at {path}")
-    return path
+    return DATA / "train"
 
 
 # ------------------------------------------------------------ published ranks

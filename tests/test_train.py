@@ -241,10 +241,21 @@ def trained_workdir(env, tmp_path_factory):
             None,
         ),
         (("--config.rollout.max_new_tokens=4000",), "exceeds the model's context"),
-        (("--config.data.train_path=/no/such/file.parquet",), "data file not found"),
+        (
+            ("--config.data.train_path=/no/such/file.parquet",),
+            "'/no/such/file.parquet' is not a file or directory",
+        ),
+        (("--config.data.indices=(124,)",), "data.train_path is empty"),
         (("--config.checkpoint.resume_from=CORRUPT",), "unreadable"),
     ],
-    ids=["unknown_field", "mesh_split", "context", "missing_data", "bad_checkpoint"],
+    ids=[
+        "unknown_field",
+        "mesh_split",
+        "context",
+        "missing_data",
+        "indices_without_pool",
+        "bad_checkpoint",
+    ],
 )
 def test_bad_input_fails_clearly_and_leaves_workdir_intact(
     env, trained_workdir, tmp_path, overrides, message
@@ -263,3 +274,60 @@ def test_bad_input_fails_clearly_and_leaves_workdir_intact(
     assert message in out.stderr, out.stderr[-3000:]
     assert "Traceback" not in out.stderr or message == "nope"
     assert _tree_digest(trained_workdir) == before
+
+
+def test_pi1_config_with_only_a_model_path_trains_on_the_packaged_pi1(env, tmp_path):
+    """The paper's config, unchanged but for sizes a CPU can run in seconds.
+
+    The model is a small random Qwen2 saved with `save_pretrained`, with the
+    Qwen-style tokenizer (Qwen2 special tokens, the Qwen2.5-Math chat
+    template) saved beside it: the real loading path, the packaged DSR-sub
+    pool, π1 (index 124) and the packaged MATH500 validation file.
+    """
+    from rlvr_jax import tokenizer as tokenizer_lib
+    from tests import hf_fixtures
+
+    model_dir = tmp_path / "qwen_small"
+    tok = tokenizer_lib.build_tiny(vocab_size=256)
+    hf_fixtures.make_checkpoint(
+        model_dir, vocab_size=len(tok), max_position_embeddings=2048
+    )
+    tok.save_pretrained(str(model_dir))
+    wd = tmp_path / "pi1"
+    sizes = {
+        "model.dtype": "float32",  # CPUs are slow at bf16 matmuls
+        "data.replicate": 4,
+        "train.batch_size": 4,
+        "train.micro_batch_size": 8,
+        "train.steps": 1,
+        "rollout.n": 2,
+        "rollout.max_new_tokens": 4,
+        "rollout.chunk_size": 8,
+        "eval.max_examples": 2,
+        "eval.max_new_tokens": 4,
+        "log.checker_workers": 2,
+    }
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rlvr_jax.main",
+            f"--config={PI1}",
+            f"--workdir={wd}",
+            f"--config.model.path={model_dir}",
+            *(f"--config.{k}={v}" for k, v in sizes.items()),
+        ],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = metrics_lib.read_jsonl(str(wd / "metrics.jsonl"))
+    assert [r["step"] for r in rows] == [0, 1]
+    assert "eval/math500/acc" in rows[0]
+    assert "train_acc/124" in rows[1]  # π1, from the packaged pool
+    history = json.loads((wd / "accuracy_history.json").read_text())
+    assert list(history) == ["124"]
+    assert (wd / "hf" / "step_1" / "model.safetensors").exists()

@@ -46,6 +46,7 @@ EXTRAS = {
     "tpu": ["jax[tpu]==0.10.2"],
     "cuda": ["jax[cuda12]==0.10.2"],
     "notebook": ["jupyter==1.1.1", "matplotlib==3.11.2"],
+    "wandb": ["wandb==0.31.0"],  # log.wandb_project
 }
 
 setup(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -376,3 +377,30 @@ def test_unknown_template_and_data_format(eval_dir, tmp_path):
         evaluate.load_tasks(_config(**{"template": "chatml", "data.dir": eval_dir}))
     with pytest.raises(evaluate.EvalError, match="data.format='csv'"):
         evaluate.load_tasks(_config(**{"data.format": "csv", "data.dir": eval_dir}))
+
+
+def test_cli_console_is_progress_lines_only(tiny_model, tmp_path):
+    """Packaged benchmarks by default; orbax's INFO logs stay off the console."""
+    from rlvr_jax import checkpoint, params
+
+    model_config, p = params.load_hf(tiny_model, np.float32)
+    ckpt = checkpoint.Checkpointer(
+        checkpoint.checkpoint_dir(str(tmp_path)), async_save=False
+    )
+    meta = {"model_config": checkpoint.config_to_meta(model_config)}
+    ckpt.save(3, p, {"step": np.int32(3)}, meta)
+    ckpt.close()
+    proc = _cli(
+        f"--workdir={tmp_path}",
+        f"--config.tokenizer={tiny_model}",
+        "--config.benchmarks=math500",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[step_3] math500 (greedy): avg@1" in proc.stdout
+    # absl's INFO prefix (I + month/day), which orbax restores emit by the dozen.
+    noisy = [
+        line
+        for line in (proc.stdout + proc.stderr).splitlines()
+        if re.match(r"I\d{4} ", line) or "INFO" in line
+    ]
+    assert noisy == []

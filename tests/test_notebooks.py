@@ -45,7 +45,7 @@ def execute(name: str, **sizes) -> list[str]:
         for out in cell.get("outputs", []):
             parts.append(out.get("text", ""))
             parts.extend(out.get("data", {}).get("text/plain", ""))
-            parts.extend(k for k in out.get("data", {}) if k.startswith("image/"))
+            parts.extend(k for k in out.get("data", {}) if k != "text/plain")
         texts.append("".join(parts))
     return texts
 
@@ -78,3 +78,16 @@ def test_quickstart_trains_plots_and_samples(quickstart_run):
     samples = [line for line in everything.splitlines() if line.startswith("reward ")]
     assert len(samples) == 4 and all(s[7] in "01" for s in samples)
     assert os.path.isdir(os.path.join(workdir, "hf", "step_3"))
+
+
+def test_evaluate_sweeps_the_quickstart_run(quickstart_run, tmp_path):
+    workdir, _ = quickstart_run
+    texts = execute("evaluate.ipynb", RUN=workdir, OUT=str(tmp_path), TINY=True)
+    everything = "\n".join(texts)
+    for benchmark in ("math500", "aime24", "olympiadbench"):
+        assert f"[step_3] {benchmark} (" in everything  # per-benchmark lines
+    assert "text/markdown" in everything  # the results table
+    assert "image/png" in everything
+    assert "'finish_reason'" in everything
+    summary = open(os.path.join(workdir, "eval", "summary.md")).read()
+    assert "step_0" in summary and "step_3" in summary

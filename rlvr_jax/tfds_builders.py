@@ -49,6 +49,11 @@ class RlvrEvalMath(tfds.core.GeneratorBasedBuilder):
         "evaluation data layout) as download_config.manual_dir."
     )
 
+    def __init__(self, *, file_format=None, **kwargs):
+        # array_record by default: TFDS's default (tfrecord) needs TensorFlow,
+        # so a plain `tfds.builder("rlvr_eval_math/math500")` would fail.
+        super().__init__(file_format=file_format or _FILE_FORMAT, **kwargs)
+
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
             builder=self,

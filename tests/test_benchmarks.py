@@ -173,3 +173,20 @@ def test_tfds_missing_source_file_is_a_clear_error(tmp_path):
     pytest.importorskip("rlvr_jax.tfds_builders")
     with pytest.raises(benchmarks.BenchmarkError, match="amc23/test.jsonl"):
         benchmarks.load_tfds("amc23", str(tmp_path / "tfds"), str(tmp_path))
+
+
+def test_tfds_prepares_from_the_packaged_files_offline(tmp_path, monkeypatch):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    import socket
+
+    from rlvr_jax import tfds_builders  # noqa: F401 - registers the builder
+
+    def no_network(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    builder = tfds.builder("rlvr_eval_math/amc23", data_dir=str(tmp_path))
+    builder.download_and_prepare()
+    via_tfds = benchmarks.load_tfds("amc23", str(tmp_path), None)
+    assert via_tfds == benchmarks.load_jsonl("amc23", paper_data.eval_dir())
+    assert len(via_tfds) == 40

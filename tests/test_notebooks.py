@@ -26,9 +26,7 @@ def execute(name: str, **sizes) -> list[str]:
     """
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     (index,) = [
-        i
-        for i, c in enumerate(nb.cells)
-        if "parameters" in c.metadata.get("tags", [])
+        i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])
     ]
     override = "\n".join(f"{k} = {v!r}" for k, v in sizes.items())
     nb.cells.insert(index + 1, nbformat.v4.new_code_cell(override))

@@ -58,3 +58,35 @@ def hf_logits(model, tokens, mask):
     with torch.no_grad():
         out = model(input_ids=tokens, attention_mask=mask, position_ids=positions)
     return out.logits.float().numpy()
+
+
+def make_qwen_style_model_dir(path) -> str:
+    """A small random Qwen2 with a Qwen-style tokenizer saved beside it.
+
+    The tokenizer has the Qwen2 special tokens and the Qwen2.5-Math chat
+    template (`rlvr_jax.tokenizer.build_tiny`), and the context (2048) holds
+    the paper's prompt buckets, so the paper's configs run on it unchanged
+    but for sizes.
+    """
+    from rlvr_jax import tokenizer as tokenizer_lib
+
+    tok = tokenizer_lib.build_tiny(vocab_size=256)
+    make_checkpoint(path, vocab_size=len(tok), max_position_embeddings=2048)
+    tok.save_pretrained(str(path))
+    return str(path)
+
+
+# Sizes that shrink the paper's π1 config to seconds on a CPU.
+PI1_CPU_SIZES = {
+    "model.dtype": "float32",  # CPUs are slow at bf16 matmuls
+    "data.replicate": 4,
+    "train.batch_size": 4,
+    "train.micro_batch_size": 8,
+    "train.steps": 1,
+    "rollout.n": 2,
+    "rollout.max_new_tokens": 4,
+    "rollout.chunk_size": 8,
+    "eval.max_examples": 2,
+    "eval.max_new_tokens": 4,
+    "log.checker_workers": 2,
+}

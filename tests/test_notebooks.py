@@ -7,6 +7,7 @@ kernel started from notebooks/, as a user in a checkout would run it.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -89,3 +90,25 @@ def test_evaluate_sweeps_the_quickstart_run(quickstart_run, tmp_path):
     assert "'finish_reason'" in everything
     summary = open(os.path.join(workdir, "eval", "summary.md")).read()
     assert "step_0" in summary and "step_3" in summary
+
+
+@pytest.mark.slow  # ~60-80 s; tests/test_train.py runs the same config by CLI
+def test_paper_run_on_a_small_qwen2(kernel_env, tmp_path):
+    """The paper's notebook with a small random Qwen2 and CPU sizes."""
+    from tests import hf_fixtures
+
+    model = hf_fixtures.make_qwen_style_model_dir(tmp_path / "qwen_small")
+    workdir = str(tmp_path / "pi1")
+    texts = execute(
+        "paper_run.ipynb",
+        MODEL=model,
+        WORKDIR=workdir,
+        OVERRIDES=hf_fixtures.PI1_CPU_SIZES,
+        EVAL_ARG="tiny",
+    )
+    everything = "\n".join(texts)
+    assert "step 1/1" in everything
+    assert "[step_1] olympiadbench (greedy)" in everything
+    assert "text/markdown" in everything and "image/png" in everything
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert "train_acc/124" in rows[-1]  # π1 of the packaged pool

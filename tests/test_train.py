@@ -284,29 +284,11 @@ def test_pi1_config_with_only_a_model_path_trains_on_the_packaged_pi1(env, tmp_p
     template) saved beside it: the real loading path, the packaged DSR-sub
     pool, π1 (index 124) and the packaged MATH500 validation file.
     """
-    from rlvr_jax import tokenizer as tokenizer_lib
     from tests import hf_fixtures
 
-    model_dir = tmp_path / "qwen_small"
-    tok = tokenizer_lib.build_tiny(vocab_size=256)
-    hf_fixtures.make_checkpoint(
-        model_dir, vocab_size=len(tok), max_position_embeddings=2048
-    )
-    tok.save_pretrained(str(model_dir))
+    model_dir = hf_fixtures.make_qwen_style_model_dir(tmp_path / "qwen_small")
     wd = tmp_path / "pi1"
-    sizes = {
-        "model.dtype": "float32",  # CPUs are slow at bf16 matmuls
-        "data.replicate": 4,
-        "train.batch_size": 4,
-        "train.micro_batch_size": 8,
-        "train.steps": 1,
-        "rollout.n": 2,
-        "rollout.max_new_tokens": 4,
-        "rollout.chunk_size": 8,
-        "eval.max_examples": 2,
-        "eval.max_new_tokens": 4,
-        "log.checker_workers": 2,
-    }
+    sizes = hf_fixtures.PI1_CPU_SIZES
     out = subprocess.run(
         [
             sys.executable,

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from rlvr_jax import checker, latex, paper_data
+from rlvr_jax import checker, paper_data
+from rlvr_jax.grading import parser as grading_parser
+from rlvr_jax.grading.nodes import Error
 from tests.checker_cases import EQUIVALENCE, EVAL_MODE, EXTRACTION, RESPONSES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -195,9 +197,9 @@ def test_random_latex_never_raises():
 
 
 def test_parser_rejects_unknown_commands():
-    assert latex.parse(r"\input{x}")[0] == "error"
-    assert latex.parse(r"\def\x{1}")[0] == "error"
-    assert latex.parse("__import__('os')")[0] == "error"
+    assert isinstance(grading_parser.parse(r"\input{x}"), Error)
+    assert isinstance(grading_parser.parse(r"\def\x{1}"), Error)
+    assert isinstance(grading_parser.parse("__import__('os')"), Error)
 
 
 # ------------------------------------------------------------ packaging

@@ -1,9 +1,11 @@
 """Finding the final answer in a model response.
 
 The training reward reads the content of the last brace-matched `\\boxed{}` /
-`\\fbox{}` (RECIPE.md, "Training reward"); evaluation is lenient (RECIPE.md,
-"Evaluation protocol"): the last box, else "the answer is ...", else the last
-number.
+`\\fbox{}` (RECIPE.md, "Training reward"), together with the boxes right
+before it when only "and", "or" or commas separate them (an answer set spread
+over boxes; a hedge then reads as a list, never as its last box). Evaluation
+is lenient (RECIPE.md, "Evaluation protocol"): the boxes, else "the answer is
+...", else a value stated with "is" at the end, else the last number.
 """
 
 from __future__ import annotations
@@ -17,14 +19,29 @@ _BOX_COMMANDS = {
     "eval": ("\\boxed", "\\fbox", "\\framebox"),
 }
 _BRACE_RE = re.compile(r"\\.|[{}]", re.S)
-_ANSWER_IS_RE = re.compile(r"(?:final answer|the answer)\s*(?:is|:)\s*:?\s*", re.I)
+_ANSWER_IS_RE = re.compile(
+    r"(?:final answer|the answer)\s*(?:is|:|(?:must|should|would|will) be)\s*:?\s*",
+    re.I,
+)
+# "... the probability is $\frac{3}{8}$.": a value stated in math after a
+# verb. A bare number is left to the last-number rule.
+_STATED_RE = re.compile(
+    r"\b(?:is|are|equals|be|was|becomes)\s*:?\s*"
+    r"(\$\$.{1,400}?\$\$|\$[^$]{1,400}\$|\\\(.{1,400}?\\\)|\\\[.{1,400}?\\\])",
+    re.S,
+)
+_MATH_OPEN_RE = re.compile(r"\$|\\\(|\\\[")
+_MATH_DELIMS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
+# The stated value is looked for in the closing part of the response only.
+_STATED_TAIL_CHARS = 600
 _NUMBER_RE = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+")
 
 
-def _last_box(text: str, commands: tuple[str, ...]) -> tuple[int, str]:
+def _last_box(text: str, commands: tuple[str, ...], end: int) -> tuple[int, str]:
+    """The start of the last box command before `end`, and which command."""
     best, best_cmd = -1, ""
     for cmd in commands:
-        pos = text.rfind(cmd)
+        pos = text.rfind(cmd, 0, end)
         # \boxed must not be the prefix of a longer command name.
         while pos >= 0 and text[pos + len(cmd) : pos + len(cmd) + 1].isalpha():
             pos = text.rfind(cmd, 0, pos)
@@ -33,14 +50,15 @@ def _last_box(text: str, commands: tuple[str, ...]) -> tuple[int, str]:
     return best, best_cmd
 
 
-def _box_content(text: str, start: int) -> str | None:
-    """Content of the box whose command ends at `start`; None if unclosed."""
+def _box_content(text: str, start: int) -> tuple[str | None, int]:
+    """Content of the box whose command ends at `start` (None if unclosed),
+    and the index just after the box."""
     j = start
     n = len(text)
     if text.startswith("[", j):  # \framebox[width]{...}
         close = text.find("]", j)
         if close < 0:
-            return None
+            return None, n
         j = close + 1
     while j < n and text[j] in " \t":
         j += 1
@@ -53,12 +71,53 @@ def _box_content(text: str, start: int) -> str | None:
             elif tok == "}":
                 depth -= 1
                 if depth == 0:
-                    return text[j + 1 : m.start()]
-        return None
+                    return text[j + 1 : m.start()], m.end()
+        return None, n
     if j > start:  # "\boxed 5": the rest of the math, up to $ or a newline
-        m = re.compile(r"[^$\n]*").match(text, j)
-        return m.group()
-    return None
+        m = _UNBRACED_RE.match(text, j)
+        return m.group(), m.end()
+    return None, n
+
+
+_UNBRACED_RE = re.compile(r"[^$\n]*")
+# What may stand between two boxes that together state one answer:
+# "\boxed{4} and \boxed{9}", "$\boxed{(0, 3)}$, $\boxed{(3, 0)}$".
+_BOX_GAP_RE = re.compile(
+    r"(?:\s|\$|,|;|&|~|\\[,;:! ]|\\q?quad\b|\\[()\[\]]|\band\b|\bor\b"
+    r"|\\text\{\s*(?:and|or|,)?\s*\})*"
+)
+_MAX_JOINED_BOXES = 16
+
+
+def _boxed_answer(text: str, commands: tuple[str, ...]) -> str | None:
+    """The last box's content, joined with the boxes just before it.
+
+    Boxes separated only by commas, "and", "or", spacing or `$` state one
+    answer together: "\boxed{4} and \boxed{9}" is the list "4, 9", and a
+    hedge "\boxed{5} or \boxed{6}" is the list "5, 6", never just 6. A box
+    further back, with words between, is a step of the working and is left
+    out. Repeated contents count once.
+    """
+    pos, cmd = _last_box(text, commands, len(text))
+    if pos < 0:
+        return None
+    content, _ = _box_content(text, pos + len(cmd))
+    if content is None or not content.strip():
+        return None
+    contents = [content.strip()]
+    while len(contents) < _MAX_JOINED_BOXES:
+        prev, prev_cmd = _last_box(text, commands, pos)
+        if prev < 0:
+            break
+        prev_content, prev_end = _box_content(text, prev + len(prev_cmd))
+        if prev_content is None or not prev_content.strip() or prev_end > pos:
+            break  # unclosed, empty, or the box around the one we have
+        if not _BOX_GAP_RE.fullmatch(text, prev_end, pos):
+            break
+        if prev_content.strip() not in contents:
+            contents.append(prev_content.strip())
+        pos = prev
+    return ", ".join(reversed(contents))
 
 
 def _last_match(pattern: re.Pattern, text: str) -> re.Match | None:
@@ -86,6 +145,22 @@ def _answer_is(text: str) -> str | None:
     return rest or None
 
 
+def _stated_value(text: str) -> str | None:
+    """The last value stated with "is" in the closing paragraph, or None."""
+    tail = text[-_STATED_TAIL_CHARS:].rstrip()
+    tail = tail[tail.rfind("\n\n") + 1 :]
+    last = _last_match(_STATED_RE, tail)
+    if last is None or _MATH_OPEN_RE.search(tail, last.end()):
+        return None  # "it is $41$ or maybe $42$": not one stated value
+    value = last.group(1)
+    for opener, closer in _MATH_DELIMS:
+        if value.startswith(opener) and value.endswith(closer):
+            value = value[len(opener) : len(value) - len(closer)]
+            break
+    value = value.strip().rstrip(".").strip()
+    return value or None
+
+
 def _last_number(text: str) -> str | None:
     last = _last_match(_NUMBER_RE, text)
     return last.group().replace(",", "") if last else None
@@ -99,8 +174,11 @@ def extract_answer(text: str, mode: str = "boxed") -> str | None:
       mode: "boxed" (the training reward): the content of the last brace-matched
         `\\boxed{}` or `\\fbox{}`; an unclosed or empty last box is no answer.
         "eval" (benchmark scoring): the last box (also `\\framebox`), else the
-        text after the last "the answer is" / "final answer is", else the last
-        number in the response.
+        text after the last "the answer is" / "final answer is", else the
+        last value stated after "is" in the closing paragraph ("the
+        probability is $\\frac{3}{8}$."), else the last number.
+        Adjacent boxes joined only by commas or "and"/"or" are one answer
+        (see `_boxed_answer`).
 
     Returns:
       The answer string, or None when there is none.
@@ -112,11 +190,9 @@ def extract_answer(text: str, mode: str = "boxed") -> str | None:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if not isinstance(text, str):
         return None
-    pos, cmd = _last_box(text, _BOX_COMMANDS[mode])
-    if pos >= 0:
-        content = _box_content(text, pos + len(cmd))
-        if content is not None and content.strip():
-            return content.strip()
+    answer = _boxed_answer(text, _BOX_COMMANDS[mode])
+    if answer is not None:
+        return answer
     if mode == "boxed":
         return None
-    return _answer_is(text) or _last_number(text)
+    return _answer_is(text) or _stated_value(text) or _last_number(text)

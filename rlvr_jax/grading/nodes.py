@@ -5,7 +5,7 @@ a tree is ever executed. Dataclasses rather than tuples because two kinds may
 hold the same fields (a variable `e` and a word `e`, a set and a list of the
 same items), and those must never compare equal.
 
-    Num(value, is_decimal)          a literal; decimals are exact Fractions
+    Num(value, is_decimal, places)  a literal; decimals are exact Fractions
     Based(digits, base, value)      52_8, a number written in base 8
     Sym(name)                       a variable: x, x_1, \\theta
     Const(name)                     pi, e, i (imaginary unit), oo
@@ -14,7 +14,7 @@ same items), and those must never compare equal.
     Func(name, args)                sin, log, root, abs, fact, binom, ...
     Pm(left, right)                 left ± right (left may be None for ±right)
     Call(name, args)                f(x) on the left of "="
-    List(items)                     a bare, unordered list: "1, 2" or "1 or 2"
+    List(items, conj)               a bare, unordered list: "1, 2" or "1 or 2"
     Seq(open, close, items)         a bracketed tuple or interval: (1, 2], <1, 2>
     Set(items)                      \\{1, 2\\}
     Union(items)                    A \\cup B
@@ -35,6 +35,8 @@ from typing import Union as _U
 class Num:
     value: Fraction
     is_decimal: bool = False
+    # Decimal places as written: 3 for 0.667, 8 for 1.77e-6 (0 for integers).
+    places: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +104,7 @@ class Call:
 @dataclass(frozen=True, slots=True)
 class List:
     items: tuple
+    conj: bool = False  # joined by "and" somewhere ("x > 1 and x < 3")
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,8 +155,8 @@ EXPR = (Num, Based, Sym, Const, Add, Mul, Neg, Div, Pow, Func, Pm, Call)
 OO = Const("oo")
 
 
-def num(value, is_decimal: bool = False) -> Num:
-    return Num(Fraction(value), is_decimal)
+def num(value, is_decimal: bool = False, places: int = 0) -> Num:
+    return Num(Fraction(value), is_decimal, places)
 
 
 def mul(factors: list) -> Node:

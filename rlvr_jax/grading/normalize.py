@@ -74,6 +74,8 @@ _REWRITES = [
     # Thousands separators: 1{,}000 and 1\,000 (a thin space between groups).
     (re.compile(r"(?<=\d)\{,\}(?=\d)"), ""),
     (re.compile(r"(?<=\d)\\[,;!: ](?=\d{3}(?!\d))"), ""),
+    # 1,\!234 and 11,\! 111: a comma kept tight by \! (MATH's style).
+    (re.compile(r"(?<=\d),\\!\s*(?=\d{3}(?!\d))"), ","),
     (re.compile(r"\\!"), ""),
     (re.compile(r"\\[,;: ]|~|\\q?quad(?![a-zA-Z])"), " "),
     (re.compile(r"\\hspace\*?\{[^{}]*\}"), " "),

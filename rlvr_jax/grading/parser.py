@@ -49,7 +49,7 @@ from rlvr_jax.grading.nodes import (
 )
 
 _EOF = Token("eof", None, False)
-_RELOPS = frozenset({"=", "<", ">", "<=", ">=", "!=", "in"})
+_RELOPS = frozenset({"=", "<", ">", "<=", ">=", "!=", "in", "approx"})
 _PRIMARY_START_KINDS = frozenset(
     {"num", "letter", "sym", "const", "cmd", "func", "begin", "reals", "empty"}
 )
@@ -66,8 +66,9 @@ def _is_unit_word(tok: Token) -> bool:
     return False
 
 
-def _num_value(raw: str) -> tuple[Fraction, bool]:
-    """Exact value of a numeric literal and whether it was written as a decimal."""
+def _num_value(raw: str) -> tuple[Fraction, bool, int]:
+    """Exact value of a numeric literal, whether it was written as a decimal,
+    and its decimal places as written (1.77e-6: 8)."""
     mant, _, exp = raw.lower().partition("e")
     if mant.endswith("."):
         mant = mant[:-1]
@@ -76,12 +77,14 @@ def _num_value(raw: str) -> tuple[Fraction, bool]:
     except ValueError:
         raise GrammarError(f"bad number {raw!r}") from None
     is_decimal = "." in raw or bool(exp)
+    places = len(mant.partition(".")[2])
     if exp:
         e = int(exp)
         if abs(e) > MAX_DIGITS:
             raise GrammarError("exponent too large")
         value *= Fraction(10) ** e
-    return value, is_decimal
+        places -= e
+    return value, is_decimal, places
 
 
 class _Parser:
@@ -93,6 +96,7 @@ class _Parser:
         self.depth = 0
         self.abs_depth = 0
         self.element_start = 0
+        self.saw_and = False  # an "and" joined items somewhere
 
     # -- token helpers -----------------------------------------------------
     def peek(self, k: int = 0) -> Node:
@@ -123,13 +127,16 @@ class _Parser:
         items = self.parse_items(closers=())
         if self.peek() is not _EOF:
             raise GrammarError(f"unexpected {self.peek()[1]!r}")
-        return items[0] if len(items) == 1 else List(tuple(items))
+        if len(items) == 1:
+            return items[0]
+        return List(tuple(items), conj=self.saw_and)
 
     def parse_items(self, closers: tuple) -> list:
         items = [self.parse_element()]
         while True:
             kind, value, _ = self.peek()
             if kind == "sep" or (kind == "op" and value in (",", ";")):
+                self.saw_and = self.saw_and or value == "and"
                 self.i += 1
                 if self.peek() is _EOF or self.at_op(*closers):
                     break  # a trailing separator, "1, 2,"
@@ -403,7 +410,7 @@ class _Parser:
         raise GrammarError(f"unexpected {value!r}")
 
     def finish_number(self, raw: str) -> Node:
-        value, is_decimal = _num_value(raw)
+        value, is_decimal, places = _num_value(raw)
         nxt = self.peek()
         if nxt[:2] == ("op", "_") and raw.isdigit():
             # 52_8: digits in base 8, kept apart from the decimal 52.
@@ -431,7 +438,7 @@ class _Parser:
             body = raw.split(".")[1]
             value += Fraction(int(rep), 10 ** len(rep) - 1) / 10 ** len(body)
             return Num(value, False)
-        return Num(value, is_decimal)
+        return Num(value, is_decimal, places)
 
     def subscript(self) -> str:
         """The raw text of a subscript, part of a variable's name: x_1, v_{red}."""

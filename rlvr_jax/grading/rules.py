@@ -23,7 +23,6 @@ from typing import NamedTuple
 from rlvr_jax.grading.lexer import GrammarError
 from rlvr_jax.grading.nodes import (
     EXPR,
-    OO,
     Add,
     Based,
     Call,
@@ -47,6 +46,14 @@ from rlvr_jax.grading.nodes import (
     symbols,
     walk,
 )
+from rlvr_jax.grading.relations import (
+    as_union,
+    bare_set,
+    is_label,
+    labelled_values,
+    orient,
+    solution_set,
+)
 from rlvr_jax.grading.values import (
     EVAL_ERRORS,
     POINT_SCALES,
@@ -66,10 +73,18 @@ _NOISE_ABS = 1e-45
 # Precision cap when confirming that two large irrational values are equal.
 _MAX_CONFIRM_BITS = 1 << 14
 _MAX_PM = 3
+# A decimal of at least this many significant digits matches the exact value
+# it rounds, in the eval mode.
+_ROUNDED_DIGITS = 3
+_MIN_PLACES = -64  # 1.2e70 is not "a rounding" worth a giant Fraction
 
 
 class Tol(NamedTuple):
     rel: float  # 0: exact for rationals
+    # Matrix entries in the eval mode: a decimal matches the exact value it
+    # rounds ("the precision the response gives"). A lone 1.33 stays wrong
+    # for 4/3; a matrix written to three places is a presentation.
+    rounded: bool = False
 
 
 STRICT = Tol(0.0)
@@ -160,6 +175,9 @@ def _match_expr(a: Node, b: Node, tol: Tol) -> str | None:
             return "rational"
         if rel and abs(ra - rb) <= Fraction(rel) * max(abs(ra), abs(rb)):
             return "decimal within 1e-9" if rel == DECIMAL_REL_TOL else "numeric tol"
+    if tol.rounded and _rounds_to(a, b):
+        return "decimal as rounded"
+    if ra is not None and rb is not None:
         return None
     names = sorted(symbols(a) | symbols(b))
     if not names:
@@ -178,6 +196,41 @@ def _match_expr(a: Node, b: Node, tol: Tol) -> str | None:
             return None
         valid += 1
     return "symbolic identity" if valid >= 3 else None
+
+
+def _decimal_literal(node: Node) -> Num | None:
+    """The literal of `0.667` or `-0.333`, or None."""
+    if isinstance(node, Neg):
+        inner = _decimal_literal(node.x)
+        return None if inner is None else Num(-inner.value, True, inner.places)
+    if isinstance(node, Num) and node.is_decimal:
+        return node
+    return None
+
+
+def _rounds_to(a: Node, b: Node) -> bool:
+    """One side is a decimal of 3+ significant digits, the other an exact value
+    the decimal rounds (eval mode: "the precision the response gives").
+
+    -0.333 for -1/3, 0.4898 for 24/49; not 0.33 for 1/3 (two digits), nor
+    0.334 (not the rounding).
+    """
+    for dec_node, exact in ((a, b), (b, a)):
+        dec = _decimal_literal(dec_node)
+        if dec is None or has_decimal(exact) or not _MIN_PLACES <= dec.places:
+            continue
+        digits = abs(dec.value) * Fraction(10) ** dec.places
+        if digits.denominator != 1 or len(str(digits.numerator)) < _ROUNDED_DIGITS:
+            continue
+        try:
+            value = rational(exact)
+            if value is None:
+                value = Fraction(str(C.nstr(numeric(exact, {}), 60)))
+        except (*EVAL_ERRORS, KeyError):
+            continue
+        if abs(value - dec.value) <= Fraction(1, 2) * Fraction(10) ** -dec.places:
+            return True
+    return False
 
 
 def _same_value(a: Node, b: Node, names: list[str], k: int, rel: float) -> bool:
@@ -239,31 +292,31 @@ def _match_line(a: Node, b: Node, tol: Tol, positive: bool) -> str | None:
     return "same equation" if valid >= 3 else None
 
 
-_FLIP = {"<": ">", ">": "<", "<=": ">=", ">=": "<="}
-
-
-def orient(node: Rel) -> Rel:
-    """Rewrites a chain of > / >= as the same chain of < / <=."""
-    if node.ops and all(op in (">", ">=") for op in node.ops):
-        return Rel(tuple(_FLIP[op] for op in reversed(node.ops)), node.operands[::-1])
-    return node
-
-
 def assigned_value(node: Rel) -> Node | None:
-    """The value a relation states: `x = 3`, `f(x) = 2x`, `x \\in [0, 1]`.
+    """The value a relation states: `x = 3`, `|PQ| = 2`, `x \\in [0, 1]`.
 
     A chain `v = 64/5 = 12.8`, or one of constants `12.8 = 64/5`, states a
     value only if its members are equal (strictly): `4/3 = 1.333` states none.
+    In `v = 6\\sqrt{2} - 2 \\approx 6.49` the exact member is the value; in
+    `v \\approx 6.49` the approximation is all there is.
     """
     ops, operands = node.ops, node.operands
+    if "approx" in ops:
+        cut = ops.index("approx")
+        if any(op not in ("=", "approx") for op in ops[cut:]):
+            return None
+        if cut == 0:
+            first = operands[0]
+            return operands[1] if is_label(first) else first
+        ops, operands = ops[:cut], operands[: cut + 1]
     first = operands[0]
     if ops == ("in",) and isinstance(first, Sym):
         return operands[1]
     if any(op != "=" for op in ops):
         return None
-    if isinstance(first, (Sym, Call)):
+    if is_label(first):
         values = operands[1:]
-    elif len(operands) == 2 and isinstance(operands[1], Sym) and not symbols(first):
+    elif len(operands) == 2 and is_label(operands[1]) and not symbols(first):
         values = operands[:1]  # "12.8 = v"
     elif not any(symbols(x) for x in operands):
         values = operands
@@ -279,6 +332,13 @@ def _match_rel(p: Rel, g: Rel, tol: Tol) -> str | None:
     if pv is not None and gv is not None and p.operands[0] == g.operands[0]:
         rule = match(pv, gv, tol)
         return f"assignment ({rule})" if rule else None
+    sp, sg = solution_set(p), solution_set(g)
+    if sp is not None and sg is not None:
+        # 0 < x <= 4 against x \in (0, 4]: the sets they allow.
+        if sp[0] != sg[0]:
+            return None
+        rule = match(sp[1], sg[1], tol)
+        return f"solution set ({rule})" if rule else None
     p, g = orient(p), orient(g)
     if p.ops != g.ops:
         return None
@@ -297,27 +357,6 @@ def _match_rel(p: Rel, g: Rel, tol: Tol) -> str | None:
     return None
 
 
-def interval_of(node: Rel) -> Seq | None:
-    """`x > 3` as (3, oo), `-1 <= x < 2` as [-1, 2); None for anything else."""
-    node = orient(node)
-    ops, operands = node.ops, node.operands
-    if not ops or any(op not in ("<", "<=") for op in ops):
-        return None
-    var = [i for i, x in enumerate(operands) if isinstance(x, Sym)]
-    if len(var) != 1 or any(symbols(x) for x in operands if not isinstance(x, Sym)):
-        return None
-    i = var[0]
-    if len(operands) == 2:
-        if i == 0:  # x < c
-            return Seq("(", ")" if ops[0] == "<" else "]", (Neg(OO), operands[1]))
-        return Seq("(" if ops[0] == "<" else "[", ")", (operands[0], OO))
-    if len(operands) == 3 and i == 1:
-        left = "(" if ops[0] == "<" else "["
-        right = ")" if ops[1] == "<" else "]"
-        return Seq(left, right, (operands[0], operands[2]))
-    return None
-
-
 def _match_rel_other(rel: Rel, other: Node, rel_is_pred: bool, tol: Tol):
     """A relation against a non-relation: `x = 3` vs 3, `x > 3` vs (3, oo)."""
 
@@ -326,11 +365,13 @@ def _match_rel_other(rel: Rel, other: Node, rel_is_pred: bool, tol: Tol):
 
     value = assigned_value(rel)
     if value is not None:
-        rule = ordered(value, other)
+        rule = ordered(value, bare_set(other))
         return f"assignment ({rule})" if rule else None
-    interval = interval_of(rel)
-    if interval is not None and isinstance(other, (Seq, Union)):
-        return ordered(interval, other)
+    allowed = solution_set(rel)
+    other = bare_set(other)
+    if allowed is not None and isinstance(other, (Seq, Union)):
+        rule = ordered(allowed[1], other)
+        return f"solution set ({rule})" if rule else None
     return None
 
 
@@ -381,6 +422,53 @@ def _match_collections(p: Node, g: Node, tol: Tol) -> str | None:
     return None
 
 
+def _match_list_forms(p: Node, g: Node, tol: Tol) -> str | None:
+    """A bare list read as what it spells out, or None to compare it as a list.
+
+    `x < 2 or x > 3` against a union of intervals; `m = 12, n = 7` against
+    the ordered (12, 7); "\\boxed{15\\frac{39}{40}} or \\boxed{\\frac{639}{40}}"
+    against 639/40 (every item equal to the gold: one answer in two forms;
+    a hedge "5 or 6" against 6 still fails).
+    """
+    lst, other, lst_is_pred = (p, g, True) if isinstance(p, List) else (g, p, False)
+
+    def ordered(a, b):
+        return match(a, b, tol) if lst_is_pred else match(b, a, tol)
+
+    if isinstance(other, (Seq, Union)):
+        union = as_union(lst)
+        if union is not None:
+            rule = ordered(union[1], other)
+            return f"solution set ({rule})" if rule else None
+    if isinstance(other, Seq) and other.open == "(":
+        values = labelled_values(lst)
+        if values is not None:
+            rule = ordered(Seq("(", ")", values), other)
+            return f"labelled tuple ({rule})" if rule else None
+    # One value restated in another form; a repeated item ("-2, -2") is a
+    # multiplicity instead, and stays a list.
+    restated = len(set(lst.items)) == len(lst.items)
+    if lst_is_pred and restated and not isinstance(other, (List, Set)):
+        if all(match(x, other, tol) for x in lst.items):
+            return "every item equal"
+    return None
+
+
+def _match_vector(p: Node, g: Node, tol: Tol) -> str | None:
+    """A one-row or one-column matrix against a tuple: (1, 2, 3), <1, 2, 3>."""
+    mat, seq = (p, g) if isinstance(p, Mat) else (g, p)
+    if (seq.open, seq.close) not in (("(", ")"), ("<", ">")):
+        return None
+    if len(mat.rows) != 1 and len(mat.rows[0]) != 1:
+        return None
+    entries = tuple(x for row in mat.rows for x in row)
+    if len(entries) != len(seq.items):
+        return None
+    pairs = zip(entries, seq.items) if mat is p else zip(seq.items, entries)
+    tol = _entries_tol(tol)
+    return "vector" if all(match(x, y, tol) for x, y in pairs) else None
+
+
 def _match_seq(p: Seq, g: Seq, tol: Tol) -> str | None:
     if (p.open, p.close) != (g.open, g.close) or len(p.items) != len(g.items):
         return None
@@ -393,7 +481,12 @@ def _match_mat(p: Mat, g: Mat, tol: Tol) -> str | None:
     if len(p.rows) != len(g.rows) or len(p.rows[0]) != len(g.rows[0]):
         return None
     pairs = zip(itertools.chain(*p.rows), itertools.chain(*g.rows))
+    tol = _entries_tol(tol)
     return "matrix" if all(match(x, y, tol) for x, y in pairs) else None
+
+
+def _entries_tol(tol: Tol) -> Tol:
+    return tol._replace(rounded=tol.rel > 0)
 
 
 def match(p: Node, g: Node, tol: Tol) -> str | None:
@@ -404,12 +497,18 @@ def match(p: Node, g: Node, tol: Tol) -> str | None:
         return _match_rel_other(p, g, True, tol)
     if isinstance(g, Rel):
         return _match_rel_other(g, p, False, tol)
+    if isinstance(p, List) or isinstance(g, List):
+        rule = _match_list_forms(p, g, tol)
+        if rule is not None:
+            return rule
     if isinstance(p, (List, Set)) or isinstance(g, (List, Set)):
         return _match_collections(p, g, tol)
     if isinstance(p, Union) or isinstance(g, Union):
         if type(p) is type(g) and _match_items(p.items, g.items, tol, dedupe=False):
             return "union"
         return None
+    if type(p) is not type(g) and {type(p), type(g)} == {Seq, Mat}:
+        return _match_vector(p, g, tol)
     if isinstance(p, Seq) or isinstance(g, Seq):
         return _match_seq(p, g, tol) if type(p) is type(g) else None
     if isinstance(p, Mat) or isinstance(g, Mat):

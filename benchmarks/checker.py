@@ -24,6 +24,11 @@ Four sets, every item graded by both checkers in this process:
   table       the hand-written cases of tests/checker_cases.py (labels are the
               intended truth; our checker was developed against them, so
               this set shows math-verify's behaviour more than ours).
+  olympiad    the olympiad-style table, tests/data/grading_cases.jsonl:
+              benchmark golds rewritten as models write them (relations,
+              labelled answers, answer sets over boxes, sets, thousands and
+              percent, intervals, matrices, unboxed answers), whole responses,
+              graded in each case's mode; per-category accuracy is printed.
 
 Printed: per set, accuracy of each checker, agreement between them, the
 disagreements (listed; --show N caps the list), and throughput (answers/s,
@@ -46,6 +51,8 @@ if str(REPO) not in sys.path:
 
 from rlvr_jax import checker, reward  # noqa: E402
 from tests.checker_cases import EQUIVALENCE  # noqa: E402
+
+GRADING_TABLE = REPO / "tests" / "data" / "grading_cases.jsonl"
 
 try:
     import math_verify
@@ -180,13 +187,26 @@ def table_items() -> list[tuple[str, str, str, bool]]:
     ]
 
 
+def olympiad_items() -> list[tuple[str, str, str, bool, str]]:
+    """(category, response, gold, expected, mode) of the olympiad-style table."""
+    rows = [json.loads(line) for line in GRADING_TABLE.open()]
+    return [
+        (r["category"], r["response"], r["gold"], r["expected"], r["mode"])
+        for r in rows
+    ]
+
+
 # --------------------------------------------------------------- graders
-def ours(pred_text: str, gold: str) -> bool:
+def ours(pred_text: str, gold: str, mode: str | None = None) -> bool:
+    """Eval extraction with strict comparison; a given mode grades as that mode."""
+    if mode is not None:
+        return checker.score_item(pred_text, gold, mode)[0] == 1.0
     answer = checker.extract_answer(pred_text, mode="eval")
     return answer is not None and checker.is_equivalent(answer, gold)
 
 
-def theirs(pred_text: str, gold: str) -> bool:
+def theirs(pred_text: str, gold: str, mode: str | None = None) -> bool:
+    del mode  # math-verify has one mode
     try:
         gold_parsed = math_verify.parse(f"\\boxed{{{gold}}}")
         pred_parsed = math_verify.parse(pred_text)
@@ -198,12 +218,12 @@ def theirs(pred_text: str, gold: str) -> bool:
 def run(grader, items) -> tuple[list[bool], float]:
     checker.clear_caches()
     start = time.perf_counter()
-    decisions = [grader(pred, gold) for _, pred, gold, _ in items]
+    decisions = [grader(pred, gold, *rest) for _, pred, gold, _, *rest in items]
     return decisions, time.perf_counter() - start
 
 
 def report(name: str, items, show: int) -> dict:
-    expected = [e for *_, e in items]
+    expected = [it[3] for it in items]
     mine, t_mine = run(ours, items)
     n = len(items)
     acc = sum(d == e for d, e in zip(mine, expected)) / n
@@ -233,16 +253,30 @@ def report(name: str, items, show: int) -> dict:
         fp_base = sum(d and not e for d, e in zip(base, expected))
         print(f", math-verify {fp_base}", end="")
     print()
+    if len({it[0] for it in items}) <= 12:  # a table by category: break it down
+        columns = [mine] if math_verify is None else [mine, base]
+        print_by_category(items, columns)
     if wrong:
         print(f"  items where a checker is wrong ({len(wrong)}; ours, math-verify):")
         for row in wrong[:show]:
-            (source, pred, gold, exp), *decisions = row
+            (source, pred, gold, exp, *_), *decisions = row
             marks = " ".join("ok " if d == exp else "BAD" for d in decisions)
             answer = checker.extract_answer(pred, mode="eval")
             print(f"    [{marks}] {source}: pred={answer!r:.60} gold={gold!r:.60}")
         if len(wrong) > show:
             print(f"    ... {len(wrong) - show} more (raise --show)")
     return out
+
+
+def print_by_category(items, columns: list[list[bool]]) -> None:
+    """Correct decisions per category: ours, then math-verify when present."""
+    names = sorted({it[0] for it in items})
+    header = "ours" if len(columns) == 1 else "ours  math-verify"
+    print(f"  {'category':20s} {'n':>4s}  {header}")
+    for cat in names:
+        idx = [i for i, it in enumerate(items) if it[0] == cat]
+        right = [sum(col[i] == items[i][3] for i in idx) for col in columns]
+        print(f"  {cat:20s} {len(idx):4d}  " + "  ".join(f"{r:4d}" for r in right))
 
 
 def main() -> None:
@@ -266,6 +300,7 @@ def main() -> None:
         ("rewrites", rewrite_items(args.data)),
         ("perturbed", perturbed_items(args.data)),
         ("table", table_items()),
+        ("olympiad", olympiad_items()),
     ]
     if not sets[0][1]:
         print(f"no data under {args.data}; only the table runs")

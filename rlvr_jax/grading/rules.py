@@ -305,9 +305,11 @@ def assigned_value(node: Rel) -> Node | None:
         cut = ops.index("approx")
         if any(op not in ("=", "approx") for op in ops[cut:]):
             return None
-        if cut == 0:
+        if cut == 0:  # "x \\approx 2.08" or "\\frac{2}{7}\\sqrt{53} \\approx 2.08"
             first = operands[0]
-            return operands[1] if is_label(first) else first
+            if is_label(first):
+                return operands[1]
+            return None if symbols(first) else first
         ops, operands = ops[:cut], operands[: cut + 1]
     first = operands[0]
     if ops == ("in",) and isinstance(first, Sym):

@@ -16,6 +16,7 @@ not 4/3). The eval mode uses the harness's relative 1e-4.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from fractions import Fraction
 from typing import NamedTuple
@@ -96,7 +97,7 @@ def prepare(tree: Node) -> Node:
     """Expands \\pm into the list of values it stands for."""
     if isinstance(tree, (List, Set)):
         items = tuple(x for item in tree.items for x in _expand_pm(item))
-        return type(tree)(items)
+        return dataclasses.replace(tree, items=items)
     values = _expand_pm(tree)
     return values[0] if len(values) == 1 else List(tuple(values))
 
@@ -121,7 +122,9 @@ def _expand(node: Node) -> list:
                 for r in _expand(right)
                 for term in (r, Neg(r))
             ]
-        case Add(items) | Mul(items) | List(items) | Set(items) | Union(items):
+        case List(items):
+            return [dataclasses.replace(node, items=c) for c in _product(items)]
+        case Add(items) | Mul(items) | Set(items) | Union(items):
             return [type(node)(combo) for combo in _product(items)]
         case Neg(x):
             return [Neg(v) for v in _expand(x)]

@@ -78,7 +78,7 @@ def reference_items(data: Path) -> list[tuple[str, str, str, bool]]:
     for r in _jsonl(ev / "math500" / "test.jsonl"):
         items.append(("math500", r["solution"], r["answer"], True))
     for r in _jsonl(ev / "minerva_math" / "test.jsonl"):
-        gold = checker.extract_answer(r["solution"])
+        gold = checker.last_box(r["solution"])
         if gold is not None:
             items.append(("minerva", r["solution"], gold, True))
     for r in _jsonl(ev / "aime24" / "test.jsonl"):
@@ -103,7 +103,7 @@ def _golds(data: Path) -> list[tuple[str, str, dict]]:
     for r in _jsonl(ev / "olympiadbench" / "test.jsonl"):
         out.append(("olympiad", _strip_dollars(r["final_answer"][0]), r))
     for r in _jsonl(ev / "minerva_math" / "test.jsonl"):
-        gold = checker.extract_answer(r["solution"])
+        gold = checker.last_box(r["solution"])
         if gold is not None:
             out.append(("minerva", gold, {}))
     for name in ("aime24", "aime25"):

@@ -37,7 +37,7 @@ import sys
 from typing import NamedTuple
 
 from rlvr_jax.grading import parser
-from rlvr_jax.grading.extract import MODES, extract_answer
+from rlvr_jax.grading.extract import MODES, extract_answer, last_box
 from rlvr_jax.grading.lexer import MAX_CHARS, GrammarError
 from rlvr_jax.grading.nodes import Error
 from rlvr_jax.grading.normalize import normalize
@@ -53,6 +53,7 @@ __all__ = [
     "extract_answer",
     "grade",
     "is_equivalent",
+    "last_box",
     "reward",
     "score_item",
 ]
@@ -181,7 +182,7 @@ def explain(pred: str, gold: str, mode: str = "boxed") -> Explanation:
 def _gold_answer(gold):
     text = _as_text(gold)
     if text is not None and ("\\boxed" in text or "\\fbox" in text):
-        boxed = extract_answer(text, mode="boxed")
+        boxed = last_box(text)
         if boxed is not None:
             return boxed
     return gold

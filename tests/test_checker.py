@@ -59,6 +59,16 @@ def test_extract_answer(text, mode, expected):
     assert checker.extract_answer(text, mode=mode) == expected
 
 
+def test_adjacent_boxes_are_one_answer_but_a_gold_is_the_last_box():
+    two = r"so $d = \boxed{15\frac{39}{40}}$, or $\boxed{\frac{639}{40}}$."
+    assert checker.extract_answer(two) == r"15\frac{39}{40}, \frac{639}{40}"
+    assert checker.last_box(two) == r"\frac{639}{40}"
+    assert checker.reward(two, r"\frac{639}{40}") == 1.0  # one value, two forms
+    assert checker.reward(r"\boxed{5} or \boxed{6}", "6") == 0.0  # a hedge
+    assert checker.reward(r"\boxed{5} and \boxed{6}", r"\{5, 6\}") == 1.0
+    assert checker.reward(r"\boxed{5}. Then \boxed{6}", "6") == 1.0  # a step
+
+
 @pytest.mark.parametrize(
     "response, gold, expected",
     [pytest.param(*row, id=f"eval-{i}") for i, row in enumerate(EVAL_MODE)],

@@ -89,33 +89,47 @@ _BOX_GAP_RE = re.compile(
 _MAX_JOINED_BOXES = 16
 
 
+def _box_before(text: str, commands: tuple[str, ...], end: int):
+    """(start, stripped content, index after) of the last box starting before
+    `end`; start is -1 when there is none, content None when unclosed or empty."""
+    pos, cmd = _last_box(text, commands, end)
+    if pos < 0:
+        return -1, None, 0
+    content, after = _box_content(text, pos + len(cmd))
+    return pos, (content or "").strip() or None, after
+
+
+def last_box(text: str) -> str | None:
+    """The content of the last `\\boxed{}` / `\\fbox{}` alone, or None.
+
+    How a gold is read from a reference solution (RECIPE.md, "Evaluation
+    protocol"): MATH500 writes "\\boxed{15\\frac{39}{40}}, or
+    \\boxed{\\frac{639}{40}}" and its answer is the last of the two.
+    """
+    return _box_before(text, _BOX_COMMANDS["boxed"], len(text))[1]
+
+
 def _boxed_answer(text: str, commands: tuple[str, ...]) -> str | None:
     """The last box's content, joined with the boxes just before it.
 
     Boxes separated only by commas, "and", "or", spacing or `$` state one
-    answer together: "\boxed{4} and \boxed{9}" is the list "4, 9", and a
-    hedge "\boxed{5} or \boxed{6}" is the list "5, 6", never just 6. A box
+    answer together: "\\boxed{4} and \\boxed{9}" is the list "4, 9", and a
+    hedge "\\boxed{5} or \\boxed{6}" is the list "5, 6", never just 6. A box
     further back, with words between, is a step of the working and is left
     out. Repeated contents count once.
     """
-    pos, cmd = _last_box(text, commands, len(text))
-    if pos < 0:
+    pos, content, _ = _box_before(text, commands, len(text))
+    if content is None:
         return None
-    content, _ = _box_content(text, pos + len(cmd))
-    if content is None or not content.strip():
-        return None
-    contents = [content.strip()]
+    contents = [content]
     while len(contents) < _MAX_JOINED_BOXES:
-        prev, prev_cmd = _last_box(text, commands, pos)
-        if prev < 0:
-            break
-        prev_content, prev_end = _box_content(text, prev + len(prev_cmd))
-        if prev_content is None or not prev_content.strip() or prev_end > pos:
-            break  # unclosed, empty, or the box around the one we have
+        prev, prev_content, prev_end = _box_before(text, commands, pos)
+        if prev < 0 or prev_content is None or prev_end > pos:
+            break  # none, unclosed, empty, or the box around the one we have
         if not _BOX_GAP_RE.fullmatch(text, prev_end, pos):
             break
-        if prev_content.strip() not in contents:
-            contents.append(prev_content.strip())
+        if prev_content not in contents:
+            contents.append(prev_content)
         pos = prev
     return ", ".join(reversed(contents))
 

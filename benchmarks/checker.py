@@ -119,7 +119,7 @@ _TUPLE_RE = re.compile(
 _INTERVAL_RE = re.compile(r"^\s*(\\left)?([(\[])(.*)([)\]])\s*$")
 
 
-def _split_top(s: str) -> list[str]:
+def split_top(s: str) -> list[str]:
     """Splits at top-level commas (outside any bracket)."""
     parts, depth, start = [], 0, 0
     for i, c in enumerate(s):
@@ -141,8 +141,8 @@ def rewrite_items(data: Path) -> list[tuple[str, str, str, bool]]:
         pred = None
         if _INT_RE.fullmatch(gold):
             pred = f"x = {gold}"
-        elif row.get("is_multiple_answer") and len(_split_top(gold)) > 1:
-            pred = ", ".join(reversed(_split_top(gold)))
+        elif row.get("is_multiple_answer") and len(split_top(gold)) > 1:
+            pred = ", ".join(reversed(split_top(gold)))
         elif "\\frac{" in gold:
             pred = gold.replace("\\frac{", "\\dfrac{")
         elif (m := _TUPLE_RE.match(gold)) and not m.group(1):
@@ -171,7 +171,7 @@ def perturbed_items(data: Path) -> list[tuple[str, str, str, bool]]:
             flipped = {"(": "[", "[": "("}[m.group(2)]
             if "infty" not in m.group(3).split(",")[0]:
                 preds.append(flipped + m.group(3) + m.group(4))
-        parts = _split_top(gold)
+        parts = split_top(gold)
         if row.get("is_multiple_answer") and len(parts) > 1:
             preds.append(", ".join(parts[:-1]))
         for pred in preds:

@@ -10,6 +10,7 @@ The public face of the grader; the work is done in `rlvr_jax.grading`:
     lexer       whitelisted tokens; anything else is an error
     parser      a typed, inert syntax tree (`grading.nodes`)
     values      exact Fractions and guarded 192-bit numbers
+    relations   labels (`|PQ| = 2`), solution sets (`0 < x \\le 4`, `|x| > 2`)
     rules       equivalence: structure, then rational, numeric, identity
 
 Equivalence is decided by rules tried in order: exact string; normalised

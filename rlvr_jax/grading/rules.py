@@ -3,10 +3,14 @@
 `match(pred, gold, tol)` returns the name of the rule under which the two trees
 are the same answer, or None. Structure is compared first (lists and sets
 unordered, tuples and intervals ordered with their brackets, unions,
-matrices, relations), then values: exact Fractions when both sides are
-rational, 192-bit numbers for constants, and for expressions with variables
-agreement at seven generic points (an identity test that decides what
-`simplify(a - b) == 0` would, without its hangs).
+matrices and vectors, relations read through `grading.relations`: a label's
+value, a chain's last member, an inequality's solution set), then values:
+exact Fractions when both sides are rational, 192-bit numbers for
+constants, and for expressions with variables agreement at seven generic
+points (an identity test that decides what `simplify(a - b) == 0` would,
+without its hangs). Equations match up to rearrangement and a constant
+factor the same way (`_match_line`), and matrices entry by entry, so sympy
+is not needed for either.
 
 Tolerances: `Tol.rel` 0 means rationals must be equal exactly; a side written
 with a decimal point allows a relative `DECIMAL_REL_TOL` (so "12.80" = 12.8

@@ -18,7 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.checker import split_top  # noqa: E402
 
 OUT = Path(__file__).with_name("grading_cases.jsonl")
 
@@ -76,6 +83,12 @@ def cases(g: Golds) -> list[dict]:
             )
         )
 
+    def add_both(category, gold_src, positives, negatives):
+        for pred in positives:
+            add(category, boxed(pred), gold_src, True)
+        for pred in negatives:
+            add(category, boxed(pred), gold_src, False)
+
     # ---------------------------------------------------------- relations
     cat = "relations"
     for gold_src, pos, neg in [
@@ -100,10 +113,7 @@ def cases(g: Golds) -> list[dict]:
             [r"x \geqslant 5", r"x \gt 6"],
         ),
     ]:
-        for p in pos:
-            add(cat, boxed(p), gold_src, True)
-        for p in neg:
-            add(cat, boxed(p), gold_src, False)
+        add_both(cat, gold_src, pos, neg)
     # Chains: the last member is the answer, when every member is equal.
     for row_id, a, b in [(1828, 6000, 48), (2021, 1300, 44), (2256, 999, 1)]:
         gold_src = g.ob(row_id)
@@ -141,10 +151,7 @@ def cases(g: Golds) -> list[dict]:
             [r"M = \frac{9\sqrt{3}}{32} \approx 0.487"],
         ),
     ]:
-        for p in pos:
-            add(cat, boxed(p), gold_src, True)
-        for p in neg:
-            add(cat, boxed(p), gold_src, False)
+        add_both(cat, gold_src, pos, neg)
     # \neq / != against a domain written as a union.
     gold_src = g.m5("test/algebra/2043.json")  # (-\infty, 2) \cup (3, \infty)
     add(cat, boxed(r"x < 2 \text{ or } x > 3"), gold_src, True)
@@ -156,13 +163,13 @@ def cases(g: Golds) -> list[dict]:
     cat = "labelled"
     for gold_src in [g.ob(1678), g.ob(1833), g.ob(2265), g.ob(2283)]:
         a, b = gold_src[0].strip("()").split(",")
-        add(cat, boxed(f"(a,b) = ({a},{b})"), gold_src, True)
-        add(cat, boxed(f"(x, y) = ({a}, {b})"), gold_src, True)
-        add(cat, boxed(f"m = {a}, n = {b}"), gold_src, True)
-        add(cat, boxed(rf"x = {a},\ y = {b}"), gold_src, True)
-        add(cat, boxed(f"(a,b) = ({b},{a})"), gold_src, False)
-        add(cat, boxed(f"m = {b}, n = {a}"), gold_src, False)
-        add(cat, boxed(f"(a,b) = ({a},{int(b) + 1})"), gold_src, False)
+        add_both(
+            cat,
+            gold_src,
+            [f"(a,b) = ({a},{b})", f"(x, y) = ({a}, {b})", f"m = {a}, n = {b}"]
+            + [rf"x = {a},\ y = {b}"],
+            [f"(a,b) = ({b},{a})", f"m = {b}, n = {a}", f"(a,b) = ({a},{int(b) + 1})"],
+        )
     for gold_src in [
         g.ob(2165),
         g.ob(2647),
@@ -214,7 +221,7 @@ def cases(g: Golds) -> list[dict]:
     cat = "multibox"
     for row_id in (2950, 2313, 2544, 1929, 2460):
         gold_src = g.ob(row_id)
-        parts = _split_top(gold_src[0].replace("$", ""))
+        parts = split_top(gold_src[0].replace("$", ""))
         add(
             cat,
             "The solutions are " + ", ".join(f"$\\boxed{{{p}}}$" for p in parts) + ".",
@@ -235,7 +242,7 @@ def cases(g: Golds) -> list[dict]:
         )
     for row_id in (2216, 2391, 2421, 2317):
         gold_src = g.ob(row_id)
-        parts = _split_top(gold_src[0])
+        parts = split_top(gold_src[0])
         add(cat, " and ".join(f"\\boxed{{{p}}}" for p in parts), gold_src, True)
         add(cat, r" \quad ".join(f"\\boxed{{{p}}}" for p in parts), gold_src, True)
         add(
@@ -275,14 +282,14 @@ def cases(g: Golds) -> list[dict]:
     add(cat, boxed(r"2, 1\pm\sqrt{5}"), gold_src, False)
     for row_id in (2216, 2391, 2421, 2317, 2549, 2375, 2771):
         gold_src = g.ob(row_id)
-        parts = _split_top(gold_src[0].replace("$", ""))
+        parts = split_top(gold_src[0].replace("$", ""))
         add(cat, boxed(r"\{" + ", ".join(reversed(parts)) + r"\}"), gold_src, True)
         add(cat, boxed(", ".join(reversed(parts))), gold_src, True)
         add(cat, boxed(r"x \in \{" + ", ".join(parts) + r"\}"), gold_src, True)
         add(cat, boxed(r"\{" + ", ".join(parts[1:]) + r"\}"), gold_src, False)
     for row_id in (1929, 2313, 2544, 2570):
         gold_src = g.ob(row_id)
-        parts = _split_top(gold_src[0])
+        parts = split_top(gold_src[0])
         add(cat, boxed(r"\{" + ", ".join(reversed(parts)) + r"\}"), gold_src, True)
         swapped = [_swap_pair(p) for p in parts]
         add(cat, boxed(", ".join(swapped)), gold_src, False)
@@ -313,12 +320,12 @@ def cases(g: Golds) -> list[dict]:
     for row_id in (2255, 2341):  # 62.5%, 17.5%
         gold_src = g.ob(row_id)
         v = gold_src[0].rstrip("%")
-        add(cat, boxed(rf"{v}\%"), gold_src, True)
-        add(cat, boxed(rf"{v} \text{{ percent}}"), gold_src, True)
-        add(cat, boxed(rf"{v}\text{{pct}}"), gold_src, True)
-        add(cat, boxed(rf"{v} percent"), gold_src, True)
-        add(cat, boxed(rf"{float(v) + 1}\%"), gold_src, False)
-        add(cat, boxed(rf"{float(v) / 10} \text{{ percent}}"), gold_src, False)
+        add_both(
+            cat,
+            gold_src,
+            [rf"{v}\%", rf"{v} \text{{ percent}}", rf"{v}\text{{pct}}", f"{v} percent"],
+            [rf"{float(v) + 1}\%", rf"{float(v) / 10} \text{{ percent}}"],
+        )
     gold_src = g.ob(2276)  # 8 \%
     add(cat, boxed(r"8 \text{ percent}"), gold_src, True)
     add(cat, boxed(r"8\%"), gold_src, True)
@@ -389,10 +396,7 @@ def cases(g: Golds) -> list[dict]:
             [r"0 \le t \le 4", r"t \in (0, 4)"],
         ),
     ]:
-        for p in pos:
-            add(cat, boxed(p), gold_src, True)
-        for p in neg:
-            add(cat, boxed(p), gold_src, False)
+        add_both(cat, gold_src, pos, neg)
     # Unions against an absolute-value inequality.
     gold_src = g.m5("test/intermediate_algebra/183.json")  # (2, \infty)
     add(cat, boxed(r"|x - 5| < 3 \text{ and } x > 2"), gold_src, False)
@@ -406,10 +410,7 @@ def cases(g: Golds) -> list[dict]:
         (r"(1, 5)", [r"|x - 3| < 2"], [r"|x - 3| \le 2", r"|x - 2| < 3"]),
     ]:
         src = (gold, "constructed, in the form of olympiadbench#2298")
-        for p in pos:
-            add(cat, boxed(p), src, True)
-        for p in neg:
-            add(cat, boxed(p), src, False)
+        add_both(cat, src, pos, neg)
 
     # ---------------------------------------------------- matrices and vectors
     cat = "matrices"
@@ -558,20 +559,6 @@ def cases(g: Golds) -> list[dict]:
             "eval",
         )
     return out
-
-
-def _split_top(s: str) -> list[str]:
-    parts, depth, start = [], 0, 0
-    for i, c in enumerate(s):
-        if c in "([{":
-            depth += 1
-        elif c in ")]}":
-            depth -= 1
-        elif c == "," and depth == 0:
-            parts.append(s[start:i])
-            start = i + 1
-    parts.append(s[start:])
-    return [p.strip() for p in parts if p.strip()]
 
 
 def _swap_pair(p: str) -> str:

@@ -8,6 +8,8 @@ sees math.
 
 Each token is `Token(kind, value, space_before)`. Kinds: num, letter, sym,
 const, cmd, func, op, text, word, sep, empty, reals, begin, end, rowsep.
+Two passes read the token list as a whole: `merge_thousands` (1,000,000 is
+one number outside brackets) and `is_text_answer` (a word answer).
 """
 
 from __future__ import annotations
@@ -333,3 +335,94 @@ def _text_tokens(content: str, name: str, space: bool, out: list, level: int) ->
         _tokenize_into(stripped, out, level + 1)
         return
     out.append(Token("text", stripped, space))
+
+
+# ----------------------------------------------- passes over the tokens
+def merge_thousands(tokens: list[Token]) -> list[Token]:
+    """Joins 1,000,000 (no spaces, 3-digit groups) and "10 000" into one number.
+
+    Only outside brackets (inside them a comma separates coordinates), and only
+    when the whole comma-joined run fits the pattern: "27,54,108" is a list.
+    """
+    out: list[Token] = []
+    depth = 0
+    i = 0
+    n = len(tokens)
+    while i < n:
+        tok = tokens[i]
+        kind, value, space = tok
+        if kind == "op" and value in ("(", "[", "{", "\\{"):
+            depth += 1
+        elif kind == "op" and value in (")", "]", "}", "\\}"):
+            depth -= 1
+        if depth == 0 and kind == "num" and value.isdigit():
+            # The maximal run NUM,NUM,...,NUM with no spaces around the commas.
+            parts = [value]
+            j = i + 1
+            while (
+                j + 1 < n
+                and tokens[j][:2] == ("op", ",")
+                and not tokens[j][2]
+                and tokens[j + 1][0] == "num"
+                and not tokens[j + 1][2]
+            ):
+                parts.append(tokens[j + 1][1])
+                j += 2
+            if len(parts) == 1:
+                # "10 000": space-separated 3-digit groups.
+                while (
+                    j < n
+                    and tokens[j][0] == "num"
+                    and tokens[j][2]
+                    and _GROUP_RE.fullmatch(tokens[j][1])
+                ):
+                    parts.append(tokens[j][1])
+                    j += 1
+            thousands = (
+                len(parts) > 1
+                and len(parts[0]) <= 3
+                and all(_GROUP_RE.fullmatch(p) for p in parts[1:-1])
+                and _LAST_GROUP_RE.fullmatch(parts[-1])
+            )
+            if thousands:
+                out.append(Token("num", "".join(parts), space))
+                i = j
+                continue
+            if len(parts) > 1 and tokens[i + 1][:2] == ("op", ","):
+                # A list such as 27,54,108: copy the run as it is.
+                out.extend(tokens[i:j])
+                i = j
+                continue
+        out.append(tok)
+        i += 1
+    return out
+
+
+_GROUP_RE = re.compile(r"\d{3}")
+_LAST_GROUP_RE = re.compile(r"\d{3}(\.\d+)?")
+
+
+def is_text_answer(tokens: list[Token]) -> bool:
+    """True when the answer is words only: "Monday", "\\text{even}", "no"."""
+    has_word = False
+    for kind, value, _ in tokens:
+        if kind == "text":
+            has_word = True
+        elif kind == "word":
+            if len(value) >= 4 or value.casefold() in SHORT_WORDS:
+                has_word = True
+            elif value.casefold() not in UNIT_WORDS:
+                return False
+        elif kind == "sep" or (kind == "op" and value in (",", ";", "(", ")")):
+            continue
+        else:
+            return False
+    return has_word
+
+
+_TEXT_PUNCT_RE = re.compile(r"[\s.,;:!?()\"']+")
+
+
+def text_key(text: str) -> str:
+    """Case-folded words with punctuation and spacing collapsed."""
+    return _TEXT_PUNCT_RE.sub(" ", text.casefold()).strip()

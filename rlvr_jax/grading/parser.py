@@ -9,7 +9,6 @@ because a training step parses one gold and many identical predictions.
 from __future__ import annotations
 
 import functools
-import re
 from fractions import Fraction
 
 from rlvr_jax.grading import lexer
@@ -20,6 +19,9 @@ from rlvr_jax.grading.lexer import (
     MAX_ITEMS,
     GrammarError,
     Token,
+    is_text_answer,
+    merge_thousands,
+    text_key,
     tokenize,
 )
 from rlvr_jax.grading.nodes import (
@@ -91,7 +93,7 @@ class _Parser:
     """Recursive descent over the token list; builds the typed tree."""
 
     def __init__(self, tokens: list[Token]):
-        self.toks = _merge_thousands(tokens)
+        self.toks = merge_thousands(tokens)
         self.i = 0
         self.depth = 0
         self.abs_depth = 0
@@ -650,96 +652,6 @@ class _Parser:
         return Mat(tuple(rows))
 
 
-def _merge_thousands(tokens: list[Token]) -> list[Token]:
-    """Joins 1,000,000 (no spaces, 3-digit groups) and "10 000" into one number.
-
-    Only outside brackets (inside them a comma separates coordinates), and only
-    when the whole comma-joined run fits the pattern: "27,54,108" is a list.
-    """
-    out: list[Token] = []
-    depth = 0
-    i = 0
-    n = len(tokens)
-    while i < n:
-        tok = tokens[i]
-        kind, value, space = tok
-        if kind == "op" and value in ("(", "[", "{", "\\{"):
-            depth += 1
-        elif kind == "op" and value in (")", "]", "}", "\\}"):
-            depth -= 1
-        if depth == 0 and kind == "num" and value.isdigit():
-            # The maximal run NUM,NUM,...,NUM with no spaces around the commas.
-            parts = [value]
-            j = i + 1
-            while (
-                j + 1 < n
-                and tokens[j][:2] == ("op", ",")
-                and not tokens[j][2]
-                and tokens[j + 1][0] == "num"
-                and not tokens[j + 1][2]
-            ):
-                parts.append(tokens[j + 1][1])
-                j += 2
-            if len(parts) == 1:
-                # "10 000": space-separated 3-digit groups.
-                while (
-                    j < n
-                    and tokens[j][0] == "num"
-                    and tokens[j][2]
-                    and _GROUP_RE.fullmatch(tokens[j][1])
-                ):
-                    parts.append(tokens[j][1])
-                    j += 1
-            thousands = (
-                len(parts) > 1
-                and len(parts[0]) <= 3
-                and all(_GROUP_RE.fullmatch(p) for p in parts[1:-1])
-                and _LAST_GROUP_RE.fullmatch(parts[-1])
-            )
-            if thousands:
-                out.append(Token("num", "".join(parts), space))
-                i = j
-                continue
-            if len(parts) > 1 and tokens[i + 1][:2] == ("op", ","):
-                # A list such as 27,54,108: copy the run as it is.
-                out.extend(tokens[i:j])
-                i = j
-                continue
-        out.append(tok)
-        i += 1
-    return out
-
-
-_GROUP_RE = re.compile(r"\d{3}")
-_LAST_GROUP_RE = re.compile(r"\d{3}(\.\d+)?")
-
-
-def _is_text_answer(tokens: list[Token]) -> bool:
-    """True when the answer is words only: "Monday", "\\text{even}", "no"."""
-    has_word = False
-    for kind, value, _ in tokens:
-        if kind == "text":
-            has_word = True
-        elif kind == "word":
-            if len(value) >= 4 or value.casefold() in lexer.SHORT_WORDS:
-                has_word = True
-            elif value.casefold() not in lexer.UNIT_WORDS:
-                return False
-        elif kind == "sep" or (kind == "op" and value in (",", ";", "(", ")")):
-            continue
-        else:
-            return False
-    return has_word
-
-
-_TEXT_PUNCT_RE = re.compile(r"[\s.,;:!?()\"']+")
-
-
-def text_key(text: str) -> str:
-    """Case-folded words with punctuation and spacing collapsed."""
-    return _TEXT_PUNCT_RE.sub(" ", text.casefold()).strip()
-
-
 def parse(answer: str) -> Node:
     """Parses a normalised answer into a typed tree (`grading.nodes`).
 
@@ -763,7 +675,7 @@ def parse(answer: str) -> Node:
 def _parse_cached(answer: str) -> Node:
     try:
         tokens = tokenize(answer)
-        if _is_text_answer(tokens):
+        if is_text_answer(tokens):
             words = " ".join(str(v) for k, v, _ in tokens if k in ("text", "word"))
             return Text(text_key(words))
         return _Parser(tokens).parse_answer()

@@ -5,7 +5,9 @@ The public face of the grader; the work is done in `rlvr_jax.grading`:
     extract     the final answer of a response: the last brace-matched
                 `\\boxed{}` for the training reward (RECIPE.md, "Training
                 reward"), leniently in the "eval" mode (RECIPE.md,
-                "Evaluation protocol")
+                "Evaluation protocol"); boxes joined only by "and", "or"
+                or commas are one answer, so a hedge "\\boxed{5} or
+                \\boxed{6}" is the list {5, 6}, never its last box
     normalize   notation that never changes a value (spacing, \\left, $, ...)
     lexer       whitelisted tokens; anything else is an error
     parser      a typed, inert syntax tree (`grading.nodes`)
@@ -255,6 +257,8 @@ def reward(response: str, ground_truth) -> float:
 
     Returns:
       1.0 or 0.0. No box, an unclosed last box, or an empty one scores 0.
+      Boxes right before the last one, joined to it only by "and", "or" or
+      commas, are part of the answer (`extract_answer`).
     """
     return score_item(response, ground_truth, "boxed")[0]
 

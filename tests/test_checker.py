@@ -67,6 +67,9 @@ def test_adjacent_boxes_are_one_answer_but_a_gold_is_the_last_box():
     assert checker.reward(r"\boxed{5} or \boxed{6}", "6") == 0.0  # a hedge
     assert checker.reward(r"\boxed{5} and \boxed{6}", r"\{5, 6\}") == 1.0
     assert checker.reward(r"\boxed{5}. Then \boxed{6}", "6") == 1.0  # a step
+    labelled = r"The solutions are $x = \boxed{2}$ and $x = \boxed{5}$."
+    assert checker.extract_answer(labelled) == "2, 5"
+    assert checker.reward(labelled, "5") == 0.0
 
 
 @pytest.mark.parametrize(

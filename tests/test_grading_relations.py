@@ -44,6 +44,10 @@ def test_is_label(text, expected):
         (r"|2x| < 2", "(-1, 1)", False),  # not a center form: no set is read
         (r"x < 2 \text{ or } x > 3", r"(-\infty, 2) \cup (3, \infty)", True),
         (r"x < 2 \text{ and } x > 3", r"(-\infty, 2) \cup (3, \infty)", False),
+        (r"x > 1 \text{ and } x < 3", "(1, 3)", True),
+        (r"x \ge 1 \text{ and } x < 3", "[1, 3)", True),
+        (r"x \ge 1 \text{ and } x < 3", "(1, 3)", False),
+        (r"x > 1 \text{ and } x > 3", "(1, 3)", False),
         (r"x < 2 \text{ or } y > 3", r"(-\infty, 2) \cup (3, \infty)", False),
         (r"0 < t \le 4", r"t \in (0, 4]", True),
         (r"0 < x \le 4", r"t \in (0, 4]", False),  # another variable

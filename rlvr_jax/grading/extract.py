@@ -84,7 +84,9 @@ _UNBRACED_RE = re.compile(r"[^$\n]*")
 # "\boxed{4} and \boxed{9}", "$\boxed{(0, 3)}$, $\boxed{(3, 0)}$".
 _BOX_GAP_RE = re.compile(
     r"(?:\s|\$|,|;|&|~|\\[,;:! ]|\\q?quad\b|\\[()\[\]]|\band\b|\bor\b"
-    r"|\\text\{\s*(?:and|or|,)?\s*\})*"
+    r"|\\text\{\s*(?:and|or|,)?\s*\}"
+    # "$x = \boxed{2}$ and $x = \boxed{5}$": a one-letter label before a box.
+    r"|\b[a-zA-Z](?:_\{?[a-zA-Z0-9]{1,3}\}?)?\s*=)*"
 )
 _MAX_JOINED_BOXES = 16
 

@@ -6,7 +6,8 @@ Pure tree rewrites, no comparison (that is `grading.rules`):
                     the name an answer is given under, as in `|PQ| = 2`
     solution_set    `0 < x \\le 4` and `x \\in (0, 4]` as (x, (0, 4]);
                     `|x - 3| > 2` as (x, (-oo, 1) U (5, oo))
-    as_union        `x < 2 or x > 3` as (-oo, 2) U (3, oo)
+    list_set        `x < 2 or x > 3` as (-oo, 2) U (3, oo); `x > 1 and x < 3`
+                    as (1, 3)
     as_tuple        `m = 12, n = 7` as the ordered (12, 7)
 
 Interval arithmetic is exact here (bounds stay trees, compared later), which
@@ -139,18 +140,37 @@ def bare_set(node: Node) -> Node:
     return node
 
 
-def as_union(node: List) -> tuple[str, Node] | None:
-    """`x < 2 or x > 3` as (x, (-oo, 2) U (3, oo)); None unless every item is
-    a set for the same variable and no "and" joins them (that intersects)."""
-    if node.conj or not all(isinstance(x, Rel) for x in node.items):
+def list_set(node: List) -> tuple[str, Node] | None:
+    """The set a list of relations on one variable allows, or None.
+
+    `x < 2 or x > 3` is the union (-oo, 2) U (3, oo); `x > 1 and x < 3`, a
+    lower and an upper bound joined by "and", is the interval (1, 3).
+    """
+    if not all(isinstance(x, Rel) for x in node.items):
         return None
     sets = [solution_set(x) for x in node.items]
     if any(s is None for s in sets) or len({name for name, _ in sets}) != 1:
         return None
+    name = sets[0][0]
+    if node.conj:
+        meet = _meet([s for _, s in sets])
+        return None if meet is None else (name, meet)
     pieces = []
     for _, s in sets:
         pieces.extend(s.items if isinstance(s, Union) else (s,))
-    return sets[0][0], Union(tuple(pieces))
+    return name, Union(tuple(pieces))
+
+
+def _meet(sets: list) -> Seq | None:
+    """A lower half-line and an upper one as the interval between them."""
+    if len(sets) != 2 or not all(isinstance(s, Seq) for s in sets):
+        return None
+    lower = [s for s in sets if s.items[1] == OO]
+    upper = [s for s in sets if s.items[0] == Neg(OO)]
+    if len(lower) != 1 or len(upper) != 1 or lower[0] is upper[0]:
+        return None
+    (lo,), (hi,) = lower, upper
+    return Seq(lo.open, hi.close, (lo.items[0], hi.items[1]))
 
 
 def labelled_values(node: List) -> tuple | None:

@@ -52,10 +52,10 @@ from rlvr_jax.grading.nodes import (
     walk,
 )
 from rlvr_jax.grading.relations import (
-    as_union,
     bare_set,
     is_label,
     labelled_values,
+    list_set,
     orient,
     solution_set,
 )
@@ -445,9 +445,9 @@ def _match_list_forms(p: Node, g: Node, tol: Tol) -> str | None:
         return match(a, b, tol) if lst_is_pred else match(b, a, tol)
 
     if isinstance(other, (Seq, Union)):
-        union = as_union(lst)
-        if union is not None:
-            rule = ordered(union[1], other)
+        allowed = list_set(lst)
+        if allowed is not None:
+            rule = ordered(allowed[1], other)
             return f"solution set ({rule})" if rule else None
     if isinstance(other, Seq) and other.open == "(":
         values = labelled_values(lst)

@@ -5,8 +5,8 @@ it in the benchmark's environment only (it pins its own antlr runtime, so a
 virtual environment keeps it away from anything else):
 
     python -m venv --system-site-packages /tmp/mv && /tmp/mv/bin/pip install math-verify==0.9.0
-    /tmp/mv/bin/python benchmarks/checker.py            # data in ../shared/data
-    python benchmarks/checker.py --data DIR             # ours only if it is absent
+    /tmp/mv/bin/python benchmarks/checker.py            # the packaged data
+    python benchmarks/checker.py --data DIR             # ours only without math-verify
 
 Four sets, every item graded by both checkers in this process:
 
@@ -49,7 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from rlvr_jax import checker, reward  # noqa: E402
+from rlvr_jax import checker, paper_data, reward  # noqa: E402
 from tests.checker_cases import EQUIVALENCE  # noqa: E402
 
 GRADING_TABLE = REPO / "tests" / "data" / "grading_cases.jsonl"
@@ -281,7 +281,7 @@ def print_by_category(items, columns: list[list[bool]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=Path(paper_data.__file__).parent)
     parser.add_argument("--show", type=int, default=40, help="disagreements to list")
     parser.add_argument("--workers", type=int, default=2, help="reward pool size")
     args = parser.parse_args()

@@ -1,9 +1,9 @@
 r"""Writes tests/data/grading_cases.jsonl: olympiad-style answer formats.
 
-Run by hand, once, from the repository root, with the packaged benchmark data
-next to it (`python tests/data/make_grading_cases.py --data ../shared/data`);
-the JSONL it writes is the committed test data, reviewed case by case. Tests
-never run this script and never need the data.
+Run by hand, once, from the repository root
+(`python tests/data/make_grading_cases.py`; it reads the packaged benchmark
+files, `--data` another copy); the JSONL it writes is the committed test data,
+reviewed case by case. Tests never run this script.
 
 Each case is a gold taken from a benchmark (its row noted in `source`)
 rewritten the way models write answers: positives (the same answer in another
@@ -26,6 +26,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.checker import split_top  # noqa: E402
+from rlvr_jax import paper_data  # noqa: E402
 
 OUT = Path(__file__).with_name("grading_cases.jsonl")
 
@@ -592,7 +593,7 @@ def _bump(e: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--data", type=Path, default=Path(paper_data.__file__).parent)
     args = parser.parse_args()
     rows = cases(Golds(args.data))
     with OUT.open("w") as f:

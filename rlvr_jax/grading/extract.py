@@ -5,7 +5,8 @@ The training reward reads the content of the last brace-matched `\\boxed{}` /
 before it when only "and", "or" or commas separate them (an answer set spread
 over boxes; a hedge then reads as a list, never as its last box). Evaluation
 is lenient (RECIPE.md, "Evaluation protocol"): the boxes, else "the answer is
-...", else a value stated with "is" at the end, else the last number.
+...", else a value stated with "is" at the end, else a closing display, else
+the last number.
 """
 
 from __future__ import annotations
@@ -177,6 +178,18 @@ def _stated_value(text: str) -> str | None:
     return value or None
 
 
+def _closing_display(text: str) -> str | None:
+    """The display math a response ends with ("Therefore,\\n\\[\\frac{3}{8}\\]")."""
+    tail = text[-_STATED_TAIL_CHARS:].rstrip().rstrip(".").rstrip()
+    for opener, closer in (("\\[", "\\]"), ("$$", "$$")):
+        if tail.endswith(closer) and len(tail) > len(opener) + len(closer):
+            start = tail.rfind(opener, 0, len(tail) - len(closer))
+            if start >= 0:
+                value = tail[start + len(opener) : len(tail) - len(closer)]
+                return value.strip().rstrip(".").strip() or None
+    return None
+
+
 def _last_number(text: str) -> str | None:
     last = _last_match(_NUMBER_RE, text)
     return last.group().replace(",", "") if last else None
@@ -192,7 +205,8 @@ def extract_answer(text: str, mode: str = "boxed") -> str | None:
         "eval" (benchmark scoring): the last box (also `\\framebox`), else the
         text after the last "the answer is" / "final answer is", else the
         last value stated after "is" in the closing paragraph ("the
-        probability is $\\frac{3}{8}$."), else the last number.
+        probability is $\\frac{3}{8}$."), else the display math the response
+        ends with, else the last number.
         Adjacent boxes joined only by commas or "and"/"or" are one answer
         (see `_boxed_answer`).
 
@@ -211,4 +225,9 @@ def extract_answer(text: str, mode: str = "boxed") -> str | None:
         return answer
     if mode == "boxed":
         return None
-    return _answer_is(text) or _stated_value(text) or _last_number(text)
+    return (
+        _answer_is(text)
+        or _stated_value(text)
+        or _closing_display(text)
+        or _last_number(text)
+    )

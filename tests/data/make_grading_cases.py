@@ -540,6 +540,20 @@ def cases(g: Golds) -> list[dict]:
             "eval",
         )
         add(cat, f"Hence the ratio is ${gold_src[0]} + 1$.", gold_src, False, "eval")
+        add(
+            cat,
+            f"Collecting terms, we get\n\\[{gold_src[0]}\\]",
+            gold_src,
+            True,
+            "eval",
+        )
+        add(
+            cat,
+            f"Collecting terms:\n$$2 \\cdot {gold_src[0]}.$$",
+            gold_src,
+            False,
+            "eval",
+        )
     for uid in (
         "test/counting_and_probability/803.json",
         "test/counting_and_probability/282.json",

@@ -330,11 +330,26 @@ def _text_tokens(content: str, name: str, space: bool, out: list, level: int) ->
         # "5\text{ m}", "5\mathrm{~cm}": a spaced-off word is a unit.
         out.append(Token("text", stripped, space))
         return
+    if space and stripped in _UNIT_LETTERS and _after_value(out):
+        # "1.77 \times 10^{-6}\,\mathrm{m}": a letter spaced off a value is a
+        # unit too (not e or i, which are numbers).
+        out.append(Token("text", stripped, space))
+        return
     if _MATHY_TEXT_RE.fullmatch(stripped) or _NUMBER_FIRST_RE.match(stripped):
         # "(C)", "(113)", "12.8 mph": math, with any words read as units.
         _tokenize_into(stripped, out, level + 1)
         return
     out.append(Token("text", stripped, space))
+
+
+_UNIT_LETTERS = frozenset("abcdfghjklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _after_value(out: list) -> bool:
+    return bool(out) and (out[-1].kind == "num" or out[-1][:2] in _VALUE_ENDS)
+
+
+_VALUE_ENDS = frozenset({("op", "}"), ("op", ")")})
 
 
 # ----------------------------------------------- passes over the tokens

@@ -573,7 +573,58 @@ def cases(g: Golds) -> list[dict]:
             True,
             "eval",
         )
+    minerva_cases(g, add)
     return out
+
+
+def minerva_cases(g: Golds, add) -> None:
+    """Minerva's physics golds: scientific notation, units, labelled formulas."""
+    for idx, gold in [
+        (156, "1.77e-6"),
+        (174, "3.89e-10"),
+        (178, "5.89e-7"),
+        (186, "1.45e-5"),
+        (191, "1.39e-10"),
+        (198, "2.55e-10"),
+    ]:
+        gold_src = g.mi(idx, gold)
+        m, e = gold.split("e")
+        sci = rf"{m} \times 10^{{{int(e)}}}"
+        wrong = rf"{m} \times 10^{{{int(e) + 1}}}"
+        add("relations", boxed(rf"\lambda \approx {sci}\,\mathrm{{m}}"), gold_src, True)
+        add("relations", boxed(rf"{sci}~\mathrm{{m}}"), gold_src, True)
+        add(
+            "relations",
+            boxed(rf"\lambda \approx {wrong}\,\mathrm{{m}}"),
+            gold_src,
+            False,
+        )
+        add(
+            "unboxed",
+            rf"Therefore the wavelength is ${sci}\,\mathrm{{m}}$.",
+            gold_src,
+            True,
+            "eval",
+        )
+        add("unboxed", rf"So it is ${wrong}$ m.", gold_src, False, "eval")
+    for idx, gold, grouped, wrong in [
+        (46, "15625", r"15,\!625", r"15,\!652"),
+        (233, "41585", r"41{,}585", r"41{,}558"),
+        (20, "6630", r"6,630 \text{ K}", r"6,300 \text{ K}"),
+        (145, "400000", r"400,\!000", r"40,\!000"),
+    ]:
+        gold_src = g.mi(idx, gold)
+        add("thousands_percent", boxed(grouped), gold_src, True)
+        add("thousands_percent", boxed(wrong), gold_src, False)
+    gold_src = g.mi(260, "X_{d}=125-1.25 P")
+    for pred, expected in [
+        ("125 - 1.25P", True),
+        ("X_d = 125 - 1.25 P", True),
+        ("X_{d} = -1.25P + 125", True),
+        ("X_d = 125 - 1.5 P", False),
+        ("125 - 1.25", False),
+    ]:
+        add("labelled", boxed(pred), gold_src, expected)
 
 
 def _swap_pair(p: str) -> str:

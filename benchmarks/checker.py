@@ -5,8 +5,8 @@ it in the benchmark's environment only (it pins its own antlr runtime, so a
 virtual environment keeps it away from anything else):
 
     python -m venv --system-site-packages /tmp/mv && /tmp/mv/bin/pip install math-verify==0.9.0
-    /tmp/mv/bin/python benchmarks/checker.py            # data in ../shared/data
-    python benchmarks/checker.py --data DIR             # ours only if it is absent
+    /tmp/mv/bin/python benchmarks/checker.py            # the packaged data
+    python benchmarks/checker.py --data DIR             # ours only without math-verify
 
 Four sets, every item graded by both checkers in this process:
 
@@ -24,6 +24,11 @@ Four sets, every item graded by both checkers in this process:
   table       the hand-written cases of tests/checker_cases.py (labels are the
               intended truth; our checker was developed against them, so
               this set shows math-verify's behaviour more than ours).
+  olympiad    the olympiad-style table, tests/data/grading_cases.jsonl:
+              benchmark golds rewritten as models write them (relations,
+              labelled answers, answer sets over boxes, sets, thousands and
+              percent, intervals, matrices, unboxed answers), whole responses,
+              graded in each case's mode; per-category accuracy is printed.
 
 Printed: per set, accuracy of each checker, agreement between them, the
 disagreements (listed; --show N caps the list), and throughput (answers/s,
@@ -44,8 +49,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from rlvr_jax import checker, reward  # noqa: E402
+from rlvr_jax import checker, paper_data, reward  # noqa: E402
 from tests.checker_cases import EQUIVALENCE  # noqa: E402
+
+GRADING_TABLE = REPO / "tests" / "data" / "grading_cases.jsonl"
 
 try:
     import math_verify
@@ -71,7 +78,7 @@ def reference_items(data: Path) -> list[tuple[str, str, str, bool]]:
     for r in _jsonl(ev / "math500" / "test.jsonl"):
         items.append(("math500", r["solution"], r["answer"], True))
     for r in _jsonl(ev / "minerva_math" / "test.jsonl"):
-        gold = checker.extract_answer(r["solution"])
+        gold = checker.last_box(r["solution"])
         if gold is not None:
             items.append(("minerva", r["solution"], gold, True))
     for r in _jsonl(ev / "aime24" / "test.jsonl"):
@@ -96,7 +103,7 @@ def _golds(data: Path) -> list[tuple[str, str, dict]]:
     for r in _jsonl(ev / "olympiadbench" / "test.jsonl"):
         out.append(("olympiad", _strip_dollars(r["final_answer"][0]), r))
     for r in _jsonl(ev / "minerva_math" / "test.jsonl"):
-        gold = checker.extract_answer(r["solution"])
+        gold = checker.last_box(r["solution"])
         if gold is not None:
             out.append(("minerva", gold, {}))
     for name in ("aime24", "aime25"):
@@ -112,7 +119,7 @@ _TUPLE_RE = re.compile(
 _INTERVAL_RE = re.compile(r"^\s*(\\left)?([(\[])(.*)([)\]])\s*$")
 
 
-def _split_top(s: str) -> list[str]:
+def split_top(s: str) -> list[str]:
     """Splits at top-level commas (outside any bracket)."""
     parts, depth, start = [], 0, 0
     for i, c in enumerate(s):
@@ -134,8 +141,8 @@ def rewrite_items(data: Path) -> list[tuple[str, str, str, bool]]:
         pred = None
         if _INT_RE.fullmatch(gold):
             pred = f"x = {gold}"
-        elif row.get("is_multiple_answer") and len(_split_top(gold)) > 1:
-            pred = ", ".join(reversed(_split_top(gold)))
+        elif row.get("is_multiple_answer") and len(split_top(gold)) > 1:
+            pred = ", ".join(reversed(split_top(gold)))
         elif "\\frac{" in gold:
             pred = gold.replace("\\frac{", "\\dfrac{")
         elif (m := _TUPLE_RE.match(gold)) and not m.group(1):
@@ -164,7 +171,7 @@ def perturbed_items(data: Path) -> list[tuple[str, str, str, bool]]:
             flipped = {"(": "[", "[": "("}[m.group(2)]
             if "infty" not in m.group(3).split(",")[0]:
                 preds.append(flipped + m.group(3) + m.group(4))
-        parts = _split_top(gold)
+        parts = split_top(gold)
         if row.get("is_multiple_answer") and len(parts) > 1:
             preds.append(", ".join(parts[:-1]))
         for pred in preds:
@@ -180,13 +187,26 @@ def table_items() -> list[tuple[str, str, str, bool]]:
     ]
 
 
+def olympiad_items() -> list[tuple[str, str, str, bool, str]]:
+    """(category, response, gold, expected, mode) of the olympiad-style table."""
+    rows = [json.loads(line) for line in GRADING_TABLE.open()]
+    return [
+        (r["category"], r["response"], r["gold"], r["expected"], r["mode"])
+        for r in rows
+    ]
+
+
 # --------------------------------------------------------------- graders
-def ours(pred_text: str, gold: str) -> bool:
+def ours(pred_text: str, gold: str, mode: str | None = None) -> bool:
+    """Eval extraction with strict comparison; a given mode grades as that mode."""
+    if mode is not None:
+        return checker.score_item(pred_text, gold, mode)[0] == 1.0
     answer = checker.extract_answer(pred_text, mode="eval")
     return answer is not None and checker.is_equivalent(answer, gold)
 
 
-def theirs(pred_text: str, gold: str) -> bool:
+def theirs(pred_text: str, gold: str, mode: str | None = None) -> bool:
+    del mode  # math-verify has one mode
     try:
         gold_parsed = math_verify.parse(f"\\boxed{{{gold}}}")
         pred_parsed = math_verify.parse(pred_text)
@@ -198,12 +218,12 @@ def theirs(pred_text: str, gold: str) -> bool:
 def run(grader, items) -> tuple[list[bool], float]:
     checker.clear_caches()
     start = time.perf_counter()
-    decisions = [grader(pred, gold) for _, pred, gold, _ in items]
+    decisions = [grader(pred, gold, *rest) for _, pred, gold, _, *rest in items]
     return decisions, time.perf_counter() - start
 
 
 def report(name: str, items, show: int) -> dict:
-    expected = [e for *_, e in items]
+    expected = [it[3] for it in items]
     mine, t_mine = run(ours, items)
     n = len(items)
     acc = sum(d == e for d, e in zip(mine, expected)) / n
@@ -233,10 +253,13 @@ def report(name: str, items, show: int) -> dict:
         fp_base = sum(d and not e for d, e in zip(base, expected))
         print(f", math-verify {fp_base}", end="")
     print()
+    if len({it[0] for it in items}) <= 12:  # a table by category: break it down
+        columns = [mine] if math_verify is None else [mine, base]
+        print_by_category(items, columns)
     if wrong:
         print(f"  items where a checker is wrong ({len(wrong)}; ours, math-verify):")
         for row in wrong[:show]:
-            (source, pred, gold, exp), *decisions = row
+            (source, pred, gold, exp, *_), *decisions = row
             marks = " ".join("ok " if d == exp else "BAD" for d in decisions)
             answer = checker.extract_answer(pred, mode="eval")
             print(f"    [{marks}] {source}: pred={answer!r:.60} gold={gold!r:.60}")
@@ -245,9 +268,20 @@ def report(name: str, items, show: int) -> dict:
     return out
 
 
+def print_by_category(items, columns: list[list[bool]]) -> None:
+    """Correct decisions per category: ours, then math-verify when present."""
+    names = sorted({it[0] for it in items})
+    header = "ours" if len(columns) == 1 else "ours  math-verify"
+    print(f"  {'category':20s} {'n':>4s}  {header}")
+    for cat in names:
+        idx = [i for i, it in enumerate(items) if it[0] == cat]
+        right = [sum(col[i] == items[i][3] for i in idx) for col in columns]
+        print(f"  {cat:20s} {len(idx):4d}  " + "  ".join(f"{r:4d}" for r in right))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=Path(paper_data.__file__).parent)
     parser.add_argument("--show", type=int, default=40, help="disagreements to list")
     parser.add_argument("--workers", type=int, default=2, help="reward pool size")
     args = parser.parse_args()
@@ -266,6 +300,7 @@ def main() -> None:
         ("rewrites", rewrite_items(args.data)),
         ("perturbed", perturbed_items(args.data)),
         ("table", table_items()),
+        ("olympiad", olympiad_items()),
     ]
     if not sets[0][1]:
         print(f"no data under {args.data}; only the table runs")

@@ -29,7 +29,7 @@ import json
 import os
 from collections.abc import Callable, Sequence
 
-from rlvr_jax.checker import extract_answer
+from rlvr_jax.checker import last_box
 
 # The canonical six, in the order of the paper's table.
 PAPER_SIX = ("math500", "aime24", "aime25", "amc23", "minerva_math", "olympiadbench")
@@ -55,7 +55,7 @@ def _last_box_of_solution(row: dict) -> str | None:
     solution = row.get("solution")
     if not isinstance(solution, str):
         return None
-    return extract_answer(solution, mode="boxed")
+    return last_box(solution)
 
 
 def _answer(row: dict) -> str | None:

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from rlvr_jax import checker, latex, paper_data
+from rlvr_jax import checker, paper_data
+from rlvr_jax.grading import parser as grading_parser
+from rlvr_jax.grading.nodes import Error
 from tests.checker_cases import EQUIVALENCE, EVAL_MODE, EXTRACTION, RESPONSES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,6 +57,19 @@ def test_training_reward(response, gold, expected):
 )
 def test_extract_answer(text, mode, expected):
     assert checker.extract_answer(text, mode=mode) == expected
+
+
+def test_adjacent_boxes_are_one_answer_but_a_gold_is_the_last_box():
+    two = r"so $d = \boxed{15\frac{39}{40}}$, or $\boxed{\frac{639}{40}}$."
+    assert checker.extract_answer(two) == r"15\frac{39}{40}, \frac{639}{40}"
+    assert checker.last_box(two) == r"\frac{639}{40}"
+    assert checker.reward(two, r"\frac{639}{40}") == 1.0  # one value, two forms
+    assert checker.reward(r"\boxed{5} or \boxed{6}", "6") == 0.0  # a hedge
+    assert checker.reward(r"\boxed{5} and \boxed{6}", r"\{5, 6\}") == 1.0
+    assert checker.reward(r"\boxed{5}. Then \boxed{6}", "6") == 1.0  # a step
+    labelled = r"The solutions are $x = \boxed{2}$ and $x = \boxed{5}$."
+    assert checker.extract_answer(labelled) == "2, 5"
+    assert checker.reward(labelled, "5") == 0.0
 
 
 @pytest.mark.parametrize(
@@ -195,9 +210,9 @@ def test_random_latex_never_raises():
 
 
 def test_parser_rejects_unknown_commands():
-    assert latex.parse(r"\input{x}")[0] == "error"
-    assert latex.parse(r"\def\x{1}")[0] == "error"
-    assert latex.parse("__import__('os')")[0] == "error"
+    assert isinstance(grading_parser.parse(r"\input{x}"), Error)
+    assert isinstance(grading_parser.parse(r"\def\x{1}"), Error)
+    assert isinstance(grading_parser.parse("__import__('os')"), Error)
 
 
 # ------------------------------------------------------------ packaging

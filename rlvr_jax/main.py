@@ -55,8 +55,6 @@ def main(argv) -> None:
     from rlvr_jax import train
 
     config = _CONFIG.value
-    if jax.process_index() == 0:
-        print(config, flush=True)
     try:
         train.run(config, _WORKDIR.value)
     except train.Preempted as e:

@@ -191,5 +191,10 @@ class Progress:
         parts += [
             f"{short} {float(metrics[k]):.4g}" for k, short in self.KEYS if k in metrics
         ]
+        parts += [  # evaluation steps also show their accuracy
+            f"{k[len('eval/') : -len('/acc')]} acc {float(v):.4g}"
+            for k, v in metrics.items()
+            if k.startswith("eval/") and k.endswith("/acc")
+        ]
         parts.append(f"eta {eta / 60:.1f} min" if math.isfinite(eta) else "eta ?")
         print(" | ".join(parts), flush=True)

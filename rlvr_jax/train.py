@@ -44,6 +44,7 @@ from rlvr_jax import sharding as sharding_lib
 from rlvr_jax import tokenizer as tokenizer_lib
 
 HISTORY_FILE = "accuracy_history.json"
+CONFIG_FILE = "config.json"
 
 
 class Preempted(Exception):
@@ -419,6 +420,11 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
         pad_id=settings.pad_id,
     )
 
+    def say(line: str) -> None:  # one console line per phase, process 0 only
+        if jax.process_index() == 0:
+            print(line, flush=True)
+
+    t_run = time.time()
     # ------------------------------------------------------------------ data
     examples = _train_examples(config)
     batches = data_lib.Batches(
@@ -440,12 +446,29 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
     eval_prompts = data_lib.encode_prompts(
         tokenizer, eval_examples, config.data.max_prompt_len
     )
+    say(
+        f"data: {len(examples)} rows of {len(distinct)} distinct example(s) from "
+        f"{config.data.train_path or 'the built-in task'}; eval: "
+        + (
+            f"{_eval_name(config.eval.path)} ({len(eval_examples)} problems, "
+            f"every {config.eval.every} steps)"
+            if eval_examples
+            else "none"
+        )
+    )
 
     # ---------------------------------------------- initial params and state
     param_shardings = sharding_lib.tree_shardings(
         model_lib.abstract_params(model_config), mesh
     )
     reference = _initial_params(config, model_config, hf_path, param_shardings)
+    n_params = sum(x.size for x in jax.tree.leaves(reference))
+    say(
+        f"model: {hf_path or 'random ' + config.model.preset} "
+        f"({n_params / 1e6:.1f}M parameters, {model_config.dtype} compute), "
+        f"mesh {dict(mesh.shape)}, {config.train.steps} steps of "
+        f"{config.train.batch_size} prompts x {config.rollout.n} responses"
+    )
     checkpointer = ckpt_lib.Checkpointer(
         ckpt_lib.checkpoint_dir(workdir),
         keep=config.checkpoint.keep,
@@ -472,7 +495,7 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
         state = grpo.TrainState(params=params, **train_items)
         batches.restore(meta["data"])
         history = meta["accuracy_history"]
-        print(f"resumed from {checkpointer.directory} at step {start}", flush=True)
+        say(f"resumed from {checkpointer.directory} at step {start}")
     if config.loss.kl_coef == 0:
         reference = None  # no KL term: free the memory
     train_step = grpo.jit_train_step(model_config, learner_config, tx, mesh)
@@ -480,6 +503,11 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
 
     # -------------------------------------------------------------- workdir
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        # The full config of the latest launch, next to what it produced.
+        metrics_lib.write_atomic(
+            epath.Path(workdir) / CONFIG_FILE, config.to_json_best_effort(indent=2)
+        )
     if jax.process_index() == 0 and not restored:
         # Checkpoint sweeps (python -m rlvr_jax.evaluate) decode with this.
         _save_tokenizer(tokenizer, epath.Path(workdir) / "tokenizer")
@@ -555,6 +583,7 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
             metrics0 = evaluate(0)
             if metrics0:
                 writer.write(0, metrics0)
+                progress.update(0, metrics0)
             save(0)
         base_key = jax.random.key(config.seed)
         while step < config.train.steps:
@@ -646,12 +675,27 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
         checkpointer.wait()
         if step == config.train.steps:
             export(step)
+        say(_summary(step, last, workdir, time.time() - t_run))
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
         pool.close()
         writer.close()
         checkpointer.close()
     return last
+
+
+def _summary(step: int, last: dict, workdir: str, seconds: float) -> str:
+    """The closing console line: where the run stands and where its files are."""
+    parts = [f"done: step {step} in {seconds / 60:.1f} min"]
+    if "reward/mean" in last:
+        parts.append(f"last reward {last['reward/mean']:.3g}")
+    parts += [
+        f"{key[len('eval/') : -len('/acc')]} acc {value:.3g}"
+        for key, value in last.items()
+        if key.startswith("eval/") and key.endswith("/acc")
+    ]
+    parts.append(f"files in {workdir} (metrics.jsonl, checkpoints/, hf/)")
+    return " | ".join(parts)
 
 
 @contextlib.contextmanager

@@ -83,6 +83,15 @@ def test_pulse_writes_metrics_checkpoints_and_hf_export(env, tmp_path):
     rows = metrics_lib.read_jsonl(str(wd / "metrics.jsonl"))
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     assert "eval/builtin/acc" in rows[0] and "eval/builtin/acc" in rows[3]
+    # The console: a line per phase, a line per step, a closing summary.
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("data: 8 rows of 1 distinct example(s)")
+    assert lines[1].startswith("model: random tiny")
+    assert [line.split(" |")[0] for line in lines[2:-1]] == [
+        f"step {i}/3" for i in range(4)
+    ]
+    assert lines[-1].startswith("done: step 3 in ") and str(wd) in lines[-1]
+    assert json.loads((wd / "config.json").read_text())["train"]["steps"] == 3
     for key in (
         "reward/mean",
         "loss/kl",

@@ -1,4 +1,4 @@
-"""The shared base of every training config: RECIPE.md's π1 run, field by field.
+"""The shared base of every training config: docs/recipe.md's π1 run, field by field.
 
 Each experiment file (pi1.py, pi13.py, pi1_pi13.py, dsr_sub.py) changes only
 what differs. `get_config(arg)` arguments are comma-separated:
@@ -21,7 +21,7 @@ SHORTCUTS = {
 
 
 def base_config() -> config_dict.ConfigDict:
-    """The paper's π1 run on Qwen2.5-Math-1.5B (RECIPE.md)."""
+    """The paper's π1 run on Qwen2.5-Math-1.5B (docs/recipe.md)."""
     c = config_dict.ConfigDict()
     c.seed = 0  # every random stream (init, data order, sampling) derives from it
 

@@ -1,4 +1,4 @@
-"""Evaluation on the paper's six benchmarks (RECIPE.md, "Evaluation protocol").
+"""Evaluation on the paper's six benchmarks (docs/recipe.md, "Evaluation").
 
 A Hugging Face model (the base model, or any exported checkpoint):
   python -m rlvr_jax.evaluate --config=configs/eval.py --workdir=/tmp/eval_base \

@@ -3,9 +3,9 @@
 The public face of the grader; the work is done in `rlvr_jax.grading`:
 
     extract     the final answer of a response: the last brace-matched
-                `\\boxed{}` for the training reward (RECIPE.md, "Training
-                reward"), leniently in the "eval" mode (RECIPE.md,
-                "Evaluation protocol"); boxes joined only by "and", "or"
+                `\\boxed{}` for the training reward (docs/recipe.md, "The training
+                reward"), leniently in the "eval" mode (docs/recipe.md,
+                "Evaluation"); boxes joined only by "and", "or"
                 or commas are one answer, so a hedge "\\boxed{5} or
                 \\boxed{6}" is the list {5, 6}, never its last box
     normalize   notation that never changes a value (spacing, \\left, $, ...)

@@ -28,7 +28,7 @@ import numpy as np
 from rlvr_jax import paper_data
 from rlvr_jax.tokenizer import QWEN_MATH_CHAT_TEMPLATE
 
-# The suffix the training prompts carry (RECIPE.md), for jsonl sources that
+# The suffix the training prompts carry (docs/recipe.md), for jsonl sources that
 # store bare problems and want the training-style instruction.
 STEP_BY_STEP_SUFFIX = (
     " Let's think step by step and output the final answer within \\boxed{}."

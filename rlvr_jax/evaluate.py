@@ -14,7 +14,7 @@ What is evaluated (`model.path`):
     `checkpoints/` folder or one step folder: orbax checkpoints, a sweep over
     `model.steps` ("all", "latest" or "0,20,40").
 
-Protocol (RECIPE.md): MATH500, Minerva and OlympiadBench greedy × 1; AIME24,
+Protocol (docs/recipe.md): MATH500, Minerva and OlympiadBench greedy × 1; AIME24,
 AIME25 and AMC23 at T=0.6 × 8, averaged (avg@8); 3072 new tokens; the
 "qwen25-math-cot" template; lenient eval-mode answer extraction. Every
 benchmark reports avg@k (mean accuracy over its k samples per problem, the

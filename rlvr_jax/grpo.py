@@ -1,6 +1,6 @@
 """GRPO: advantages, token log-probs, the clipped policy loss and the train step.
 
-Notation (Shao et al. 2024, "DeepSeekMath", and RECIPE.md):
+Notation (Shao et al. 2024, "DeepSeekMath", and docs/recipe.md):
   r_i     reward of response i;  G groups of n responses to the same prompt
   Â_i     group-normalised advantage, broadcast to every token of response i
   π_θ     current policy at temperature τ: softmax(logits / τ)
@@ -57,7 +57,7 @@ KL_TYPES = ("k1", "abs", "mse", "low_var_kl")
 class LearnerConfig:
     """Loss and learner settings (hashable: a jit static argument).
 
-    Defaults are the π1 recipe (RECIPE.md).
+    Defaults are the π1 recipe (docs/recipe.md).
     """
 
     temperature: float = 0.6  # τ: every log-prob and the entropy use logits / τ

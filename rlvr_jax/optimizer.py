@@ -1,6 +1,6 @@
 """The learner's optimizer: global-norm clipping then AdamW, built with optax.
 
-The reference recipe (RECIPE.md) is AdamW with lr 1e-6 constant, betas
+The reference recipe (docs/recipe.md) is AdamW with lr 1e-6 constant, betas
 (0.9, 0.999), eps 1e-8, weight decay 0.01 on every parameter and a global-norm
 clip of 1.0. Its learning-rate scheduler (veRL's constant-with-warmup,
 lr · min(1, s / max(1, W)) at update s) gives the very first update lr 0; that

@@ -1,6 +1,6 @@
 """Training-example selection: rank a pool, write the chosen examples replicated.
 
-Historical variance (RECIPE.md): train on the whole pool, record for every
+Historical variance (docs/recipe.md): train on the whole pool, record for every
 example the fraction of its rollouts that were correct each time it was
 sampled, score it by the population standard deviation (ddof 0) of that
 history, and rank by score, descending. The sort is stable over the history

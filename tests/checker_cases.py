@@ -13,7 +13,7 @@ before running the checker.
 """
 
 EQUIVALENCE = {
-    # RECIPE.md, "Training reward": the pi_1 label is 12.8 (the exact answer is
+    # docs/recipe.md, "The training reward": the pi_1 label is 12.8 (the exact answer is
     # the cube root of 2048, about 12.70, which must NOT score).
     "pi1_facts": [
         ("12.8", "12.8", True),

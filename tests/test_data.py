@@ -12,7 +12,7 @@ from rlvr_jax import data as D
 from rlvr_jax import paper_data
 from rlvr_jax import tokenizer as T
 
-# RECIPE.md: the exact training prompt of a user-only conversation.
+# docs/recipe.md: the exact training prompt of a user-only conversation.
 PI1_PREFIX = (
     "<|im_start|>system\nPlease reason step by step, and put your final answer "
     "within \\boxed{}.<|im_end|>\n<|im_start|>user\nThe pressure \\( P \\) exerted"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -94,9 +95,18 @@ def test_every_import_is_a_declared_dependency():
 
 
 def test_the_wheel_carries_the_paper_data(tmp_path):
+    # Built from a copy: setuptools leaves a build/ tree next to setup.py.
+    src = tmp_path / "src"
+    shutil.copytree(
+        REPO / "rlvr_jax",
+        src / "rlvr_jax",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    for name in ("setup.py", "pyproject.toml"):
+        shutil.copy(REPO / name, src / name)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
-        + ["-q", "-w", str(tmp_path), str(REPO)],
+        + ["-q", "-w", str(tmp_path), str(src)],
         check=True,
         capture_output=True,
         timeout=300,

@@ -1,10 +1,10 @@
 """Finding the final answer in a model response.
 
 The training reward reads the content of the last brace-matched `\\boxed{}` /
-`\\fbox{}` (RECIPE.md, "Training reward"), together with the boxes right
+`\\fbox{}` (docs/recipe.md, "The training reward"), together with the boxes right
 before it when only "and", "or" or commas separate them (an answer set spread
 over boxes; a hedge then reads as a list, never as its last box). Evaluation
-is lenient (RECIPE.md, "Evaluation protocol"): the boxes, else "the answer is
+is lenient (docs/recipe.md, "Evaluation"): the boxes, else "the answer is
 ...", else a value stated with "is" at the end, else a closing display, else
 the last number.
 """
@@ -105,8 +105,8 @@ def _box_before(text: str, commands: tuple[str, ...], end: int):
 def last_box(text: str) -> str | None:
     """The content of the last `\\boxed{}` / `\\fbox{}` alone, or None.
 
-    How a gold is read from a reference solution (RECIPE.md, "Evaluation
-    protocol"): MATH500 writes "\\boxed{15\\frac{39}{40}}, or
+    How a gold is read from a reference solution (docs/recipe.md,
+    "Evaluation"): MATH500 writes "\\boxed{15\\frac{39}{40}}, or
     \\boxed{\\frac{639}{40}}" and its answer is the last of the two.
     """
     return _box_before(text, _BOX_COMMANDS["boxed"], len(text))[1]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -105,7 +106,11 @@ def _env(cache_dir, devices, extra_path=None) -> dict:
 
 
 class Run:
-    """`processes` processes of `python -m rlvr_jax.main`, started together."""
+    """`processes` processes of `python -m rlvr_jax.main`, started together.
+
+    Process 0 gets the coordinator, process count and id as flags, the others
+    as JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID.
+    """
 
     def __init__(
         self, workdir, arg, overrides, *, processes, devices, cache_dir, audit=None
@@ -126,13 +131,17 @@ class Run:
                 f"--workdir={workdir}",
                 *overrides,
             ]
-            if processes > 1:
+            env = _env(cache_dir, devices, audit if i and audit else None)
+            if processes > 1 and i == 0:
                 cmd += [
                     f"--coordinator_address=127.0.0.1:{port}",
                     f"--num_processes={processes}",
                     f"--process_id={i}",
                 ]
-            env = _env(cache_dir, devices, audit if i and audit else None)
+            elif processes > 1:  # the other way to say the same
+                env["JAX_COORDINATOR_ADDRESS"] = f"127.0.0.1:{port}"
+                env["JAX_NUM_PROCESSES"] = str(processes)
+                env["JAX_PROCESS_ID"] = str(i)
             if i and audit:
                 env["AUDIT_ROOT"] = str(self.workdir)
                 env["AUDIT_LOG"] = str(audit / f"p{i}.log")
@@ -294,3 +303,189 @@ def test_two_processes_equal_one_process_and_only_process_0_writes(cache_dir, tm
     assert not outside, sorted(outside)
     # The hook sees process 1's files: it does write its checkpoint shards.
     assert any("checkpoints" in p for p in written)
+
+
+@pytest.mark.parametrize(
+    "flags,env,message",
+    [
+        (["--num_processes=2"], {}, "needs --coordinator_address"),
+        (
+            [],
+            {
+                "JAX_NUM_PROCESSES": "2",
+                "JAX_PROCESS_ID": "5",
+                "JAX_COORDINATOR_ADDRESS": "127.0.0.1:1",
+            },
+            "outside 0..1",
+        ),
+    ],
+    ids=["no_coordinator", "id_out_of_range"],
+)
+def test_inconsistent_process_settings_fail_before_any_work(
+    cache_dir, tmp_path, flags, env, message
+):
+    e = dict(_env(cache_dir, 1), **env)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rlvr_jax.main",
+            f"--config={PI1}:tiny",
+            f"--workdir={tmp_path / 'run'}",
+            *flags,
+        ],
+        env=e,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode != 0
+    assert message in out.stderr, out.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------- slow suite
+def _wait_for_step(workdir, step, r: Run, timeout=TIMEOUT_S) -> None:
+    """Until process 0 has logged `step` (fails if a process ends first)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        logged = rows(workdir)
+        if logged and logged[-1]["step"] >= step:
+            return
+        for i, p in enumerate(r.procs):
+            if p.poll() is not None:
+                raise AssertionError(f"process {i} ended: {r.log(i)[-3000:]}")
+        time.sleep(0.2)
+    raise AssertionError(f"step {step} not logged within {timeout}s")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", [1, 0], ids=["worker_dies", "coordinator_dies"])
+def test_a_dead_process_stops_the_other_within_60s(cache_dir, tmp_path, victim):
+    """SIGKILL one of two processes mid-run: the survivor exits non-zero
+    within 60 s (the 30 s heartbeat) with a message naming the lost one."""
+    wd = tmp_path / "run"
+    r = Run(wd, "tiny,steps=400", CHEAP, processes=2, devices=2, cache_dir=cache_dir)
+    try:
+        _wait_for_step(wd, 2, r)
+        r.procs[victim].kill()
+        t0 = time.time()
+        survivor = r.procs[1 - victim]
+        try:
+            code = survivor.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            code = None
+        elapsed = time.time() - t0
+    finally:
+        r.kill()
+    log = r.log(1 - victim)
+    print(f"survivor exited {code} after {elapsed:.1f}s")
+    assert code not in (None, 0), log[-3000:]
+    assert elapsed < 60, elapsed
+    # The coordination service's words: "Task 1 heartbeat timeout", or "The
+    # following tasks are unhealthy (stopped sending heartbeats):\n1"; a
+    # worker that loses the coordinator reports it (task 0 hosts it).
+    named = rf"([Tt]ask:? {victim}\b|heartbeats\):\s*{victim}\b)"
+    if victim == 0:
+        named += r"|coordination service|coordinator"
+    assert re.search(named, log), log[-3000:]
+
+
+@pytest.mark.slow
+def test_sigterm_on_one_process_saves_the_same_step_on_all(cache_dir, tmp_path):
+    wd = tmp_path / "term"
+    r = Run(
+        wd,
+        "tiny,steps=400",
+        (*CHEAP, "--config.checkpoint.every=100"),
+        processes=2,
+        devices=2,
+        cache_dir=cache_dir,
+    )
+    try:
+        _wait_for_step(wd, 2, r)
+        r.procs[1].send_signal(signal.SIGTERM)  # a preemption notice to one worker
+    finally:
+        codes = r.wait(timeout=120)
+    assert codes == [0, 0], [r.log(i)[-2000:] for i in (0, 1)]
+    said = [re.findall(r"SIGTERM: saved step (\d+)", r.log(i)) for i in (0, 1)]
+    assert said[0] and said[0] == said[1], said
+    saved = int(said[0][0])
+    assert 2 <= saved < 100
+    assert max(ckpt_lib.available_steps(str(wd))) == saved
+    assert rows(wd)[-1]["step"] == saved
+
+
+@pytest.mark.slow
+def test_resume_across_topologies(cache_dir, tmp_path):
+    """A 2-process run resumes on 1 process and a 1-process run on 2, each
+    continuing as the uninterrupted run does."""
+    opts = (*CHEAP, "--config.checkpoint.every=1", "--config.checkpoint.keep=5")
+    whole = tmp_path / "whole"
+    run(whole, "tiny,steps=3", *opts, processes=1, devices=4, cache_dir=cache_dir)
+    for first, then in ((2, 1), (1, 2)):
+        wd = tmp_path / f"{first}to{then}"
+        run(
+            wd,
+            "tiny,steps=2",
+            *opts,
+            processes=first,
+            devices=4 // first,
+            cache_dir=cache_dir,
+        )
+        r = run(
+            wd,
+            "tiny,steps=3",
+            *opts,
+            processes=then,
+            devices=4 // then,
+            cache_dir=cache_dir,
+        )
+        assert "resumed from" in r.log(0) and "at step 2" in r.log(0)
+        assert_close_rows(rows(wd), rows(whole))
+        assert_same_checkpoints(wd, whole, 3)
+        assert_same_export(wd, whole, 3)
+
+
+@pytest.mark.slow
+def test_multi_host_evaluation_equals_single_device(cache_dir, tmp_path):
+    """Greedy evaluation rollouts split over 2 processes × 2 devices give the
+    tokens of one device."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "tests.multihost_eval"]
+    procs = [
+        subprocess.Popen(
+            [*cmd, str(tmp_path / "two.npz"), f"127.0.0.1:{port}", "2", str(i)],
+            env=_env(cache_dir, 2),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        outs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0, 0], [o[-2000:] for o in outs]
+    one = subprocess.run(
+        [*cmd, str(tmp_path / "one.npz")],
+        env=_env(cache_dir, 1),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    a, b = np.load(tmp_path / "two.npz"), np.load(tmp_path / "one.npz")
+    assert sorted(a.files) == sorted(b.files)
+    assert len(a["lengths"]) == 7
+    for k in ("tokens", "lengths", "truncated", "prompt_tokens", "prompt_mask"):
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    # Greedy tokens distinguish the prompts (the comparison has content).
+    assert len({tuple(t) for t in a["tokens"]}) > 1
+    np.testing.assert_allclose(a["logprobs"], b["logprobs"], rtol=RTOL, atol=0)

@@ -121,6 +121,13 @@ def main(argv) -> None:
     init = distributed_args()
     if init is not None:
         jax.distributed.initialize(**init)
+        # Names this process in its log: the coordination service's errors
+        # speak of "task I" and of the "leader" (process 0, its host).
+        print(
+            f"process {jax.process_index()} of {jax.process_count()}: "
+            f"{jax.local_device_count()} of {jax.device_count()} devices",
+            flush=True,
+        )
     # Compiled programs are cached across restarts (preemption, resume),
     # unless JAX_COMPILATION_CACHE_DIR already chose a place.
     if not jax.config.jax_compilation_cache_dir:

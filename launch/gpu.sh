@@ -26,14 +26,8 @@ shift || true
 if [[ ${1:-} == -- ]]; then shift; fi
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
-say() {  # a command, quoted so that it can be pasted into a shell
-  if (($#)); then printf '%q ' "$@" | sed 's/ $//'; fi
-  echo
-}
-act() {
-  say "$@"
-  if [[ $DRY == 0 ]]; then "$@"; fi
-}
+# shellcheck source=launch/lib.sh
+source "$REPO/launch/lib.sh"
 
 main_cmd() {  # the training command, the same on every process
   : "${MODEL:?HF model directory}" "${WORKDIR:?workdir}"

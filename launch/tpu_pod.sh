@@ -36,14 +36,8 @@ G=(gcloud compute tpus tpu-vm)
 AT=(--zone "$ZONE")
 if [[ -n ${PROJECT:-} ]]; then AT+=(--project "$PROJECT"); fi
 
-say() {  # a command, quoted so that it can be pasted into a shell
-  if (($#)); then printf '%q ' "$@" | sed 's/ $//'; fi
-  echo
-}
-act() {
-  say "$@"
-  if [[ $DRY == 0 ]]; then "$@"; fi
-}
+# shellcheck source=launch/lib.sh
+source "$REPO/launch/lib.sh"
 
 state() {  # READY, STOPPED, PREEMPTED, ... or ABSENT
   "${G[@]}" describe "$TPU" "${AT[@]}" --format='value(state)' 2>/dev/null ||

@@ -421,18 +421,20 @@ def test_sigterm_on_one_process_saves_the_same_step_on_all(cache_dir, tmp_path):
 @pytest.mark.slow
 def test_resume_across_topologies(cache_dir, tmp_path):
     """A 2-process run resumes on 1 process and a 1-process run on 2, each
-    continuing as the uninterrupted run does."""
+    continuing as the uninterrupted run does; also onto a smaller mesh (one
+    process with 2 devices: orbax reshards the 4-device checkpoint)."""
     opts = (*CHEAP, "--config.checkpoint.every=1", "--config.checkpoint.keep=5")
     whole = tmp_path / "whole"
     run(whole, "tiny,steps=3", *opts, processes=1, devices=4, cache_dir=cache_dir)
-    for first, then in ((2, 1), (1, 2)):
-        wd = tmp_path / f"{first}to{then}"
+    cases = ((2, 4, 1, 4), (1, 4, 2, 4), (2, 4, 1, 2))  # (processes, devices) ×2
+    for first, first_devices, then, then_devices in cases:
+        wd = tmp_path / f"{first}x{first_devices}to{then}x{then_devices}"
         run(
             wd,
             "tiny,steps=2",
             *opts,
             processes=first,
-            devices=4 // first,
+            devices=first_devices // first,
             cache_dir=cache_dir,
         )
         r = run(
@@ -440,7 +442,7 @@ def test_resume_across_topologies(cache_dir, tmp_path):
             "tiny,steps=3",
             *opts,
             processes=then,
-            devices=4 // then,
+            devices=then_devices // then,
             cache_dir=cache_dir,
         )
         assert "resumed from" in r.log(0) and "at step 2" in r.log(0)

@@ -8,9 +8,11 @@ devices" and "1 process × 4 devices" run the same SPMD programs on the same
 in-process), hence the tolerances below. All runs share one persistent
 compilation cache; every subprocess has a timeout.
 
-The default suite runs the 2-processes-equal-1-process test; the kill,
-SIGTERM, cross-topology and evaluation tests are marked slow (each needs two
-or three more multi-process runs, about a minute each on two cores).
+The default suite runs the 2-processes-equal-1-process test (~80 s on two
+cores, nearly all of it compiling: one 2-process and one 1-process run) and
+the fast settings checks. Marked slow, because each adds compiles of its own:
+the kill tests (~80 s and ~30 s), SIGTERM (~35 s), evaluation (~40 s) and the
+cross-topology resume (~5 min: seven runs on three topologies).
 """
 
 from __future__ import annotations

@@ -254,6 +254,19 @@ def _to_host(tree):
     return multihost_utils.process_allgather(tree, tiled=True)
 
 
+def _any_process(flag: bool) -> bool:
+    """Whether `flag` is set on any process; the same answer on every process.
+
+    A SIGTERM reaches one worker of a pod first (or only one): the processes
+    agree after each step, so all of them save the same step and stop.
+    """
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.process_allgather(np.asarray(flag)).any())
+
+
 def learner_batch(roll: dict[str, np.ndarray], advantages_r: np.ndarray, limit: int):
     """The learner's prompt+response batch (alignment: see grpo's docstring).
 
@@ -665,7 +678,7 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
             last = m
             if step % config.checkpoint.every == 0 or step == config.train.steps:
                 save(step)
-            if stop["sigterm"]:
+            if _any_process(stop["sigterm"]):
                 if step % config.checkpoint.every and step != config.train.steps:
                     save(step)
                 checkpointer.wait()

@@ -372,40 +372,50 @@ def _step_keys(row_keys_r: jax.Array, step: jax.Array) -> jax.Array:
     return jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys_r, step)
 
 
-def _decode_loop(config, weights, state, row_keys_r, prompt_len_r, valid_rs, settings):
-    """Runs the while_loop from a state whose first token is recorded.
+def _decode_step(
+    config, weights, state, row_keys_r, prompt_len_r, valid_rs, settings
+) -> _LoopState:
+    """One iteration of the decode loop: the body of `_decode_loop`.
 
     Args:
       config: the model.
       weights: `decoding.pack` output (made once, outside the loop).
-      state: `_LoopState` after step 0.
+      state: `_LoopState` whose last recorded token is fed to the model.
       row_keys_r: per-row base keys.
       prompt_len_r: int32 [R] real prompt tokens per row.
       valid_rs: bool [R, S] cache slots holding real tokens (the prompt mask,
         then every response slot; causality hides slots not yet written).
       settings: `SamplingSettings`.
     """
+    # The token recorded at step j-1 has RoPE position prompt_len + j - 1
+    # and goes to cache slot prompt_width + j - 1.
     prompt_width = valid_rs.shape[1] - settings.max_new_tokens
+    logits_rv, caches = decoding.step(
+        config,
+        weights,
+        state.caches,
+        state.last_r,
+        prompt_len_r + state.step - 1,
+        prompt_width + state.step - 1,
+        valid_rs,
+    )
+    tokens_r, logprobs_r = _choose(
+        logits_rv, _step_keys(row_keys_r, state.step), settings
+    )
+    return _record(state._replace(caches=caches), tokens_r, logprobs_r, settings)
+
+
+def _decode_loop(config, weights, state, row_keys_r, prompt_len_r, valid_rs, settings):
+    """Runs `_decode_step` in a while_loop from a state whose first token is
+    recorded, until every row is done or `max_new_tokens` tokens exist."""
 
     def cond(state: _LoopState):
         return (state.step < settings.max_new_tokens) & ~jnp.all(state.done_r)
 
     def body(state: _LoopState):
-        # The token recorded at step j-1 has RoPE position prompt_len + j - 1
-        # and goes to cache slot prompt_width + j - 1.
-        logits_rv, caches = decoding.step(
-            config,
-            weights,
-            state.caches,
-            state.last_r,
-            prompt_len_r + state.step - 1,
-            prompt_width + state.step - 1,
-            valid_rs,
+        return _decode_step(
+            config, weights, state, row_keys_r, prompt_len_r, valid_rs, settings
         )
-        tokens_r, logprobs_r = _choose(
-            logits_rv, _step_keys(row_keys_r, state.step), settings
-        )
-        return _record(state._replace(caches=caches), tokens_r, logprobs_r, settings)
 
     return jax.lax.while_loop(cond, body, state)
 

@@ -446,7 +446,7 @@ def shapes_for(config, mesh, eval_examples: int) -> Shapes:
     batch = config.train.batch_size
     chunk_prompts = min(per_chunk, batch)
     chunk_prompts += -chunk_prompts % divisor
-    eval_chunk = min(max(1, config.rollout.chunk_size), max(1, eval_examples))
+    eval_chunk = min(max(1, config.eval.chunk_size), max(1, eval_examples))
     eval_chunk += -eval_chunk % divisor
     return Shapes(
         responses=batch * n,
@@ -456,7 +456,7 @@ def shapes_for(config, mesh, eval_examples: int) -> Shapes:
         chunks=-(-batch // per_chunk),
         micro_batch=config.train.micro_batch_size,
         eval_prompts=eval_chunk,
-        eval_chunks=-(-eval_examples // max(1, config.rollout.chunk_size)),
+        eval_chunks=-(-eval_examples // max(1, config.eval.chunk_size)),
         eval_new_tokens=config.eval.max_new_tokens,
     )
 
@@ -491,6 +491,7 @@ class Run:
     settings: sampler_lib.SamplingSettings
     eval_settings: sampler_lib.SamplingSettings
     shapes: Shapes
+    decode_sharding: Any  # placement of the packed decode weights
 
 
 def make_run(
@@ -538,6 +539,7 @@ def make_run(
         settings=settings,
         eval_settings=eval_settings,
         shapes=shapes_for(config, mesh, eval_examples),
+        decode_sharding=train.decode_weights_sharding(config, mesh),
     )
 
 
@@ -555,7 +557,9 @@ def reference_params(run: Run, model: model_lib.ModelConfig):
     """The reference policy's weights as train.run keeps them (None: no KL)."""
     if run.config.loss.kl_coef == 0:
         return None
-    return abstract_params(run, model)
+    params = abstract_params(run, model)
+    cast = jax.eval_shape(lambda p: sampler_lib.decode_params(model, p), params)
+    return _with_shardings(cast, jax.tree.map(lambda a: a.sharding, params))
 
 
 def _rows(run: Run):
@@ -566,29 +570,28 @@ def _replicated(run: Run):
     return sharding_lib.replicated(run.mesh)
 
 
-def _prepare(model: model_lib.ModelConfig):
-    """`sampler.prepare` off CPU, as one function (it packs in compute dtype)."""
-
-    def prepare(params):
-        return sampler_lib.SamplerWeights(
-            prefill=sampler_lib.decode_params(model, params),
-            decode=decoding.pack(model, params, model.dtype),
-        )
-
-    return prepare
-
-
 def compile_prepare(run: Run, model: model_lib.ModelConfig):
-    """The sampler's weights from the train params (`sampler.prepare`)."""
+    """The sampler's decode weights from the train params (`sampler.prepare`).
+
+    Off CPU, `prepare` packs in the compute dtype and the prefill reads the
+    params themselves, so packing is the whole program.
+    """
+    fn = sampler_lib._pack_compiled(run.decode_sharding)
     return compile_or_oom(
-        jax.jit(_prepare(model)).lower(abstract_params(run, model)), run
+        fn.lower(model, abstract_params(run, model), model.dtype), run
     )
 
 
 def sampler_weights(run: Run, model: model_lib.ModelConfig, prepared):
     """Abstract `prepare` outputs, placed as the compiler placed them."""
-    out = jax.eval_shape(_prepare(model), model_lib.abstract_params(model))
-    return _with_shardings(out, prepared.output_shardings)
+    decode = jax.eval_shape(
+        lambda p: decoding.pack(model, p, model.dtype),
+        model_lib.abstract_params(model),
+    )
+    return sampler_lib.SamplerWeights(
+        prefill=abstract_params(run, model),
+        decode=_with_shardings(decode, prepared.output_shardings),
+    )
 
 
 def _prompts(run: Run, prompts: int):
@@ -713,6 +716,7 @@ class Plan:
     chip: Chip
     chips: int
     shapes: Shapes
+    steps: int  # train.steps
     hbm_bytes_per_chip: float
     programs: list[Program]
     phases: dict[str, int]  # phase -> resident bytes per chip
@@ -918,6 +922,11 @@ def compile_programs(
         programs += sampler_programs(
             "eval_sample", sh.eval_prompts, run.eval_settings, calls
         )
+    for p in programs:
+        if p.name in ("sample", "eval_sample"):
+            # The prefill reads the train params (resident); the packed
+            # weights are the rollout's own.
+            p.resident_args = params_bytes
     return programs
 
 
@@ -1067,6 +1076,7 @@ def plan(
         chip=chip,
         chips=len(devices),
         shapes=run.shapes,
+        steps=config.train.steps,
         hbm_bytes_per_chip=hbm,
         programs=programs,
         phases=resident_phases(run, programs),
@@ -1106,36 +1116,57 @@ def _candidates(total: int, step: int) -> list[int]:
 def largest_sizes(run: Run, result: Plan) -> dict[str, int]:
     """Largest rollout.chunk_size and train.micro_batch_size estimated to fit.
 
-    A phase's temporaries and per-row arguments/outputs are taken as
-    proportional to its rows (the KV cache and activations are); the rest of
-    the phase stays. Growing a size this way over-estimates its memory (the
-    fixed part is scaled too), so the estimate errs towards fitting less;
-    shrinking one under-estimates it, which is why `fitting_overrides`
-    re-plans the suggestion before offering it.
+    A phase's temporaries and outputs are taken as proportional to the rows
+    its program runs at once (the KV cache and activations are); the rest of
+    the phase stays. A size must fit every phase it sets (the micro-batch:
+    the reference pass and the update). Growing a size this way over-estimates its memory (the fixed part
+    is scaled too), so the estimate errs towards fitting less; shrinking one
+    under-estimates it, which is why `fitting_overrides` re-plans the
+    suggestion before offering it.
     """
     sh, hbm = run.shapes, result.hbm_bytes_per_chip
     n = run.config.rollout.n
     divisor = sharding_lib.batch_divisor(run.mesh)
-    out = {}
-    sample = result.program("sample")
-    fixed = result.phases["sample"] - sample.temp - sample.outputs
-    per_row = (sample.temp + sample.outputs) / (sh.chunk_prompts * n)
+    rows = {
+        "sample": sh.chunk_prompts * n,
+        "eval_sample": sh.eval_prompts,
+        "ref_logprobs": sh.micro_batch,
+        "train_step": sh.micro_batch,
+    }
+
+    def fits(phases, size_of) -> bool:
+        for name in phases:
+            if name not in result.phases:
+                continue
+            prog = result.program(name)
+            scaled = prog.temp + (prog.outputs if name.endswith("sample") else 0)
+            size = size_of(name)
+            if result.phases[name] - scaled + scaled * size / rows[name] > hbm:
+                return False
+        return True
+
     step = n * divisor // math.gcd(n, divisor)
     chunks = [
         c
         for c in _candidates(sh.responses, step)
-        if fixed + per_row * c <= hbm or c == step
+        if fits(("sample",), lambda name, c=c: c)
     ]
-    out["rollout.chunk_size"] = chunks[-1]
-    train = result.program("train_step")
-    fixed = result.phases["train_step"] - train.temp
-    per_row = train.temp / sh.micro_batch
-    micros = [
+    evals = [
         c
         for c in _candidates(sh.responses, divisor)
-        if fixed + per_row * c <= hbm or c == divisor
+        if fits(("eval_sample",), lambda name, c=c: c)
     ]
-    out["train.micro_batch_size"] = micros[-1]
+    micros = [
+        m
+        for m in _candidates(sh.responses, divisor)
+        if fits(("ref_logprobs", "train_step"), lambda name, m=m: m)
+    ]
+    out = {
+        "rollout.chunk_size": chunks[-1] if chunks else step,
+        "train.micro_batch_size": micros[-1] if micros else divisor,
+    }
+    if "eval_sample" in result.phases:
+        out["eval.chunk_size"] = evals[-1] if evals else divisor
     return out
 
 
@@ -1176,6 +1207,8 @@ def fitting_overrides(
     layouts = [{}]
     if config.mesh.fsdp != -1:
         layouts.append({"mesh.data": 1, "mesh.fsdp": -1, "mesh.tensor": 1})
+    if config.rollout.decode_weights != "sharded":
+        layouts.append({**layouts[-1], "rollout.decode_weights": "sharded"})
     for layout in layouts:
         found = attempt(layout, result.largest if not layout else {})
         if found:
@@ -1229,19 +1262,21 @@ def format_plan(p: Plan) -> str:
         f"peak {p.peak_bytes_per_chip / GB:.2f} GB of "
         f"{p.hbm_bytes_per_chip / GB:.2f} GB: {p.verdict()}",
         "",
-        "estimated RL step (roofline, every response at max_new_tokens):",
     ]
-    for part, s in p.times.items():
-        lines.append(f"  {part:<18}{s:9.1f} s")
-    lines.append(f"  {'step':<18}{p.step_seconds:9.1f} s")
-    lines.append(
-        f"  run ({p.run_seconds / p.step_seconds:.0f} steps + evaluation): "
-        f"{p.run_seconds / 3600:.1f} h"
-    )
-    lines.append(
-        f"learner MFU (6·N·tokens over roofline time): {100 * p.mfu:.0f}%; "
-        f"decode HBM-roofline efficiency: {100 * p.decode_efficiency:.0f}%"
-    )
+    if p.step_seconds:
+        lines.append("estimated RL step (roofline, every response at max_new_tokens):")
+        for part, seconds in p.times.items():
+            lines.append(f"  {part:<18}{seconds:9.1f} s")
+        lines.append(f"  {'step':<18}{p.step_seconds:9.1f} s")
+        lines.append(
+            f"  run ({p.steps} steps + evaluation): {p.run_seconds / 3600:.1f} h"
+        )
+        lines.append(
+            f"learner MFU (model FLOPs over roofline time): {100 * p.mfu:.0f}%; "
+            f"decode HBM-roofline efficiency: {100 * p.decode_efficiency:.0f}%"
+        )
+    else:
+        lines.append("(cost programs not compiled: no time estimates)")
     if p.largest:
         lines.append(
             "largest sizes estimated to fit: "
@@ -1271,6 +1306,7 @@ def main(argv) -> None:
         hbm_bytes=_HBM_GB.value * GB if _HBM_GB.value else None,
         eval_examples=_EVAL_EXAMPLES.value,
         search=_SEARCH.value,
+        costs=_COSTS.value,
         verbose=True,
     )
     print(format_plan(result), flush=True)
@@ -1298,6 +1334,9 @@ if __name__ == "__main__":
     )
     _SEARCH = flags.DEFINE_bool(
         "search", True, "When it does not fit, re-plan to find overrides that do."
+    )
+    _COSTS = flags.DEFINE_bool(
+        "costs", True, "Also compile the cost programs (FLOPs, bytes, times)."
     )
     flags.mark_flags_as_required(["config"])
     app.run(main)

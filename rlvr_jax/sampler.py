@@ -42,6 +42,7 @@ chunks or sharded over devices.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -307,8 +308,9 @@ class SamplerWeights(NamedTuple):
     """The params laid out for sampling: made once per rollout by `prepare`.
 
     Attributes:
-      prefill: the parameter pytree with matmul weights in the compute dtype
-        (`decode_params`), read by the prompt prefill (`model.hidden`).
+      prefill: the parameter pytree read by the prompt prefill
+        (`model.hidden`): on CPU a copy with the matmul weights in the compute
+        dtype (`decode_params`); elsewhere the caller's params themselves.
       decode: `decoding.pack` output, read by the decode loop.
     """
 
@@ -316,26 +318,56 @@ class SamplerWeights(NamedTuple):
     decode: decoding.Weights
 
 
-def prepare(config: model.ModelConfig, params: Params) -> SamplerWeights:
+def prepare(
+    config: model.ModelConfig,
+    params: Params,
+    *,
+    decode_sharding: jax.sharding.Sharding | None = None,
+    platform: str | None = None,
+) -> SamplerWeights:
     """Casts and packs `params` for `sample`; a no-op on `SamplerWeights`.
 
     Call it once per set of params and pass the result to every `sample` call
     of a rollout: each chunk then skips the cast and the pack. The result
-    holds a second copy of the weights (the packed one) for as long as it is
+    holds one more copy of the weights (the packed one) for as long as it is
     kept. The pack runs in its own jitted call, so the decode loop reads the
     packed weights as arguments of its executable; on XLA:CPU that loop runs
     1.1-1.5x faster than one packing inside the same executable
     (`benchmarks/pack_placement.py`).
+
+    Off CPU the prefill reads `params` as they are (the model casts each
+    weight at use): a prefill is compute-bound, so a compute-dtype copy for
+    it would only cost memory (`python -m rlvr_jax.plan` shows it).
+
+    Args:
+      config: the model.
+      params: the parameter pytree.
+      decode_sharding: placement of the packed weights, e.g. replicated, so
+        that decode steps read local weights instead of gathering sharded
+        ones every step; None lets the compiler follow the params' sharding.
+      platform: where the weights will run ('cpu', 'tpu', 'gpu'); default:
+        where `params` are (planning passes its target's).
     """
     if isinstance(params, SamplerWeights):
         return params
+    platform = platform or _platform(params)
+    on_cpu = platform == "cpu"
     return SamplerWeights(
-        prefill=decode_params(config, params),
-        decode=_pack_jit(config, params, decode_weights_dtype(config, params)),
+        prefill=decode_params(config, params) if on_cpu else params,
+        decode=_pack_jit(
+            config, params, "float32" if on_cpu else config.dtype, decode_sharding
+        ),
     )
 
 
-_pack_jit = jax.jit(decoding.pack, static_argnums=(0, 2))
+def _pack_jit(config, params, dtype, sharding=None) -> decoding.Weights:
+    """`decoding.pack` in a jitted call of its own, output placed by `sharding`."""
+    return _pack_compiled(sharding)(config, params, dtype)
+
+
+@functools.cache
+def _pack_compiled(sharding):
+    return jax.jit(decoding.pack, static_argnums=(0, 2), out_shardings=sharding)
 
 
 class _LoopState(NamedTuple):
@@ -503,6 +535,12 @@ def _platforms(params: Params) -> set[str]:
     if isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer):
         return {d.platform for d in leaf.devices()}
     return {jax.default_backend()}
+
+
+def _platform(params: Params) -> str:
+    """The one platform holding the params ('cpu' only when all are on CPU)."""
+    platforms = _platforms(params)
+    return "cpu" if platforms == {"cpu"} else sorted(platforms - {"cpu"})[0]
 
 
 def sample(

@@ -588,9 +588,15 @@ def sampler_weights(run: Run, model: model_lib.ModelConfig, prepared):
         lambda p: decoding.pack(model, p, model.dtype),
         model_lib.abstract_params(model),
     )
+    if isinstance(prepared, OutOfMemory):
+        # Refused: place them as asked (replicated unless the compiler chose).
+        placed = run.decode_sharding or _replicated(run)
+        shardings = jax.tree.map(lambda _: placed, decode)
+    else:
+        shardings = prepared.output_shardings
     return sampler_lib.SamplerWeights(
         prefill=abstract_params(run, model),
-        decode=_with_shardings(decode, prepared.output_shardings),
+        decode=_with_shardings(decode, shardings),
     )
 
 

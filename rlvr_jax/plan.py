@@ -130,8 +130,14 @@ def topology_devices(topology: str) -> tuple:
     # plan, a test) may load it too: compiling needs no exclusive TPU.
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    # v4 and v5p chips hold two cores that JAX drives as one device
+    # ("megacore"), as on a real slice; v5e and v6e chips have one core.
+    megacore = topology.split(":")[0] in ("v4", "v5p")
+    extra = {"chip_config_name": "megacore"} if megacore else {}
     try:
-        desc = topologies.get_topology_desc(platform="tpu", topology_name=topology)
+        desc = topologies.get_topology_desc(
+            platform="tpu", topology_name=topology, **extra
+        )
     except Exception as e:  # noqa: BLE001 - libtpu raises several kinds
         raise ValueError(
             f"cannot describe TPU topology {topology!r} ({e}); install the "

@@ -30,11 +30,18 @@ EVAL = [
     "matplotlib==3.11.2",
 ]
 
+TPU_COMPILER = [
+    'jax[tpu]==0.10.2; sys_platform == "linux" and platform_machine == "x86_64"'
+]
+
 EXTRAS = {
     "eval": EVAL,
     # torch is only the parity reference; the CPU build is pinned so that pip
     # never pulls a multi-GB CUDA wheel onto a test machine.
-    # nbclient + ipykernel execute the notebooks top to bottom in the suite.
+    # nbclient + ipykernel execute the notebooks top to bottom in the suite;
+    # libtpu (through jax[tpu]) lets tests/test_plan.py compile for TPU
+    # topologies on a CPU host; it exists for x86-64 Linux only (the plan
+    # tests skip elsewhere).
     "test": [
         "pytest==9.0.3",
         "torch==2.13.0",
@@ -42,6 +49,7 @@ EXTRAS = {
         "nbformat==5.11.1",
         "ipykernel==7.4.0",
         *EVAL,
+        *TPU_COMPILER,
     ],
     "tpu": ["jax[tpu]==0.10.2"],
     "cuda": ["jax[cuda12]==0.10.2"],

@@ -51,6 +51,10 @@ def base_config() -> config_dict.ConfigDict:
     c.rollout.max_new_tokens = 3072  # response ≤ 3072; truncated ones are kept
     c.rollout.chunk_size = 256  # responses generated per sampler call (memory)
     c.rollout.cache_dtype = "bfloat16"
+    # "replicated": a compute-dtype copy of the weights on every chip, read
+    # locally by each decode step; "sharded": split like the params (gathered
+    # every step), for models whose copy does not fit (rlvr_jax.plan says).
+    c.rollout.decode_weights = "replicated"
 
     c.loss = config_dict.ConfigDict()
     c.loss.pg_coef = 1.0  # policy-gradient term; 0 = entropy-only ablation
@@ -81,8 +85,10 @@ def base_config() -> config_dict.ConfigDict:
     c.train.recompute_old_logp = True  # π_old from the learner (veRL); False: sampler
 
     c.mesh = config_dict.ConfigDict()
-    c.mesh.data = -1  # -1 = all remaining devices
-    c.mesh.fsdp = 1
+    # Params, gradients and AdamW state split over every chip (fsdp): at
+    # 1.5B the fp32 state alone (18.5 GB) fills a replica's HBM.
+    c.mesh.data = 1
+    c.mesh.fsdp = -1  # -1 = all remaining devices
     c.mesh.tensor = 1
 
     c.eval = config_dict.ConfigDict()
@@ -91,6 +97,10 @@ def base_config() -> config_dict.ConfigDict:
     c.eval.every = 20  # steps; also before the first step
     c.eval.max_examples = 0  # 0 = all
     c.eval.max_new_tokens = 3072  # greedy decoding
+    # Prompts per evaluation call (one greedy response each): its prefill
+    # batch. 256 prompts of 1024 tokens do not fit a 16 GB chip next to the
+    # train state (python -m rlvr_jax.plan); 128 do.
+    c.eval.chunk_size = 128
 
     c.checkpoint = config_dict.ConfigDict()
     c.checkpoint.every = 20
@@ -139,6 +149,7 @@ def make_tiny(c: config_dict.ConfigDict) -> None:
     c.rollout.temperature = 1.0
     c.rollout.max_new_tokens = 8
     c.rollout.chunk_size = 64
+    c.eval.chunk_size = 64
     c.rollout.cache_dtype = "float32"
     c.optim.lr = 3e-3
     c.optim.weight_decay = 0.0

@@ -518,19 +518,13 @@ def _loss_and_grads(params, batch, model_config, learner_config, mesh):
 
     rows = batch["tokens"].shape[0]
     mb = cfg.micro_batch_size or rows
-    if rows % mb:
-        raise ValueError(f"batch of {rows} rows is not a multiple of {mb=}")
-    n = rows // mb
+    n = _micro_batches(rows, mb)
     if n == 1:
         grads, metrics = grad_fn(params, batch, num_tokens, num_seqs, **statics)
     else:
 
         def split(x):
-            x = x.reshape(mb, n, *x.shape[1:]).swapaxes(0, 1)
-            if mesh is not None:
-                spec = S.fit_spec(P(None, S.BATCH_AXES), x.shape, mesh)
-                x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
-            return x
+            return _split_micro(x, mb, n, mesh)
 
         def body(acc, micro):
             g, m = grad_fn(params, micro, num_tokens, num_seqs, **statics)
@@ -545,6 +539,31 @@ def _loss_and_grads(params, batch, model_config, learner_config, mesh):
         metrics = jax.tree.map(lambda x: jnp.sum(x, axis=0), metrics_n)
     metrics.update(num_tokens=num_tokens, num_seqs=num_seqs)
     return grads, metrics
+
+
+def _micro_batches(rows: int, mb: int) -> int:
+    if rows % mb:
+        raise ValueError(f"batch of {rows} rows is not a multiple of {mb=}")
+    return rows // mb
+
+
+def _split_micro(x: jax.Array, mb: int, n: int, mesh: Mesh | None) -> jax.Array:
+    """[rows, ...] -> [n, mb, ...]; micro-batch i holds rows i, i + n, i + 2n, ...
+
+    With rows sharded contiguously, each micro-batch is spread evenly over
+    all devices (its rows stay sharded over ('data', 'fsdp')).
+    """
+    x = x.reshape(mb, n, *x.shape[1:]).swapaxes(0, 1)
+    if mesh is not None:
+        spec = S.fit_spec(P(None, S.BATCH_AXES), x.shape, mesh)
+        x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+    return x
+
+
+def _merge_micro(x_n: jax.Array) -> jax.Array:
+    """The inverse of `_split_micro`: [n, mb, ...] -> [rows, ...]."""
+    n, mb = x_n.shape[:2]
+    return x_n.swapaxes(0, 1).reshape(n * mb, *x_n.shape[2:])
 
 
 # -------------------------------------------------------------- train state
@@ -718,17 +737,29 @@ def jit_logprobs(
 
     Params keep whatever sharding they have (fp32 or a bf16 copy of the
     reference weights both work); the result is row-sharded like a batch, so
-    it can be put straight into the batch as old_logp / ref_logp.
+    it can be put straight into the batch as old_logp / ref_logp. The batch
+    runs in slices of `learner_config.micro_batch_size` rows (as the train
+    step does), so its activations take a micro-batch's memory, not the
+    whole batch's.
     """
+
+    def one(params, batch):
+        return logprobs(
+            model_config,
+            params,
+            batch,
+            temperature=learner_config.temperature,
+            logits_chunk=learner_config.logits_chunk,
+        )
 
     def fn(params, batch):
         with _mesh_context(mesh):
-            return logprobs(
-                model_config,
-                params,
-                batch,
-                temperature=learner_config.temperature,
-                logits_chunk=learner_config.logits_chunk,
-            )
+            rows = batch["tokens"].shape[0]
+            mb = learner_config.micro_batch_size or rows
+            n = _micro_batches(rows, mb)
+            if n == 1:
+                return one(params, batch)
+            micro = jax.tree.map(lambda x: _split_micro(x, mb, n, mesh), batch)
+            return _merge_micro(jax.lax.map(lambda b: one(params, b), micro))
 
     return jax.jit(fn, out_shardings=S.batch_sharding(mesh))

@@ -62,6 +62,9 @@ class ModelConfig:
     dtype: str = "bfloat16"  # compute dtype of matmuls and activations
     param_dtype: str = "float32"  # storage dtype of the parameters
     remat: bool = False  # jax.checkpoint each decoder layer (learner memory)
+    # Unroll the layer scan (same math, same params). XLA's cost analysis
+    # counts a loop body once, so `plan` unrolls to count every layer's FLOPs.
+    unroll_layers: bool = False
 
     def __post_init__(self):
         if self.n_heads % self.n_kv_heads:
@@ -446,6 +449,7 @@ class Qwen2(nn.Module):
             split_rngs={"params": True},
             in_axes=(0,) + (nn.broadcast,) * 5,
             length=cfg.n_layers,
+            unroll=cfg.n_layers if cfg.unroll_layers else 1,
         )(cfg)
         self.final_norm = RMSNorm(cfg)
         if not cfg.tie_embeddings:

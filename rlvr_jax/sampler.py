@@ -42,6 +42,7 @@ chunks or sharded over devices.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -307,8 +308,9 @@ class SamplerWeights(NamedTuple):
     """The params laid out for sampling: made once per rollout by `prepare`.
 
     Attributes:
-      prefill: the parameter pytree with matmul weights in the compute dtype
-        (`decode_params`), read by the prompt prefill (`model.hidden`).
+      prefill: the parameter pytree read by the prompt prefill
+        (`model.hidden`): on CPU a copy with the matmul weights in the compute
+        dtype (`decode_params`); elsewhere the caller's params themselves.
       decode: `decoding.pack` output, read by the decode loop.
     """
 
@@ -316,26 +318,56 @@ class SamplerWeights(NamedTuple):
     decode: decoding.Weights
 
 
-def prepare(config: model.ModelConfig, params: Params) -> SamplerWeights:
+def prepare(
+    config: model.ModelConfig,
+    params: Params,
+    *,
+    decode_sharding: jax.sharding.Sharding | None = None,
+    platform: str | None = None,
+) -> SamplerWeights:
     """Casts and packs `params` for `sample`; a no-op on `SamplerWeights`.
 
     Call it once per set of params and pass the result to every `sample` call
     of a rollout: each chunk then skips the cast and the pack. The result
-    holds a second copy of the weights (the packed one) for as long as it is
+    holds one more copy of the weights (the packed one) for as long as it is
     kept. The pack runs in its own jitted call, so the decode loop reads the
     packed weights as arguments of its executable; on XLA:CPU that loop runs
     1.1-1.5x faster than one packing inside the same executable
     (`benchmarks/pack_placement.py`).
+
+    Off CPU the prefill reads `params` as they are (the model casts each
+    weight at use): a prefill is compute-bound, so a compute-dtype copy for
+    it would only cost memory (`python -m rlvr_jax.plan` shows it).
+
+    Args:
+      config: the model.
+      params: the parameter pytree.
+      decode_sharding: placement of the packed weights, e.g. replicated, so
+        that decode steps read local weights instead of gathering sharded
+        ones every step; None lets the compiler follow the params' sharding.
+      platform: where the weights will run ('cpu', 'tpu', 'gpu'); default:
+        where `params` are (planning passes its target's).
     """
     if isinstance(params, SamplerWeights):
         return params
+    platform = platform or _platform(params)
+    on_cpu = platform == "cpu"
     return SamplerWeights(
-        prefill=decode_params(config, params),
-        decode=_pack_jit(config, params, decode_weights_dtype(config, params)),
+        prefill=decode_params(config, params) if on_cpu else params,
+        decode=_pack_jit(
+            config, params, "float32" if on_cpu else config.dtype, decode_sharding
+        ),
     )
 
 
-_pack_jit = jax.jit(decoding.pack, static_argnums=(0, 2))
+def _pack_jit(config, params, dtype, sharding=None) -> decoding.Weights:
+    """`decoding.pack` in a jitted call of its own, output placed by `sharding`."""
+    return _pack_compiled(sharding)(config, params, dtype)
+
+
+@functools.cache
+def _pack_compiled(sharding):
+    return jax.jit(decoding.pack, static_argnums=(0, 2), out_shardings=sharding)
 
 
 class _LoopState(NamedTuple):
@@ -372,40 +404,50 @@ def _step_keys(row_keys_r: jax.Array, step: jax.Array) -> jax.Array:
     return jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys_r, step)
 
 
-def _decode_loop(config, weights, state, row_keys_r, prompt_len_r, valid_rs, settings):
-    """Runs the while_loop from a state whose first token is recorded.
+def _decode_step(
+    config, weights, state, row_keys_r, prompt_len_r, valid_rs, settings
+) -> _LoopState:
+    """One iteration of the decode loop: the body of `_decode_loop`.
 
     Args:
       config: the model.
       weights: `decoding.pack` output (made once, outside the loop).
-      state: `_LoopState` after step 0.
+      state: `_LoopState` whose last recorded token is fed to the model.
       row_keys_r: per-row base keys.
       prompt_len_r: int32 [R] real prompt tokens per row.
       valid_rs: bool [R, S] cache slots holding real tokens (the prompt mask,
         then every response slot; causality hides slots not yet written).
       settings: `SamplingSettings`.
     """
+    # The token recorded at step j-1 has RoPE position prompt_len + j - 1
+    # and goes to cache slot prompt_width + j - 1.
     prompt_width = valid_rs.shape[1] - settings.max_new_tokens
+    logits_rv, caches = decoding.step(
+        config,
+        weights,
+        state.caches,
+        state.last_r,
+        prompt_len_r + state.step - 1,
+        prompt_width + state.step - 1,
+        valid_rs,
+    )
+    tokens_r, logprobs_r = _choose(
+        logits_rv, _step_keys(row_keys_r, state.step), settings
+    )
+    return _record(state._replace(caches=caches), tokens_r, logprobs_r, settings)
+
+
+def _decode_loop(config, weights, state, row_keys_r, prompt_len_r, valid_rs, settings):
+    """Runs `_decode_step` in a while_loop from a state whose first token is
+    recorded, until every row is done or `max_new_tokens` tokens exist."""
 
     def cond(state: _LoopState):
         return (state.step < settings.max_new_tokens) & ~jnp.all(state.done_r)
 
     def body(state: _LoopState):
-        # The token recorded at step j-1 has RoPE position prompt_len + j - 1
-        # and goes to cache slot prompt_width + j - 1.
-        logits_rv, caches = decoding.step(
-            config,
-            weights,
-            state.caches,
-            state.last_r,
-            prompt_len_r + state.step - 1,
-            prompt_width + state.step - 1,
-            valid_rs,
+        return _decode_step(
+            config, weights, state, row_keys_r, prompt_len_r, valid_rs, settings
         )
-        tokens_r, logprobs_r = _choose(
-            logits_rv, _step_keys(row_keys_r, state.step), settings
-        )
-        return _record(state._replace(caches=caches), tokens_r, logprobs_r, settings)
 
     return jax.lax.while_loop(cond, body, state)
 
@@ -493,6 +535,12 @@ def _platforms(params: Params) -> set[str]:
     if isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer):
         return {d.platform for d in leaf.devices()}
     return {jax.default_backend()}
+
+
+def _platform(params: Params) -> str:
+    """The one platform holding the params ('cpu' only when all are on CPU)."""
+    platforms = _platforms(params)
+    return "cpu" if platforms == {"cpu"} else sorted(platforms - {"cpu"})[0]
 
 
 def sample(

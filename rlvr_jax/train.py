@@ -181,18 +181,30 @@ def _bucket(length: int, limit: int) -> int:
 
 
 def rollout(
-    model_config, params, prompts, settings, key, *, buckets, chunk_rows, mesh
+    model_config,
+    params,
+    prompts,
+    settings,
+    key,
+    *,
+    buckets,
+    chunk_rows,
+    mesh,
+    decode_sharding=None,
 ) -> dict[str, np.ndarray]:
     """Samples `settings.n` responses per prompt, in chunks of prompts.
 
-    Returns host arrays: prompt tokens/mask [R, W] (repeated per sample),
-    response tokens/logprobs [R, N], lengths [R], truncated [R].
+    `decode_sharding` places the sampler's decode weights (see
+    `sampler.prepare`). Returns host arrays: prompt tokens/mask [R, W]
+    (repeated per sample), response tokens/logprobs [R, N], lengths [R],
+    truncated [R].
     """
     tokens_bt, mask_bt = sampler_lib.pad_prompts(prompts, buckets)
     n = settings.n
     per_chunk = max(1, chunk_rows // n)
     divisor = sharding_lib.batch_divisor(mesh)
-    weights = sampler_lib.prepare(model_config, params)  # once for all chunks
+    # Once for all chunks.
+    weights = sampler_lib.prepare(model_config, params, decode_sharding=decode_sharding)
     parts = []
     for start in range(0, len(prompts), per_chunk):
         chunk_t = tokens_bt[start : start + per_chunk]
@@ -362,6 +374,44 @@ def validate(config, model_config: model_lib.ModelConfig, mesh) -> None:
         raise ValueError(f"train.steps must be >= 0, got {t.steps}")
 
 
+def check_fits(config, model_config) -> None:
+    """Fails fast, before any weights exist, when the run cannot fit its chips.
+
+    On accelerators, compiles the step's programs for the local devices
+    (`rlvr_jax.plan`, memory only: no cost programs) and raises ValueError
+    with the plan's verdict and the overrides it found to fit. Skipped on
+    CPU: host memory is not what limits a CPU run, and the compiles would
+    double the start-up time of a tiny run.
+    """
+    if jax.devices()[0].platform == "cpu":
+        return
+    from rlvr_jax import plan as plan_lib
+
+    p = plan_lib.plan(config, model=model_config, costs=False)
+    if p.fits:
+        return
+    fix = " ".join(f"--config.{k}={v}" for k, v in p.overrides.items())
+    raise ValueError(
+        f"this run {p.verdict()} on {p.topology} (peak "
+        f"{p.peak_bytes_per_chip / 1e9:.2f} GB of {p.hbm_bytes_per_chip / 1e9:.2f}"
+        f" GB per chip); "
+        + (f"it fits with {fix}" if fix else "no override the planner tried fits")
+        + " (python -m rlvr_jax.plan shows the details)"
+    )
+
+
+def decode_weights_sharding(config, mesh):
+    """Placement of the sampler's decode weights (`rollout.decode_weights`)."""
+    choice = config.rollout.decode_weights
+    if choice == "replicated":
+        return sharding_lib.replicated(mesh)
+    if choice == "sharded":
+        return None  # as the params are
+    raise ValueError(
+        f"rollout.decode_weights={choice!r}: expected 'replicated' or 'sharded'"
+    )
+
+
 def _learner_config(config) -> grpo.LearnerConfig:
     loss = config.loss
     return grpo.LearnerConfig(
@@ -409,6 +459,7 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
     # -------------------------------------------- tokenizer, model, checks
     tokenizer, model_config, hf_path = _tokenizer_and_model_config(config)
     validate(config, model_config, mesh)
+    check_fits(config, model_config)
     learner_config = _learner_config(config)
     tx = _optimizer(config)
     lr_schedule = optimizer_lib.schedule(
@@ -511,6 +562,11 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
         say(f"resumed from {checkpointer.directory} at step {start}")
     if config.loss.kl_coef == 0:
         reference = None  # no KL term: free the memory
+    else:
+        # The model casts every matmul weight to the compute dtype at use, so
+        # a compute-dtype copy gives the same log-probs in half the memory.
+        reference = sampler_lib.decode_params(model_config, reference)
+    decode_sharding = decode_weights_sharding(config, mesh)
     train_step = grpo.jit_train_step(model_config, learner_config, tx, mesh)
     logprobs_fn = grpo.jit_logprobs(model_config, learner_config, mesh)
 
@@ -577,8 +633,9 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
             eval_settings,
             jax.random.key(0),
             buckets=config.data.prompt_buckets,
-            chunk_rows=config.rollout.chunk_size,
+            chunk_rows=config.eval.chunk_size,
             mesh=mesh,
+            decode_sharding=decode_sharding,
         )
         texts = _decode(tokenizer, roll)
         scored = pool.score(texts, [ex.ground_truth for ex in eval_examples])
@@ -613,6 +670,7 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
                 buckets=config.data.prompt_buckets,
                 chunk_rows=config.rollout.chunk_size,
                 mesh=mesh,
+                decode_sharding=decode_sharding,
             )
             t_sample = time.time() - t0
             # --------------------------------------------------------- score

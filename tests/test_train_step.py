@@ -309,6 +309,39 @@ def test_positive_advantage_raises_that_continuation_monotonically():
     assert seen[-1] - seen[0] > 1.0, seen
 
 
+def test_micro_batched_logprobs_equal_one_pass_on_a_sharded_batch():
+    """The reference pass runs in micro-batches (the whole batch's attention
+    would not fit a chip); rows come back in their order, values unchanged."""
+    mesh = S.make_mesh(data=2, fsdp=4)
+    batch = make_batch(3, LENS, LENS[::-1])
+    placed = S.shard_batch(mesh, {k: batch[k] for k in ("tokens", "mask")})
+    whole = grpo.jit_logprobs(CONFIG, grpo.LearnerConfig(), mesh)(params(), placed)
+    micro_cfg = grpo.LearnerConfig(micro_batch_size=8)
+    micro = grpo.jit_logprobs(CONFIG, micro_cfg, mesh)(params(), placed)
+    assert micro.sharding.spec == S.batch_sharding(mesh).spec
+    np.testing.assert_allclose(np.asarray(micro), np.asarray(whole), atol=1e-6)
+    assert np.abs(np.asarray(whole)).max() > 0.1  # real log-probs, not zeros
+
+
+def test_reference_weights_in_compute_dtype_give_identical_logprobs():
+    """With bf16 compute the model casts every matmul weight at use, so the
+    reference policy stored in bf16 (train.run keeps it so) scores the same."""
+    config = CONFIG.replace(dtype="bfloat16")
+    ref = random_params(config, seed=4)
+    from rlvr_jax import sampler
+
+    cast = sampler.decode_params(config, ref)
+    nbytes = lambda tree: sum(x.nbytes for x in jax.tree.leaves(tree))
+    assert nbytes(cast) < 0.55 * nbytes(ref)  # half, but for fp32 norm scales
+    mesh = S.make_mesh(devices=jax.devices()[:1])
+    fn = grpo.jit_logprobs(config, grpo.LearnerConfig(micro_batch_size=8), mesh)
+    batch = make_batch(5, LENS, LENS[::-1])
+    batch = {k: batch[k] for k in ("tokens", "mask")}
+    want = np.asarray(fn(ref, batch))
+    assert np.abs(want).max() > 0.1
+    np.testing.assert_array_equal(np.asarray(fn(cast, batch)), want)
+
+
 # ---------------------------------------------------- the real 1.5B model
 def test_real_1_5b_train_step_lowers_on_8_devices_with_expected_bytes():
     config = M.ModelConfig.qwen2_5_math_1_5b()

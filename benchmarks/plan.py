@@ -1,0 +1,62 @@
+"""The π1 run's estimated speed on TPU slices, from programs compiled for them.
+
+For each topology, compiles the run's programs with `rlvr_jax.plan` (on this
+CPU host, through libtpu) and prints three figures:
+
+  step time       estimated seconds of one RL step (roofline of each program,
+                  every response at max_new_tokens; evaluation amortised)
+  decode eff.     HBM-roofline efficiency of decoding: the bytes a decode step
+                  must read (the compute-dtype weights once, this chip's KV
+                  cache filled to the average length of a full rollout) over
+                  the bytes the compiled step reads (goal: >= 60%)
+  learner MFU     model FLOPs (6·N·tokens + attention) of the train step over
+                  its roofline time × the chips' bf16 peak
+
+    python benchmarks/plan.py                          # v5e:2x4 and v6e:2x4
+    python benchmarks/plan.py --topology v4:2x2x1
+
+These are estimates from the compiler's cost model, not measurements: a
+device run (`benchmarks/sampler.py`, `benchmarks/learner.py`) says what a
+chip really does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compile-only TPU devices
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from configs import pi1  # noqa: E402
+from rlvr_jax import plan as plan_lib  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--topology", nargs="+", default=["v5e:2x4", "v6e:2x4"])
+    args = parser.parse_args()
+    rows = []
+    for topology in args.topology:
+        p = plan_lib.plan(pi1.get_config(), topology, search=False, verbose=True)
+        rows.append((topology, p))
+        print(plan_lib.format_plan(p), flush=True)
+    print()
+    print(
+        f"{'topology':<10}{'fits':<6}{'peak GB':>9}{'step s':>9}"
+        f"{'decode eff.':>13}{'learner MFU':>13}"
+    )
+    for topology, p in rows:
+        print(
+            f"{topology:<10}{'yes' if p.fits else 'no':<6}"
+            f"{p.peak_bytes_per_chip / 1e9:9.2f}{p.step_seconds:9.1f}"
+            f"{100 * p.decode_efficiency:12.0f}%{100 * p.mfu:12.0f}%"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1354 @@
+"""Will it fit, how fast will it run: a run's programs compiled ahead of time.
+
+    python -m rlvr_jax.plan --config=configs/pi1.py --topology=v5e:2x4 \\
+        [--config.x=y ...] [--output=plan.json]
+
+compiles, for a TPU topology (through `jax.experimental.topologies` and the
+libtpu of the `[tpu]` extra, on any CPU host) or for the local devices when
+no topology is given, every program one RL step runs, with the run's real
+shapes and shardings:
+
+  prepare        the sampler's weights (cast, laid out) from the train params
+  sample         prefill + decode loop of one rollout chunk
+  decode_step    one iteration of that loop (its cost is counted per token)
+  ref_logprobs   the frozen reference policy's log-probs of the step's batch
+  train_step     one optimizer update on the step's batch (micro-batched)
+  eval_sample    prefill + greedy decode of one evaluation chunk
+
+and reads the compiler's `memory_analysis()` (per chip: arguments, outputs,
+temporaries) and `cost_analysis()` (FLOPs, HBM bytes). From those it derives
+what must coexist in each phase of a step against the chip's HBM, a roofline
+time for each program, the step and run time, and the largest rollout chunk
+and micro-batch that fit.
+
+Trip counts. XLA's cost analysis counts a `while`/`scan` body once, whatever
+its trip count. The figures here are therefore assembled from programs
+without loops (`CostModel`): the layer scan is unrolled in copies of a
+program at depth 1 and 2 (cost is linear in depth, so depth L costs
+c1 + (L - 1)(c2 - c1)); the learner's log-prob head runs as one chunk in those
+copies (same FLOPs as the chunked scan); a micro-batched program is costed as
+one micro-batch plus (M - 1) scan bodies; the decode loop as the sample
+program plus `max_new_tokens - 2` more `decode_step`s. Sampling time is
+therefore the worst case, every response running to `max_new_tokens`; the
+learner batch is the widest one (largest prompt bucket + max_new_tokens).
+
+Memory figures are those of the full programs as compiled, per chip.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import re
+import sys
+import time
+import types
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlvr_jax import decoding, grpo
+from rlvr_jax import model as model_lib
+from rlvr_jax import sampler as sampler_lib
+from rlvr_jax import sharding as sharding_lib
+
+GB = 1e9
+
+
+# ----------------------------------------------------------------- chips
+@dataclasses.dataclass(frozen=True)
+class Chip:
+    """Per-chip figures of an accelerator (vendor data sheets).
+
+    Attributes:
+      name: short name (the topology prefix for TPUs).
+      hbm_bytes: memory per chip.
+      hbm_bytes_per_s: memory bandwidth per chip.
+      bf16_flops_per_s: dense bf16 matmul peak per chip.
+    """
+
+    name: str
+    hbm_bytes: float
+    hbm_bytes_per_s: float
+    bf16_flops_per_s: float
+
+
+GiB = 2**30
+CHIPS = {
+    "v4": Chip("v4", 32 * GiB, 1228e9, 275e12),
+    "v5e": Chip("v5e", 16 * GiB, 819e9, 197e12),
+    "v5p": Chip("v5p", 95 * GiB, 2765e9, 459e12),
+    "v6e": Chip("v6e", 32 * GiB, 1640e9, 918e12),
+    "a100": Chip("a100", 80 * GiB, 2039e9, 312e12),
+    "h100": Chip("h100", 80 * GiB, 3350e9, 989e12),
+    "h200": Chip("h200", 141e9, 4800e9, 989e12),
+}
+# device_kind substrings (lower case) of local devices -> CHIPS key; the
+# first match wins, so "v5 lite" precedes "v5".
+_KINDS = (
+    ("v5 lite", "v5e"),
+    ("v5e", "v5e"),
+    ("v6 lite", "v6e"),
+    ("v6e", "v6e"),
+    ("v5p", "v5p"),
+    ("v5", "v5p"),
+    ("v4", "v4"),
+    ("a100", "a100"),
+    ("h100", "h100"),
+    ("h200", "h200"),
+)
+
+
+def chip_for(device_kind: str) -> Chip:
+    """The `Chip` of a `device.device_kind` string (ValueError if unknown)."""
+    kind = device_kind.lower()
+    for needle, name in _KINDS:
+        if needle in kind:
+            return CHIPS[name]
+    raise ValueError(f"no chip specs for device kind {device_kind!r}")
+
+
+@functools.cache
+def topology_devices(topology: str) -> tuple:
+    """The devices of a TPU topology such as 'v5e:2x4' (needs libtpu).
+
+    These are compile-only devices: programs lowered on a mesh over them are
+    compiled by the real TPU compiler on this host, and never run. Cached:
+    every plan of a topology shares its device objects (and so its
+    compiled programs).
+    """
+    from jax.experimental import topologies
+
+    # libtpu looks for TPU VM metadata unless told it is not on one, and
+    # takes a machine-wide lock unless told that other processes (another
+    # plan, a test) may load it too: compiling needs no exclusive TPU.
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    # v4 and v5p chips hold two cores that JAX drives as one device
+    # ("megacore"), as on a real slice; v5e and v6e chips have one core.
+    megacore = topology.split(":")[0] in ("v4", "v5p")
+    extra = {"chip_config_name": "megacore"} if megacore else {}
+    try:
+        desc = topologies.get_topology_desc(
+            platform="tpu", topology_name=topology, **extra
+        )
+    except Exception as e:  # noqa: BLE001 - libtpu raises several kinds
+        raise ValueError(
+            f"cannot describe TPU topology {topology!r} ({e}); install the "
+            "`[tpu]` extra (libtpu) and pass e.g. v5e:2x4, v4:2x2x1, v6e:2x4"
+        ) from e
+    return tuple(desc.devices)
+
+
+# --------------------------------------------------------------- programs
+@dataclasses.dataclass
+class Program:
+    """One compiled program's per-chip figures.
+
+    Attributes:
+      name: see the module docstring.
+      calls: times it runs per RL step (a fraction for evaluation).
+      arguments, outputs, alias, temp: bytes per chip (`memory_analysis`);
+        alias: output bytes that reuse donated argument buffers.
+      flops, hbm_bytes: per call, loop trip counts included.
+      seconds: roofline time per call, max(flops / peak, bytes / bandwidth).
+      resident_args: bytes of the arguments that are resident anyway
+        (train state, reference weights), not added again to the phase.
+    """
+
+    name: str
+    calls: float
+    arguments: int
+    outputs: int
+    alias: int
+    temp: int
+    flops: float = 0.0
+    hbm_bytes: float = 0.0
+    seconds: float = 0.0
+    resident_args: int = 0
+    oom: bool = False  # the compiler refused it: temp is what it needed
+
+    @property
+    def total(self) -> int:
+        return self.arguments + self.outputs + self.temp - self.alias
+
+
+class OutOfMemory:
+    """Stands in for a program the compiler refused for want of HBM.
+
+    XLA:TPU will not compile a program whose own buffers exceed a chip's
+    memory; its message says how much it needed, which becomes the
+    program's temporaries (arguments and outputs unknown: 0).
+    """
+
+    def __init__(self, message: str):
+        self.message = message
+        used = re.search(r"Used ([\d.]+)([KMGT]?) of", message)
+        found = used or re.search(r"temporaries \(([\d.]+)([KMGT]?)\)", message)
+        if found:
+            scale = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+            self.needed = int(float(found.group(1)) * scale[found.group(2)])
+        else:
+            self.needed = 2**50  # unparsed: certainly too much
+
+    def memory_analysis(self):
+        return types.SimpleNamespace(
+            argument_size_in_bytes=0,
+            output_size_in_bytes=0,
+            alias_size_in_bytes=0,
+            temp_size_in_bytes=self.needed,
+        )
+
+    def cost_analysis(self):
+        return {}
+
+
+# Programs compiled in this process, by their text and devices: a re-plan
+# (the search for sizes that fit, a test) recompiles only what changed.
+_COMPILED: dict = {}
+
+
+def compile_or_oom(lowered, run: Run):
+    """`lowered.compile()`, or an `OutOfMemory` when the chip is too small."""
+    devices = tuple((d.id, d.device_kind) for d in run.mesh.devices.flat)
+    key = (lowered.as_text(), devices)
+    if key in _COMPILED:
+        return _COMPILED[key]
+    try:
+        compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        compiled = OutOfMemory(str(e))
+    _COMPILED[key] = compiled
+    return compiled
+
+
+def memory(compiled) -> dict[str, int]:
+    """Per-chip bytes from a compiled program's `memory_analysis()`."""
+    m = compiled.memory_analysis()
+    return dict(
+        arguments=int(m.argument_size_in_bytes),
+        outputs=int(m.output_size_in_bytes),
+        alias=int(m.alias_size_in_bytes),
+        temp=int(m.temp_size_in_bytes),
+    )
+
+
+def cost(compiled) -> tuple[float, float]:
+    """(FLOPs, HBM bytes) per chip of one pass, loop bodies counted once.
+
+    XLA's "bytes accessed" sums the operands and outputs of every top-level
+    instruction, wherever they live; on TPU the compiler stages weights
+    through on-chip memory (copies into memory space 1, VMEM), whose
+    accesses are no HBM traffic, so they are taken out (`on_chip_bytes`).
+    """
+    c = compiled.cost_analysis()
+    if isinstance(c, list):  # older jax returns one dict per program
+        c = c[0]
+    if not c:
+        return 0.0, 0.0
+    accessed = float(c.get("bytes accessed", 0.0))
+    return float(c.get("flops", 0.0)), accessed - on_chip_bytes(compiled.as_text())
+
+
+_ITEMSIZE = {"f64": 8, "s64": 8, "u64": 8, "f32": 4, "s32": 4, "u32": 4}
+_ITEMSIZE.update({"bf16": 2, "f16": 2, "s16": 2, "u16": 2, "s8": 1, "u8": 1})
+_ITEMSIZE.update({"pred": 1, "f8e4m3fn": 1, "f8e5m2": 1})
+_ARRAY = re.compile(r"(\w+)\[([\d,]*)\](\{[^}]*\})?")
+# Instructions that move no bytes (or whose bytes their *-start counted).
+_FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast"}
+_FREE |= {"after-all", "partition-id", "replica-id", "opt-barrier"}
+_FREE |= {"copy-done", "slice-done"}
+
+
+def _on_chip_arrays(shape: str) -> list[int]:
+    """Bytes of each array of an HLO shape laid out in memory space 1."""
+    out = []
+    for dtype, dims, layout in _ARRAY.findall(shape):
+        if dtype in _ITEMSIZE and "S(1)" in (layout or ""):
+            n = math.prod(int(d) for d in dims.split(",") if d)
+            out.append(n * _ITEMSIZE[dtype])
+    return out
+
+
+def _instruction(line: str):
+    """(name, shape, opcode, operand names) of an HLO text line, or None."""
+    m = re.match(r"\s*(?:ROOT )?%(\S+) = ", line)
+    if not m:
+        return None
+    rest, depth, cut = line[m.end() :], 0, 0
+    for cut, ch in enumerate(rest):  # noqa: B007 - the shape ends at a space
+        depth += (ch in "({[") - (ch in ")}]")  # outside brackets
+        if ch == " " and depth == 0:
+            break
+    shape, tail = rest[:cut], rest[cut + 1 :]
+    if "(" not in tail:
+        return None
+    start = tail.index("(")
+    depth = 0
+    for end in range(start, len(tail)):
+        depth += (tail[end] == "(") - (tail[end] == ")")
+        if depth == 0:
+            break
+    operands = re.findall(r"%([\w.\-]+)", tail[start:end])
+    return m.group(1), shape, tail[:start], operands, tail[end:]
+
+
+def on_chip_bytes(hlo: str) -> int:
+    """Bytes the top-level instructions of a compiled TPU program (its entry
+    computation and the loop bodies it runs) read from or write to on-chip
+    memory (layouts marked `S(1)`), as XLA's cost analysis counts them."""
+    computations, current = {}, None
+    for line in hlo.splitlines():
+        head = re.match(r"(ENTRY )?%(\S+) .*\{\s*$", line)
+        if head and not line.startswith(" "):
+            current = computations.setdefault(head.group(2), [])
+            if head.group(1):
+                computations["ENTRY"] = current
+        elif line.startswith("}"):
+            current = None
+        elif current is not None:
+            current.append(line)
+
+    def count(name: str, seen: set) -> int:
+        total, on_chip = 0, {}
+        for line in computations.get(name, []):
+            parsed = _instruction(line)
+            if not parsed:
+                continue
+            result, shape, op, operands, attributes = parsed
+            on_chip[result] = sum(_on_chip_arrays(shape))
+            if op == "while":
+                for called in re.findall(r"(?:body|condition)=%([\w.\-]+)", attributes):
+                    if called not in seen:
+                        total += count(called, seen | {called})
+            if op in _FREE or op == "while":
+                continue
+            total += on_chip[result] + sum(on_chip.get(o, 0) for o in operands)
+        return total
+
+    return count("ENTRY", {"ENTRY"})
+
+
+def depth_cost(
+    build: Callable[[model_lib.ModelConfig], Any], config: model_lib.ModelConfig
+) -> tuple[float, float]:
+    """Cost of `build(config)`'s program at `config.n_layers`, from depths 1, 2.
+
+    `build` returns a compiled program for a model config; it is compiled
+    with the layer scan unrolled at depth 1 and 2, and the cost, linear in
+    depth, is extrapolated: c(L) = c(1) + (L - 1)(c(2) - c(1)).
+    """
+    c1, c2 = (
+        np.array(cost(build(config.replace(n_layers=d, unroll_layers=True))))
+        for d in (1, 2)
+    )
+    return tuple(float(x) for x in c1 + (config.n_layers - 1) * (c2 - c1))
+
+
+# ------------------------------------------------------------------ setup
+@dataclasses.dataclass(frozen=True)
+class Shapes:
+    """The sizes one RL step runs at (worst case: every response full length).
+
+    Attributes:
+      responses: rows of the learner batch (train.batch_size × rollout.n).
+      prompt_width: largest prompt bucket.
+      new_tokens: rollout.max_new_tokens.
+      chunk_prompts: prompts per sampler call (padded to split over the mesh).
+      chunks: sampler calls per step.
+      micro_batch: rows per gradient-accumulation slice.
+      eval_prompts: prompts per evaluation call; eval_chunks: calls per
+        evaluation; eval_new_tokens: its max_new_tokens.
+    """
+
+    responses: int
+    prompt_width: int
+    new_tokens: int
+    chunk_prompts: int
+    chunks: int
+    micro_batch: int
+    eval_prompts: int
+    eval_chunks: int
+    eval_new_tokens: int
+
+    @property
+    def learner_width(self) -> int:
+        return self.prompt_width + self.new_tokens
+
+
+def model_config_for(config) -> model_lib.ModelConfig:
+    """The run's `ModelConfig` without weights or a tokenizer on this host.
+
+    `model.preset` names a `ModelConfig` constructor ('tiny', 'qwen2_5_7b',
+    ...); a local HF directory is read; otherwise a hub id is matched to the
+    preset of the same name (Qwen2.5-Math-1.5B, Qwen2.5-7B, Qwen2.5-0.5B).
+    """
+    m = config.model
+    overrides = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat)
+    if m.preset == "tiny":
+        from rlvr_jax import tokenizer as tokenizer_lib
+
+        tok = tokenizer_lib.build_tiny()
+        base = model_lib.ModelConfig.tiny(
+            vocab_size=len(tok), eos_token_ids=tokenizer_lib.stop_token_ids(tok)
+        )
+        return base.replace(**overrides)
+    if m.preset:
+        return getattr(model_lib.ModelConfig, m.preset)(**overrides)
+    if os.path.isdir(m.path):
+        from rlvr_jax import params as params_lib
+
+        return params_lib.read_config(m.path, **overrides)
+    name = os.path.basename(m.path.rstrip("/")).lower()
+    presets = {
+        "qwen2.5-math-1.5b": "qwen2_5_math_1_5b",
+        "qwen2.5-math-1.5b-instruct": "qwen2_5_math_1_5b",
+        "qwen2.5-7b": "qwen2_5_7b",
+        "qwen2.5-math-7b": "qwen2_5_7b",
+        "qwen2.5-0.5b": "qwen2_5_0_5b",
+    }
+    if name not in presets:
+        raise ValueError(
+            f"model.path={m.path!r} is not a local directory and not a known "
+            f"hub id ({sorted(presets)}); pass --config.model.preset"
+        )
+    return getattr(model_lib.ModelConfig, presets[name])(**overrides)
+
+
+def eval_example_count(config) -> tuple[int, str]:
+    """(examples evaluated each time, where the number comes from)."""
+    e = config.eval
+    if not e.every:
+        return 0, "eval.every = 0"
+    if e.path == "builtin":
+        from rlvr_jax import data as data_lib
+
+        count, source = len(data_lib.builtin_task()), "the built-in task"
+    elif e.path and os.path.exists(e.path):
+        from rlvr_jax import data as data_lib
+
+        count, source = len(data_lib.load_examples(e.path)), e.path
+    else:
+        # The paper's run validates on MATH500 (RECIPE.md).
+        count, source = 500, "eval.path unset or not here: MATH500's 500 assumed"
+    if e.max_examples:
+        count = min(count, e.max_examples)
+    return count, source
+
+
+def shapes_for(config, mesh, eval_examples: int) -> Shapes:
+    """The step's sizes under `config` on `mesh` (as train.rollout pads them)."""
+    divisor = sharding_lib.batch_divisor(mesh)
+    n = config.rollout.n
+    per_chunk = max(1, config.rollout.chunk_size // n)
+    batch = config.train.batch_size
+    chunk_prompts = min(per_chunk, batch)
+    chunk_prompts += -chunk_prompts % divisor
+    eval_chunk = min(max(1, config.eval.chunk_size), max(1, eval_examples))
+    eval_chunk += -eval_chunk % divisor
+    return Shapes(
+        responses=batch * n,
+        prompt_width=max(config.data.prompt_buckets),
+        new_tokens=config.rollout.max_new_tokens,
+        chunk_prompts=chunk_prompts,
+        chunks=-(-batch // per_chunk),
+        micro_batch=config.train.micro_batch_size,
+        eval_prompts=eval_chunk,
+        eval_chunks=-(-eval_examples // max(1, config.eval.chunk_size)),
+        eval_new_tokens=config.eval.max_new_tokens,
+    )
+
+
+def _sds(shape, dtype, sharding):
+    return jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype), sharding=sharding)
+
+
+def _with_shardings(tree, shardings):
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        tree,
+        shardings,
+    )
+
+
+def _abstract(out, compiled_shardings):
+    """ShapeDtypeStructs of a program's outputs with the compiler's shardings."""
+    return _with_shardings(out, compiled_shardings)
+
+
+# --------------------------------------------------------------- builders
+@dataclasses.dataclass
+class Run:
+    """Everything the programs are built from (the run's objects, abstract)."""
+
+    config: Any  # the experiment ConfigDict
+    model: model_lib.ModelConfig
+    mesh: Any
+    learner: grpo.LearnerConfig
+    tx: Any
+    settings: sampler_lib.SamplingSettings
+    eval_settings: sampler_lib.SamplingSettings
+    shapes: Shapes
+    decode_sharding: Any  # placement of the packed decode weights
+
+
+def make_run(
+    config,
+    devices: Sequence,
+    eval_examples: int,
+    model: model_lib.ModelConfig | None = None,
+) -> Run:
+    """The `Run` of `config` over `devices` (train.py builds the same objects).
+
+    `model` replaces the config's model (tests plan odd architectures).
+    """
+    from rlvr_jax import train
+
+    model = model or model_config_for(config)
+    mesh = sharding_lib.make_mesh(
+        data=config.mesh.data,
+        fsdp=config.mesh.fsdp,
+        tensor=config.mesh.tensor,
+        devices=devices,
+    )
+    train.validate(config, model, mesh)
+    eos = model.eos_token_ids or (0,)
+    settings = sampler_lib.SamplingSettings(
+        max_new_tokens=config.rollout.max_new_tokens,
+        temperature=config.rollout.temperature,
+        top_p=config.rollout.top_p,
+        top_k=config.rollout.top_k,
+        eos_ids=eos,
+        n=config.rollout.n,
+        cache_dtype=config.rollout.cache_dtype,
+    )
+    eval_settings = sampler_lib.SamplingSettings(
+        max_new_tokens=config.eval.max_new_tokens,
+        temperature=0.0,
+        eos_ids=eos,
+        cache_dtype=config.rollout.cache_dtype,
+    )
+    return Run(
+        config=config,
+        model=model,
+        mesh=mesh,
+        learner=train._learner_config(config),
+        tx=train._optimizer(config),
+        settings=settings,
+        eval_settings=eval_settings,
+        shapes=shapes_for(config, mesh, eval_examples),
+        decode_sharding=train.decode_weights_sharding(config, mesh),
+    )
+
+
+def abstract_params(run: Run, model: model_lib.ModelConfig, dtype=None):
+    """Sharded ShapeDtypeStructs of the params (in `dtype` if given)."""
+    params = model_lib.abstract_params(model)
+    if dtype is not None:
+        params = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, jnp.dtype(dtype)), params
+        )
+    return _with_shardings(params, sharding_lib.tree_shardings(params, run.mesh))
+
+
+def reference_params(run: Run, model: model_lib.ModelConfig):
+    """The reference policy's weights as train.run keeps them (None: no KL)."""
+    if run.config.loss.kl_coef == 0:
+        return None
+    params = abstract_params(run, model)
+    cast = jax.eval_shape(lambda p: sampler_lib.decode_params(model, p), params)
+    return _with_shardings(cast, jax.tree.map(lambda a: a.sharding, params))
+
+
+def _rows(run: Run):
+    return sharding_lib.batch_sharding(run.mesh)
+
+
+def _replicated(run: Run):
+    return sharding_lib.replicated(run.mesh)
+
+
+def compile_prepare(run: Run, model: model_lib.ModelConfig):
+    """The sampler's decode weights from the train params (`sampler.prepare`).
+
+    Off CPU, `prepare` packs in the compute dtype and the prefill reads the
+    params themselves, so packing is the whole program.
+    """
+    fn = sampler_lib._pack_compiled(run.decode_sharding)
+    return compile_or_oom(
+        fn.lower(model, abstract_params(run, model), model.dtype), run
+    )
+
+
+def sampler_weights(run: Run, model: model_lib.ModelConfig, prepared):
+    """Abstract `prepare` outputs, placed as the compiler placed them."""
+    decode = jax.eval_shape(
+        lambda p: decoding.pack(model, p, model.dtype),
+        model_lib.abstract_params(model),
+    )
+    if isinstance(prepared, OutOfMemory):
+        # Refused: place them as asked (replicated unless the compiler chose).
+        placed = run.decode_sharding or _replicated(run)
+        shardings = jax.tree.map(lambda _: placed, decode)
+    else:
+        shardings = prepared.output_shardings
+    return sampler_lib.SamplerWeights(
+        prefill=abstract_params(run, model),
+        decode=_with_shardings(decode, shardings),
+    )
+
+
+def _prompts(run: Run, prompts: int):
+    width = run.shapes.prompt_width
+    return (
+        _sds((prompts, width), jnp.int32, _rows(run)),
+        _sds((prompts, width), bool, _rows(run)),
+    )
+
+
+def _key(run: Run):
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    return jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=_replicated(run))
+
+
+def compile_sample(run, model, weights, prompts: int, settings):
+    """Prefill + decode loop of one chunk of `prompts` prompts."""
+    tokens, mask = _prompts(run, prompts)
+    offset = _sds((), jnp.int32, _replicated(run))
+    return compile_or_oom(
+        sampler_lib._sample_jit.lower(
+            model, weights, tokens, mask, _key(run), offset, settings=settings
+        ),
+        run,
+    )
+
+
+def compile_decode_step(run, model, weights, prompts: int, settings):
+    """One decode-loop iteration over a chunk's caches (the loop body)."""
+    r = prompts * settings.n
+    s = run.shapes.prompt_width + settings.max_new_tokens
+    k, h = model.n_kv_heads, model.head_dim
+    rows = _rows(run)
+    cache_dtype = settings.cache_dtype
+    caches = decoding.Cache(
+        k=tuple(_sds((r, k, h, s), cache_dtype, rows) for _ in range(model.n_layers)),
+        v=tuple(_sds((r, k, s, h), cache_dtype, rows) for _ in range(model.n_layers)),
+    )
+    n = settings.max_new_tokens
+    state = sampler_lib._LoopState(
+        step=_sds((), jnp.int32, _replicated(run)),
+        last_r=_sds((r,), jnp.int32, rows),
+        tokens_rn=_sds((r, n), jnp.int32, rows),
+        logprobs_rn=_sds((r, n), jnp.float32, rows),
+        lengths_r=_sds((r,), jnp.int32, rows),
+        done_r=_sds((r,), bool, rows),
+        caches=caches,
+    )
+    keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), r))
+    keys = jax.ShapeDtypeStruct(keys.shape, keys.dtype, sharding=rows)
+    fn = jax.jit(sampler_lib._decode_step, static_argnums=(0, 6), donate_argnums=2)
+    return compile_or_oom(
+        fn.lower(
+            model,
+            weights.decode,
+            state,
+            keys,
+            _sds((r,), jnp.int32, rows),
+            _sds((r, s), bool, rows),
+            settings,
+        ),
+        run,
+    )
+
+
+def learner_batch(run: Run, rows: int, with_ref: bool) -> dict:
+    """Abstract learner batch of `rows` rows at the widest bucket."""
+    t = run.shapes.learner_width
+    sh = _rows(run)
+    batch = {
+        "tokens": _sds((rows, t), jnp.int32, sh),
+        "mask": _sds((rows, t), bool, sh),
+        "loss_mask": _sds((rows, t), bool, sh),
+        "advantages": _sds((rows,), jnp.float32, sh),
+        "old_logp": _sds((rows, t), jnp.float32, sh),
+    }
+    if with_ref:
+        batch["ref_logp"] = _sds((rows, t), jnp.float32, sh)
+    return batch
+
+
+def compile_ref_logprobs(run, model, learner, rows: int):
+    """The reference policy's log-probs of a `rows`-row learner batch."""
+    reference = reference_params(run, model)
+    batch = learner_batch(run, rows, with_ref=False)
+    fn = grpo.jit_logprobs(model, learner, run.mesh)
+    return compile_or_oom(
+        fn.lower(reference, {k: batch[k] for k in ("tokens", "mask")}), run
+    )
+
+
+def compile_train_step(run, model, learner, rows: int):
+    """One optimizer update on a `rows`-row learner batch."""
+    state = grpo.sharded_abstract_state(model, run.tx, run.mesh)
+    batch = learner_batch(run, rows, with_ref=run.config.loss.kl_coef != 0)
+    fn = grpo.jit_train_step(model, learner, run.tx, run.mesh)
+    return compile_or_oom(fn.lower(state, batch), run)
+
+
+def compile_micro_step(run, model, learner, rows: int):
+    """The body of the micro-batch scan: one micro-batch's grads, accumulated."""
+    params = abstract_params(run, model)
+    batch = learner_batch(run, rows, with_ref=run.config.loss.kl_coef != 0)
+    one = learner.replace(micro_batch_size=None)
+
+    def body(acc, params, micro):
+        grads, metrics = grpo.loss_and_grads(
+            params, micro, model_config=model, learner_config=one, mesh=run.mesh
+        )
+        return jax.tree.map(jnp.add, acc, grads), metrics
+
+    fn = jax.jit(body, donate_argnums=0)
+    return compile_or_oom(fn.lower(params, params, batch), run)
+
+
+# ------------------------------------------------------------------- plan
+@dataclasses.dataclass
+class Plan:
+    """The plan of one run on one target (see `plan`)."""
+
+    topology: str
+    chip: Chip
+    chips: int
+    shapes: Shapes
+    steps: int  # train.steps
+    hbm_bytes_per_chip: float
+    programs: list[Program]
+    phases: dict[str, int]  # phase -> resident bytes per chip
+    times: dict[str, float]  # seconds per RL step by part
+    run_seconds: float
+    notes: list[str]
+    overrides: dict[str, Any]
+    largest: dict[str, int]
+    mfu: float
+    decode_efficiency: float
+
+    @property
+    def peak_bytes_per_chip(self) -> int:
+        return max(self.phases.values())
+
+    @property
+    def fits(self) -> bool:
+        return self.peak_bytes_per_chip <= self.hbm_bytes_per_chip
+
+    @property
+    def step_seconds(self) -> float:
+        return sum(self.times.values())
+
+    def program(self, name: str) -> Program:
+        return next(p for p in self.programs if p.name == name)
+
+    def verdict(self) -> str:
+        if self.fits:
+            return "fits"
+        over = (self.peak_bytes_per_chip - self.hbm_bytes_per_chip) / GB
+        return f"does not fit by {over:.2f} GB"
+
+    def to_json(self) -> dict:
+        return {
+            "topology": self.topology,
+            "chip": self.chip.name,
+            "chips": self.chips,
+            "hbm_bytes_per_chip": self.hbm_bytes_per_chip,
+            "fits": self.fits,
+            "peak_bytes_per_chip": self.peak_bytes_per_chip,
+            "step_seconds": self.step_seconds,
+            "run_seconds": self.run_seconds,
+            "step_breakdown_seconds": self.times,
+            "phases": self.phases,
+            "largest": self.largest,
+            "suggested_overrides": self.overrides,
+            "learner_mfu": self.mfu,
+            "decode_hbm_efficiency": self.decode_efficiency,
+            "notes": self.notes,
+            "programs": [
+                {
+                    "name": p.name,
+                    "calls_per_step": p.calls,
+                    "arguments": p.arguments,
+                    "outputs": p.outputs,
+                    "alias": p.alias,
+                    "temp": p.temp,
+                    "total": p.total,
+                    "flops": p.flops,
+                    "hbm_bytes": p.hbm_bytes,
+                    "seconds": p.seconds,
+                }
+                for p in self.programs
+            ],
+        }
+
+
+def _program(name, compiled, calls, flops, hbm_bytes, chip, resident_args=0):
+    # Roofline: compute and memory traffic overlap perfectly at best.
+    seconds = max(flops / chip.bf16_flops_per_s, hbm_bytes / chip.hbm_bytes_per_s)
+    return Program(
+        name=name,
+        calls=calls,
+        flops=flops,
+        hbm_bytes=hbm_bytes,
+        seconds=seconds,
+        resident_args=resident_args,
+        oom=isinstance(compiled, OutOfMemory),
+        **memory(compiled),
+    )
+
+
+def _log(verbose: bool, message: str) -> None:
+    if verbose:
+        print(message, file=sys.stderr, flush=True)
+
+
+def sample_cost(run: Run, prompts: int, settings, weights) -> tuple:
+    """(FLOPs, bytes, decode step program) of one sampler call, loop counted.
+
+    The sample program at depth 1 and 2 counts the prefill and one decode
+    iteration; the loop runs `max_new_tokens - 1` iterations (the first
+    token comes from the prefill), so `max_new_tokens - 2` more steps are
+    added from the compiled decode step.
+    """
+    model = run.model
+
+    def build(m):
+        w = sampler_weights(run, m, compile_prepare(run, m))
+        return compile_sample(run, m, w, prompts, settings)
+
+    flops, nbytes = depth_cost(build, model)
+    step = compile_decode_step(run, model, weights, prompts, settings)
+    step_flops, step_bytes = cost(step)
+    more = settings.max_new_tokens - 2
+    return flops + more * step_flops, nbytes + more * step_bytes, step
+
+
+def _cost_learner(run: Run) -> grpo.LearnerConfig:
+    # One log-prob chunk (no scan, same FLOPs) for the cost programs.
+    return run.learner.replace(logits_chunk=run.shapes.learner_width)
+
+
+def ref_logprobs_cost(run: Run) -> tuple[float, float]:
+    """(FLOPs, bytes) of the reference pass: micro-batches × one, by depth."""
+    sh = run.shapes
+    flops, nbytes = depth_cost(
+        lambda m: compile_ref_logprobs(run, m, _cost_learner(run), sh.micro_batch),
+        run.model,
+    )
+    n_micro = sh.responses // sh.micro_batch
+    return n_micro * flops, n_micro * nbytes
+
+
+def train_step_cost(run: Run) -> tuple[float, float]:
+    """(FLOPs, bytes) of the train step: the step on one micro-batch (update
+    included) plus M - 1 micro-batch scan bodies, each costed by depth."""
+    sh = run.shapes
+    cfg = _cost_learner(run)
+    flops, nbytes = depth_cost(
+        lambda m: compile_train_step(run, m, cfg, sh.micro_batch), run.model
+    )
+    body_flops, body_bytes = depth_cost(
+        lambda m: compile_micro_step(run, m, cfg, sh.micro_batch), run.model
+    )
+    more = sh.responses // sh.micro_batch - 1
+    return flops + more * body_flops, nbytes + more * body_bytes
+
+
+def compile_programs(
+    run: Run, chip: Chip, verbose: bool = False, costs: bool = True
+) -> list[Program]:
+    """Compiles the step's programs and costs them (see the module docstring).
+
+    With `costs=False` only the full programs are compiled (their memory is
+    all a fit check needs); FLOPs, bytes and times are then 0.
+    """
+    model, learner, sh = run.model, run.learner, run.shapes
+    state_bytes = sharding_lib.bytes_per_device(
+        grpo.sharded_abstract_state(model, run.tx, run.mesh)
+    )
+    ref = reference_params(run, model)
+    ref_bytes = 0 if ref is None else sharding_lib.bytes_per_device(ref)
+    params_bytes = sharding_lib.bytes_per_device(abstract_params(run, model))
+    programs = []
+
+    def timed(name, fn, *args):
+        t0 = time.time()
+        out = fn(*args)
+        _log(verbose, f"  {name}: {time.time() - t0:.0f} s")
+        return out
+
+    def priced(name, fn, *args):
+        return timed(f"{name} costs", fn, *args) if costs else (0.0, 0.0)
+
+    # ---- sampler: weights, then one chunk (its decode loop counted per step).
+    prepared = timed("prepare", compile_prepare, run, model)
+    weights = sampler_weights(run, model, prepared)
+    prepare_cost = cost(prepared) if costs else (0.0, 0.0)
+    programs.append(_program("prepare", prepared, 1, *prepare_cost, chip, params_bytes))
+
+    def sampler_programs(name, prompts, settings, calls):
+        full = timed(name, compile_sample, run, model, weights, prompts, settings)
+        if not costs:
+            return [_program(name, full, calls, 0.0, 0.0, chip)]
+        flops, nbytes, step = timed(
+            f"{name} costs", sample_cost, run, prompts, settings, weights
+        )
+        return [
+            _program(name, full, calls, flops, nbytes, chip),
+            _program(f"{name}.decode_step", step, 0, *cost(step), chip),
+        ]
+
+    programs += sampler_programs("sample", sh.chunk_prompts, run.settings, sh.chunks)
+
+    # ---- learner: reference log-probs, train step (both micro-batched).
+    if ref is not None:
+        full = timed(
+            "ref_logprobs", compile_ref_logprobs, run, model, learner, sh.responses
+        )
+        flops, nbytes = priced("ref_logprobs", ref_logprobs_cost, run)
+        programs.append(
+            _program("ref_logprobs", full, 1, flops, nbytes, chip, ref_bytes)
+        )
+    full = timed("train_step", compile_train_step, run, model, learner, sh.responses)
+    flops, nbytes = priced("train_step", train_step_cost, run)
+    # The state is donated: the program's outputs alias it.
+    programs.append(_program("train_step", full, 1, flops, nbytes, chip, state_bytes))
+
+    # ---- evaluation: greedy, one response per prompt.
+    if sh.eval_chunks and run.config.eval.every:
+        calls = sh.eval_chunks / run.config.eval.every
+        programs += sampler_programs(
+            "eval_sample", sh.eval_prompts, run.eval_settings, calls
+        )
+    for p in programs:
+        if p.name in ("sample", "eval_sample"):
+            # The prefill reads the train params (resident); the packed
+            # weights are the rollout's own.
+            p.resident_args = params_bytes
+    return programs
+
+
+def resident_phases(run: Run, programs: list[Program]) -> dict[str, int]:
+    """Bytes per chip that coexist in each phase of a step.
+
+    Always resident: the train state and the reference weights. Each phase
+    adds what its program holds beyond those (its other arguments, outputs
+    and temporaries); sampling also holds the prepared sampler weights, which
+    are the arguments of `sample`.
+    """
+    model = run.model
+    state = sharding_lib.bytes_per_device(
+        grpo.sharded_abstract_state(model, run.tx, run.mesh)
+    )
+    ref = reference_params(run, model)
+    base = state + (0 if ref is None else sharding_lib.bytes_per_device(ref))
+    return {p.name: base + p.total - p.resident_args for p in programs if p.calls}
+
+
+def _times(run: Run, programs: list[Program]) -> dict[str, float]:
+    by_name = {p.name: p for p in programs}
+    times = {
+        "sampling": by_name["prepare"].seconds
+        + by_name["sample"].seconds * by_name["sample"].calls,
+        "logprob_passes": 0.0,
+        "update": by_name["train_step"].seconds,
+        "evaluation": 0.0,
+    }
+    if "ref_logprobs" in by_name:
+        times["logprob_passes"] = by_name["ref_logprobs"].seconds
+    if "eval_sample" in by_name:
+        e = by_name["eval_sample"]
+        times["evaluation"] = (
+            by_name["prepare"].seconds / run.config.eval.every + e.seconds * e.calls
+        )
+    return times
+
+
+def learner_mfu(run: Run, train: Program, chip: Chip) -> float:
+    """Model FLOPs of the train step over its roofline time × the chips' peak.
+
+    Model FLOPs as in `benchmarks/learner.py` (PaLM, appendix B): 6·N per
+    token for the matmuls (a tied embedding counted once, as the head) plus
+    12·layers·heads·head_dim·T for attention; recomputation is not counted.
+    """
+    m = run.model
+    n = model_lib.count_params(model_lib.abstract_params(m))
+    if not m.tie_embeddings:
+        n -= m.vocab_size * m.d_model  # the lookup table does no matmul
+    t = run.shapes.learner_width
+    per_token = 6 * n + 12 * m.n_layers * m.n_heads * m.head_dim * t
+    flops = per_token * run.shapes.responses * t
+    return flops / (train.seconds * run.mesh.size * chip.bf16_flops_per_s)
+
+
+def decode_min_bytes(run: Run, prompts: int, settings, filled: int) -> float:
+    """Least HBM bytes per chip a decode step must read: weights + filled cache.
+
+    Weights: the compute-dtype weights once (their per-chip share when the
+    decode program keeps them sharded is not assumed: the whole copy counts,
+    as each chip multiplies its rows by all of them). Cache: this chip's rows
+    of `filled` slots, keys and values of every layer.
+    """
+    m = run.model
+    itemsize = jnp.dtype(m.dtype).itemsize
+    weights = model_lib.count_params(model_lib.abstract_params(m)) * itemsize
+    rows = prompts * settings.n / sharding_lib.batch_divisor(run.mesh)
+    cache_item = jnp.dtype(settings.cache_dtype).itemsize
+    cache = rows * filled * m.n_layers * 2 * m.n_kv_heads * m.head_dim * cache_item
+    return weights + cache
+
+
+def decode_efficiency(run: Run, step: Program) -> float:
+    """Minimum over compiled decode bytes, averaged over a full-length rollout."""
+    sh = run.shapes
+    n = sh.new_tokens
+    # The cache fill grows linearly: the mean over steps is the midpoint.
+    filled = sh.prompt_width + n / 2
+    return (
+        decode_min_bytes(run, sh.chunk_prompts, run.settings, filled) / step.hbm_bytes
+    )
+
+
+def plan(
+    config,
+    topology: str | None = None,
+    *,
+    model: model_lib.ModelConfig | None = None,
+    hbm_bytes: float | None = None,
+    eval_examples: int | None = None,
+    search: bool = True,
+    costs: bool = True,
+    verbose: bool = False,
+) -> Plan:
+    """Compiles `config`'s step for `topology` (or the local devices) and plans.
+
+    Args:
+      config: the experiment ConfigDict (as main.py gets it).
+      topology: a TPU topology name ('v5e:2x4'); None plans for
+        `jax.devices()` (an accelerator).
+      model: replaces the config's model (tests).
+      hbm_bytes: memory per chip to plan against (default: the chip's, or
+        what the local device reports).
+      eval_examples: examples per evaluation (default: from eval.path).
+      search: when the run does not fit, look for overrides that do.
+      costs: also compile the cost programs (FLOPs, bytes, times); without
+        them the plan only answers whether it fits.
+      verbose: log compile progress to stderr.
+
+    Returns:
+      the `Plan`.
+    """
+    notes = []
+    if topology:
+        devices = topology_devices(topology)
+        chip = chip_for(topology.split(":")[0])
+        name = topology
+    else:
+        devices = jax.devices()
+        if devices[0].platform == "cpu":
+            raise ValueError("no accelerator here: pass a topology (e.g. v5e:2x4)")
+        chip = chip_for(devices[0].device_kind)
+        name = f"local:{len(devices)}x{devices[0].device_kind}"
+        stats = devices[0].memory_stats() or {}
+        if hbm_bytes is None and "bytes_limit" in stats:
+            hbm_bytes = float(stats["bytes_limit"])
+    if eval_examples is None:
+        eval_examples, source = eval_example_count(config)
+        notes.append(f"evaluation: {eval_examples} examples ({source})")
+    hbm = float(hbm_bytes or chip.hbm_bytes)
+    run = make_run(config, devices, eval_examples, model)
+    _log(verbose, f"planning {name}: mesh {dict(run.mesh.shape)}, {run.shapes}")
+    programs = compile_programs(run, chip, verbose, costs)
+    for p in programs:
+        if p.oom:
+            notes.append(
+                f"{p.name}: the compiler ran out of HBM; it needs "
+                f"{p.temp / GB:.1f} GB of temporaries"
+            )
+    times = _times(run, programs)
+    initial_eval = 0.0
+    if "eval_sample" in {p.name for p in programs}:
+        initial_eval = times["evaluation"] * config.eval.every
+    result = Plan(
+        topology=name,
+        chip=chip,
+        chips=len(devices),
+        shapes=run.shapes,
+        steps=config.train.steps,
+        hbm_bytes_per_chip=hbm,
+        programs=programs,
+        phases=resident_phases(run, programs),
+        times=times,
+        run_seconds=config.train.steps * sum(times.values()) + initial_eval,
+        notes=notes,
+        overrides={},
+        largest={},
+        mfu=learner_mfu(run, _by(programs, "train_step"), chip) if costs else 0.0,
+        decode_efficiency=(
+            decode_efficiency(run, _by(programs, "sample.decode_step"))
+            if costs
+            else 0.0
+        ),
+    )
+    result.largest = largest_sizes(run, result)
+    if not result.fits and search:
+        result.overrides = fitting_overrides(
+            config, topology, result, model, eval_examples, verbose
+        )
+    elif result.fits:
+        result.overrides = {
+            k: v for k, v in result.largest.items() if v != _get(config, k)
+        }
+    return result
+
+
+def _by(programs, name):
+    return next(p for p in programs if p.name == name)
+
+
+def _candidates(total: int, step: int) -> list[int]:
+    """Sizes that are multiples of `step` and divide `total`, ascending."""
+    return [c for c in range(step, total + 1, step) if total % c == 0]
+
+
+def largest_sizes(run: Run, result: Plan) -> dict[str, int]:
+    """Largest rollout.chunk_size and train.micro_batch_size estimated to fit.
+
+    A phase's temporaries and outputs are taken as proportional to the rows
+    its program runs at once (the KV cache and activations are); the rest of
+    the phase stays. A size must fit every phase it sets (the micro-batch:
+    the reference pass and the update). Growing a size this way over-estimates its memory (the fixed part
+    is scaled too), so the estimate errs towards fitting less; shrinking one
+    under-estimates it, which is why `fitting_overrides` re-plans the
+    suggestion before offering it.
+    """
+    sh, hbm = run.shapes, result.hbm_bytes_per_chip
+    n = run.config.rollout.n
+    divisor = sharding_lib.batch_divisor(run.mesh)
+    rows = {
+        "sample": sh.chunk_prompts * n,
+        "eval_sample": sh.eval_prompts,
+        "ref_logprobs": sh.micro_batch,
+        "train_step": sh.micro_batch,
+    }
+
+    def fits(phases, size_of) -> bool:
+        for name in phases:
+            if name not in result.phases:
+                continue
+            prog = result.program(name)
+            scaled = prog.temp + (prog.outputs if name.endswith("sample") else 0)
+            size = size_of(name)
+            if result.phases[name] - scaled + scaled * size / rows[name] > hbm:
+                return False
+        return True
+
+    step = n * divisor // math.gcd(n, divisor)
+    chunks = [
+        c
+        for c in _candidates(sh.responses, step)
+        if fits(("sample",), lambda name, c=c: c)
+    ]
+    evals = [
+        c
+        for c in _candidates(sh.responses, divisor)
+        if fits(("eval_sample",), lambda name, c=c: c)
+    ]
+    micros = [
+        m
+        for m in _candidates(sh.responses, divisor)
+        if fits(("ref_logprobs", "train_step"), lambda name, m=m: m)
+    ]
+    out = {
+        "rollout.chunk_size": chunks[-1] if chunks else step,
+        "train.micro_batch_size": micros[-1] if micros else divisor,
+    }
+    if "eval_sample" in result.phases:
+        out["eval.chunk_size"] = evals[-1] if evals else divisor
+    return out
+
+
+def fitting_overrides(
+    config, topology, result: Plan, model, eval_examples, verbose
+) -> dict:
+    """Overrides under which the run fits, each checked by a new plan.
+
+    Tries the largest chunk and micro-batch estimated to fit, then the
+    estimates of that plan in turn (the estimate errs when shrinking, see
+    `largest_sizes`); then the same from params sharded over every chip
+    (mesh.fsdp = -1), then from sharded decode weights. Returns {} when
+    nothing fits.
+    """
+    hbm = result.hbm_bytes_per_chip
+
+    def attempt(changes: dict, largest: dict, depth: int = 0) -> dict | None:
+        shrink = {k: v for k, v in largest.items() if v < _get(config, k)}
+        changes = {**changes, **shrink}
+        if not changes or depth > 3:
+            return None
+        _log(verbose, f"re-planning with {changes}")
+        p = plan(
+            _override(config, changes),
+            topology,
+            model=model,
+            hbm_bytes=hbm,
+            eval_examples=eval_examples,
+            search=False,
+            costs=False,
+        )
+        if p.fits:
+            return changes
+        if p.largest == {k: changes.get(k, _get(config, k)) for k in p.largest}:
+            return None  # nothing left to shrink
+        return attempt(changes, p.largest, depth + 1)
+
+    layouts = [{}]
+    if config.mesh.fsdp != -1:
+        layouts.append({"mesh.data": 1, "mesh.fsdp": -1, "mesh.tensor": 1})
+    if config.rollout.decode_weights != "sharded":
+        layouts.append({**layouts[-1], "rollout.decode_weights": "sharded"})
+    for layout in layouts:
+        found = attempt(layout, result.largest if not layout else {})
+        if found:
+            return found
+    return {}
+
+
+def _get(config, dotted: str):
+    section, field = dotted.split(".")
+    return config[section][field]
+
+
+def _override(config, changes: dict):
+    c = config.copy_and_resolve_references()
+    with c.unlocked():
+        for dotted, value in changes.items():
+            section, field = dotted.split(".")
+            c[section][field] = value
+    return c
+
+
+# ------------------------------------------------------------------ report
+def _gb(x: float) -> str:
+    return f"{x / GB:7.2f}"
+
+
+def format_plan(p: Plan) -> str:
+    """The plan as the CLI prints it."""
+    lines = [
+        f"plan for {p.topology}: {p.chips} × {p.chip.name} "
+        f"({p.hbm_bytes_per_chip / GB:.2f} GB HBM, "
+        f"{p.chip.hbm_bytes_per_s / GB:.0f} GB/s, "
+        f"{p.chip.bf16_flops_per_s / 1e12:.0f} TFLOP/s bf16 per chip)",
+        "",
+        "per chip, per call   args GB    out GB   temp GB  total GB"
+        "     TFLOP     HBM GB   roofline s  calls/step",
+    ]
+    for q in p.programs:
+        lines.append(
+            f"{q.name:<20}{_gb(q.arguments)}  {_gb(q.outputs)}  {_gb(q.temp)}  "
+            f"{_gb(q.total)}  {q.flops / 1e12:8.2f}  {q.hbm_bytes / GB:9.1f}  "
+            f"{q.seconds:11.3f}  {q.calls:10.3g}"
+        )
+    lines += [
+        "",
+        "resident per chip by phase (train state + reference + the phase's own)",
+    ]
+    for name, b in p.phases.items():
+        lines.append(f"  {name:<18}{_gb(b)} GB")
+    lines += [
+        f"peak {p.peak_bytes_per_chip / GB:.2f} GB of "
+        f"{p.hbm_bytes_per_chip / GB:.2f} GB: {p.verdict()}",
+        "",
+    ]
+    if p.step_seconds:
+        lines.append("estimated RL step (roofline, every response at max_new_tokens):")
+        for part, seconds in p.times.items():
+            lines.append(f"  {part:<18}{seconds:9.1f} s")
+        lines.append(f"  {'step':<18}{p.step_seconds:9.1f} s")
+        lines.append(
+            f"  run ({p.steps} steps + evaluation): {p.run_seconds / 3600:.1f} h"
+        )
+        lines.append(
+            f"learner MFU (model FLOPs over roofline time): {100 * p.mfu:.0f}%; "
+            f"decode HBM-roofline efficiency: {100 * p.decode_efficiency:.0f}%"
+        )
+    else:
+        lines.append("(cost programs not compiled: no time estimates)")
+    if p.largest:
+        lines.append(
+            "largest sizes estimated to fit: "
+            + ", ".join(f"{k}={v}" for k, v in p.largest.items())
+        )
+    if p.overrides:
+        lines.append(
+            "suggested overrides: "
+            + " ".join(f"--config.{k}={v}" for k, v in p.overrides.items())
+        )
+    elif not p.fits:
+        lines.append("suggested overrides: none found that fit")
+    lines += [f"note: {n}" for n in p.notes]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------- cli
+def main(argv) -> None:
+    del argv
+    if _TOPOLOGY.value:
+        # Compile-only devices: nothing runs, so no accelerator is looked for.
+        jax.config.update("jax_platforms", "cpu")
+    config = _CONFIG.value
+    result = plan(
+        config,
+        _TOPOLOGY.value,
+        hbm_bytes=_HBM_GB.value * GB if _HBM_GB.value else None,
+        eval_examples=_EVAL_EXAMPLES.value,
+        search=_SEARCH.value,
+        costs=_COSTS.value,
+        verbose=True,
+    )
+    print(format_plan(result), flush=True)
+    if _OUTPUT.value:
+        with open(_OUTPUT.value, "w") as f:
+            json.dump(result.to_json(), f, indent=1)
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    _CONFIG = config_flags.DEFINE_config_file(
+        "config", None, "Experiment config file (configs/*.py[:arg]).", lock_config=True
+    )
+    _TOPOLOGY = flags.DEFINE_string(
+        "topology", None, "TPU topology, e.g. v5e:2x4; default: the local devices."
+    )
+    _OUTPUT = flags.DEFINE_string("output", None, "Also write the plan as JSON here.")
+    _HBM_GB = flags.DEFINE_float(
+        "hbm_gb", None, "Plan against this many GB per chip (default: the chip's)."
+    )
+    _EVAL_EXAMPLES = flags.DEFINE_integer(
+        "eval_examples", None, "Examples per evaluation (default: from eval.path)."
+    )
+    _SEARCH = flags.DEFINE_bool(
+        "search", True, "When it does not fit, re-plan to find overrides that do."
+    )
+    _COSTS = flags.DEFINE_bool(
+        "costs", True, "Also compile the cost programs (FLOPs, bytes, times)."
+    )
+    flags.mark_flags_as_required(["config"])
+    app.run(main)

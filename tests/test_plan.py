@@ -1,0 +1,274 @@
+"""The planner: programs compiled for a TPU topology on this CPU host.
+
+A tiny model on a 4-chip v5e topology keeps every compile to seconds; the
+real 1.5B and 7B plans are `slow`. Figures are checked against the compiler's
+own `memory_analysis()` and against analytic FLOP and byte counts.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+
+import pytest
+
+from configs import base
+from rlvr_jax import model as M
+from rlvr_jax import plan as plan_lib
+from rlvr_jax import sharding as S
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("libtpu") is None,
+    reason="needs libtpu (the [tpu] extra) to compile for TPU topologies",
+)
+
+TOPOLOGY = "v5e:2x2"
+# Three layers: the planner costs depth 1 and 2 and extrapolates to 3. Head
+# and cache widths of 128 (as in the real models) fill the TPU's 128-lane
+# tiles, so byte counts are not dominated by tile padding.
+MODEL = M.ModelConfig.tiny(
+    n_layers=3,
+    vocab_size=256,
+    d_model=256,
+    n_heads=4,
+    n_kv_heads=2,
+    head_dim=128,
+    mlp_dim=512,
+    max_seq_len=2048,
+    dtype="float32",
+)
+
+
+def tiny_config(**changes):
+    """16 prompts × 4 responses of 128 + 1920 tokens: a chunk's KV cache (200 MB
+    per chip) is too big for on-chip memory, so it is planned in HBM."""
+    c = base.base_config()
+    base.make_tiny(c)
+    c.data.prompt_buckets = (128,)
+    c.data.max_prompt_len = 128
+    c.train.batch_size = 16
+    c.rollout.n = 4
+    c.rollout.max_new_tokens = 1920
+    c.eval.max_new_tokens = 1920
+    c.rollout.chunk_size = 64
+    c.train.micro_batch_size = 16
+    c.eval.every = 4
+    c.eval.path = ""
+    for dotted, value in changes.items():
+        section, field = dotted.split(".")
+        c[section][field] = value
+    return c
+
+
+@functools.cache
+def tiny_run():
+    return plan_lib.make_run(
+        tiny_config(), plan_lib.topology_devices(TOPOLOGY), 8, MODEL
+    )
+
+
+@functools.cache
+def tiny_plan():
+    """The memory plan (no cost programs) of the tiny run."""
+    return plan_lib.plan(
+        tiny_config(),
+        TOPOLOGY,
+        model=MODEL,
+        eval_examples=8,
+        search=False,
+        costs=False,
+    )
+
+
+def test_tiny_train_step_and_sampler_compile_for_a_tpu_topology():
+    p = tiny_plan()
+    assert p.chips == 4 and p.chip.name == "v5e"
+    names = [q.name for q in p.programs]
+    assert names == ["prepare", "sample", "ref_logprobs", "train_step", "eval_sample"]
+    run = tiny_run()
+    compiled = plan_lib.compile_train_step(run, MODEL, run.learner, 64)
+    devices = compiled.input_shardings[0][1]["tokens"].device_set
+    assert {d.platform for d in devices} == {"tpu"} and len(devices) == 4
+    for q in p.programs:
+        assert q.total > 0 and not q.oom, q
+    assert p.fits and p.verdict() == "fits"
+    assert p.peak_bytes_per_chip == max(p.phases.values())
+
+
+def _independent_train_step(run):
+    """The train step compiled by jax directly (not through the planner)."""
+    state = plan_lib.grpo.sharded_abstract_state(MODEL, run.tx, run.mesh)
+    batch = plan_lib.learner_batch(run, 64, with_ref=True)
+    step = plan_lib.grpo.jit_train_step(MODEL, run.learner, run.tx, run.mesh)
+    return step.lower(state, batch).compile()
+
+
+def test_program_bytes_equal_memory_analysis_of_the_same_program():
+    p = tiny_plan()
+    m = _independent_train_step(tiny_run()).memory_analysis()
+    q = p.program("train_step")
+    assert q.arguments == m.argument_size_in_bytes
+    assert q.outputs == m.output_size_in_bytes
+    assert q.temp == m.temp_size_in_bytes
+    assert q.alias == m.alias_size_in_bytes
+    want = (
+        m.argument_size_in_bytes
+        + m.output_size_in_bytes
+        + m.temp_size_in_bytes
+        - m.alias_size_in_bytes
+    )
+    assert q.total == want
+    # The state is donated: its buffers are reused for the new state.
+    state = plan_lib.grpo.sharded_abstract_state(MODEL, tiny_run().tx, tiny_run().mesh)
+    assert q.alias >= S.bytes_per_device(state.params)
+
+
+def _matmul_params(config: M.ModelConfig) -> tuple[int, int]:
+    """(weights multiplied per token in the layers, in the head)."""
+    d, f = config.d_model, config.mlp_dim
+    nh, kh = config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim
+    per_layer = d * (nh + 2 * kh) + nh * d + 3 * d * f
+    return config.n_layers * per_layer, config.vocab_size * d
+
+
+def test_train_step_flops_agree_with_the_analytic_count():
+    """Per token: 6·N (forward + backward) + the remat forward of the layers
+    and the checkpointed head (2·N) + attention's two [T, T] products in each
+    of those four passes; every micro-batch and every layer counted."""
+    # Short sequences: the count is shape-agnostic and compiles are quicker.
+    config = tiny_config(
+        **{"data.prompt_buckets": (8,), "data.max_prompt_len": 8},
+        **{"rollout.max_new_tokens": 120, "eval.max_new_tokens": 120},
+    )
+    run = plan_lib.make_run(config, plan_lib.topology_devices(TOPOLOGY), 8, MODEL)
+    sh = run.shapes
+    layers, head = _matmul_params(MODEL)
+    t = sh.learner_width
+    attention = 4 * t * MODEL.n_heads * MODEL.head_dim * MODEL.n_layers
+    per_token = 8 * layers + 8 * head + 4 * attention
+    want = sh.responses * t * per_token / run.mesh.size
+    assert sh.responses // sh.micro_batch == 4  # the scan runs four times
+    flops, _ = plan_lib.train_step_cost(run)
+    assert flops == pytest.approx(want, rel=0.10)
+    # What XLA reports for the program itself counts each loop body once.
+    once, _ = plan_lib.cost(plan_lib.compile_train_step(run, MODEL, run.learner, 64))
+    assert once < 0.5 * want
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the compiled decode step reads 13% more than weights + cache "
+    "(1.56 GB vs 1.38 GB per chip at 4 layers, 32 rows per chip): sampling's "
+    "traffic over the 152k vocabulary and a weight staged on chip twice; "
+    "open, see the plan's decode efficiency",
+)
+def test_decode_step_bytes_agree_with_weights_plus_filled_cache():
+    """At real width (weights and cache far beyond on-chip memory), one decode
+    step reads the compute-dtype weights and this chip's cache once."""
+    model = M.ModelConfig.qwen2_5_math_1_5b(n_layers=4)
+    config = base.base_config()
+    # 32 rows per chip, as π1's 256-row chunks on 8 chips: sampling's own
+    # traffic over the vocabulary (logits, noise) stays a few percent.
+    config.rollout.chunk_size = 128
+    run = plan_lib.make_run(config, plan_lib.topology_devices(TOPOLOGY), 0, model)
+    sh = run.shapes
+    weights = plan_lib.sampler_weights(run, model, plan_lib.compile_prepare(run, model))
+    step = plan_lib.compile_decode_step(
+        run, model, weights, sh.chunk_prompts, run.settings
+    )
+    _, nbytes = plan_lib.cost(step)
+    slots = sh.prompt_width + sh.new_tokens
+    want = plan_lib.decode_min_bytes(run, sh.chunk_prompts, run.settings, slots)
+    cache = want - M.count_params(M.abstract_params(model)) * 2
+    # The cache matters in this check, not only the weights.
+    assert cache > 0.25 * want, (cache, want)
+    assert nbytes == pytest.approx(want, rel=0.10), (nbytes, want)
+
+
+def test_a_run_that_does_not_fit_gets_an_override_that_fits():
+    fitting = tiny_plan()
+    phases = fitting.phases
+    peak = max(phases, key=phases.get)
+    # Less memory than the peak phase needs, more than its fixed part and
+    # every other phase: shrinking the peak program's rows must make it fit.
+    hbm = phases[peak] - fitting.program(peak).temp * 0.4
+    assert hbm > max(v for k, v in phases.items() if k != peak)
+    p = plan_lib.plan(
+        tiny_config(),
+        TOPOLOGY,
+        model=MODEL,
+        eval_examples=8,
+        hbm_bytes=hbm,
+        costs=False,
+    )
+    assert not p.fits
+    assert p.verdict().startswith("does not fit by ")
+    over = float(p.verdict().split()[-2])
+    assert over == pytest.approx((p.peak_bytes_per_chip - hbm) / 1e9, abs=0.01)
+    config = tiny_config()
+    assert p.overrides
+    assert any(v < plan_lib._get(config, k) for k, v in p.overrides.items())
+    fixed = plan_lib.plan(
+        plan_lib._override(config, p.overrides),
+        TOPOLOGY,
+        model=MODEL,
+        eval_examples=8,
+        hbm_bytes=hbm,
+        search=False,
+        costs=False,
+    )
+    assert fixed.fits
+    line = " ".join(f"--config.{k}={v}" for k, v in p.overrides.items())
+    assert f"suggested overrides: {line}" in plan_lib.format_plan(p)
+
+
+def test_json_output_has_the_documented_fields():
+    out = tiny_plan().to_json()
+    json.dumps(out)  # serialisable
+    for key in ("topology", "hbm_bytes_per_chip", "fits", "peak_bytes_per_chip"):
+        assert key in out
+    assert "step_seconds" in out
+    fields = {"name", "arguments", "outputs", "temp", "total", "flops"}
+    for prog in out["programs"]:
+        assert fields | {"hbm_bytes", "seconds"} <= set(prog)
+
+
+def test_chip_table_and_device_kinds():
+    assert plan_lib.chip_for("TPU v5 lite").name == "v5e"
+    assert plan_lib.chip_for("TPU v5p").name == "v5p"
+    assert plan_lib.chip_for("TPU v6 lite").name == "v6e"
+    assert plan_lib.chip_for("NVIDIA H100 80GB HBM3").name == "h100"
+    with pytest.raises(ValueError, match="no chip specs"):
+        plan_lib.chip_for("cpu")
+    for chip in plan_lib.CHIPS.values():
+        assert chip.hbm_bytes > 1e10 and chip.bf16_flops_per_s > 1e14
+
+
+@pytest.mark.slow
+def test_pi1_on_v5e_8_fits():
+    config = _load("configs/pi1.py")
+    p = plan_lib.plan(config, "v5e:2x4", search=False, costs=False)
+    assert p.fits, plan_lib.format_plan(p)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="7B on v5e:4x4 peaks at 33 GB per chip: one 4096-token row per "
+    "chip still needs 12.6 GB of train-step temporaries (materialised [T, T] "
+    "attention) next to 5.7 GB of state, and the replicated bf16 decode copy "
+    "(15 GB) overflows a chip; needs memory-efficient attention or mesh.tensor",
+)
+def test_7b_on_v5e_16_fits():
+    config = _load("configs/pi1.py")
+    with config.unlocked():
+        config.model.path = "Qwen/Qwen2.5-7B"
+    p = plan_lib.plan(config, "v5e:4x4", search=False, costs=False)
+    assert p.fits, plan_lib.format_plan(p)
+
+
+def _load(path):
+    from ml_collections import config_flags
+
+    return config_flags.load_config_file(path)

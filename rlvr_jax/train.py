@@ -44,7 +44,7 @@ from rlvr_jax import sharding as sharding_lib
 from rlvr_jax import tokenizer as tokenizer_lib
 
 HISTORY_FILE = "accuracy_history.json"
-CONFIG_FILE = "config.json"
+CONFIG_FILE = "run_config.json"  # not config.json: that marks a HF model dir
 
 
 class Preempted(Exception):
@@ -615,11 +615,16 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
             export(step)
 
     def export(step: int) -> None:
+        params = state.params
+        if jax.process_count() > 1:
+            # fsdp shards live on every host: all processes gather the whole
+            # tree (a collective, host memory of one fp32 copy), one writes.
+            params = _to_host(params)
         if jax.process_index() != 0:
             return
         out = epath.Path(workdir) / "hf" / f"step_{step}"
         with _local_dir(out) as local:
-            params_lib.save_hf(local, model_config, state.params)
+            params_lib.save_hf(local, model_config, params)
             tokenizer.save_pretrained(local)
 
     def evaluate(step: int) -> dict[str, float]:

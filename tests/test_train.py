@@ -91,7 +91,7 @@ def test_pulse_writes_metrics_checkpoints_and_hf_export(env, tmp_path):
         f"step {i}/3" for i in range(4)
     ]
     assert lines[-1].startswith("done: step 3 in ") and str(wd) in lines[-1]
-    assert json.loads((wd / "config.json").read_text())["train"]["steps"] == 3
+    assert json.loads((wd / "run_config.json").read_text())["train"]["steps"] == 3
     for key in (
         "reward/mean",
         "loss/kl",

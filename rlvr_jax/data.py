@@ -150,10 +150,9 @@ def resolve_source(source: str) -> str:
     Raises:
       FileNotFoundError: saying what was tried and what is accepted.
     """
+    source = paper_data.local_or_packaged(source)
     if os.path.exists(source):
         return source
-    if source in paper_data.FILES:
-        return paper_data.path(source)
     if source.count("/") == 1 and not source.startswith((".", "/", "~")):
         try:
             from huggingface_hub import snapshot_download

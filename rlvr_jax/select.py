@@ -40,13 +40,6 @@ class SelectionError(ValueError):
     """A bad history file, pool or request; the message names which."""
 
 
-def _local_or_packaged(path: str) -> str:
-    """`path` itself, or the packaged file of that name (`acc_step_500`, ...)."""
-    if not os.path.exists(path) and path in paper_data.FILES:
-        return paper_data.path(path)
-    return path
-
-
 # ----------------------------------------------------------------- history
 def read_history(path: str) -> dict[str, list[float]]:
     """An accuracy history {example index: [accuracy per epoch]}, file order.
@@ -58,7 +51,7 @@ def read_history(path: str) -> dict[str, list[float]]:
     Raises:
       SelectionError: a missing file, invalid JSON, or a malformed entry.
     """
-    path = _local_or_packaged(path)
+    path = paper_data.local_or_packaged(path)
     if os.path.isdir(path):
         path = os.path.join(path, HISTORY_FILE)
     if not os.path.isfile(path):
@@ -133,7 +126,7 @@ def _read_pool(path: str):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path = _local_or_packaged(path)
+    path = paper_data.local_or_packaged(path)
     if not os.path.isfile(path):
         raise SelectionError(f"pool file not found: {path}")
     if path.endswith(".parquet"):

@@ -40,6 +40,13 @@ def path(name: str) -> str:
     return os.path.join(_HERE, FILES[name])
 
 
+def local_or_packaged(source: str) -> str:
+    """`source` itself when it exists; else the packaged file of that name."""
+    if not os.path.exists(source) and source in FILES:
+        return path(source)
+    return source
+
+
 def eval_dir() -> str:
     """The directory of packaged `<benchmark>/test.jsonl` files."""
     return os.path.join(_HERE, "eval")

@@ -17,13 +17,13 @@ Accuracies are stored as fractions and drawn in percent.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 
 import numpy as np
 
-METRICS_FILE = "metrics.jsonl"
+from rlvr_jax import io as io_lib
+from rlvr_jax.io import METRICS_FILE
 
 # (metric key, panel title, y-axis label) of the training figure.
 TRAINING_PANELS = (
@@ -42,21 +42,16 @@ class PlotError(ValueError):
 
 # ------------------------------------------------------------------ inputs
 def read_metrics(path: str) -> list[dict]:
-    """Rows of a metrics JSONL file; a line cut short by a crash ends it."""
-    rows = []
-    if not os.path.exists(path):
-        return rows
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                break
-            if isinstance(row, dict) and "step" in row:
-                rows.append(row)
-    return rows
+    """Rows of a metrics log that have a step (`rlvr_jax.io.read_log`: a line
+    cut short by a crash ends it; a missing file has none).
+
+    Raises:
+      PlotError: a malformed line before the last.
+    """
+    try:
+        return [r for r in io_lib.read_log(path) if "step" in r]
+    except io_lib.JsonlError as e:
+        raise PlotError(str(e)) from e
 
 
 def series(rows: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray]:

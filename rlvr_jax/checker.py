@@ -50,11 +50,9 @@ from rlvr_jax.grading.rules import EVAL, STRICT, Tol, match, prepare
 __all__ = [
     "MODES",
     "Explanation",
-    "Grade",
     "clear_caches",
     "explain",
     "extract_answer",
-    "grade",
     "is_equivalent",
     "last_box",
     "reward",
@@ -189,29 +187,6 @@ def _gold_answer(gold):
         if boxed is not None:
             return boxed
     return gold
-
-
-class Grade(NamedTuple):
-    """The grading of one response: whether it is correct, and what was read."""
-
-    correct: bool
-    extracted: str | None
-
-
-def grade(response: str, gold, mode: str = "eval") -> Grade:
-    """Extracts the answer of `response` (per `mode`) and compares it with `gold`.
-
-    Args:
-      response: the model's full response.
-      gold: the ground-truth answer.
-      mode: "eval" (lenient extraction, relative 1e-4) or "boxed" (the
-        training reward's rules).
-
-    Returns:
-      Grade(correct, extracted).
-    """
-    reward_value, extracted, _ = score_item(response, gold, mode)
-    return Grade(reward_value > 0, extracted)
 
 
 def score_item(

@@ -21,11 +21,13 @@ trees (`grading.rules.match`). In the training ("boxed") mode rationals must be
 equal exactly (a decimal side allows 1e-9); the "eval" mode uses the harness's
 relative 1e-4.
 
-Why the LaTeX grammar is ours: the maintained parsers measured worse: sympy's
-`parse_latex` needs antlr4 4.11 exactly (its lark backend evaluates eagerly
-and hung on 10^{10^{10}}), and it and latex2sympy2_extended take 8-10 ms per
-expression against ~0.1 ms here. Nothing derived from the text is evaluated as
-code, and worst-case inputs still run in a killable worker
+Why the LaTeX grammar is ours: the reward grades about a thousand untrusted
+answers a step, and the maintained parsers fit that poorly. sympy's
+`parse_latex` needs one exact antlr4 runtime (its lark backend evaluates
+eagerly, so `10^{10^{10}}` does not return), and latex2sympy2_extended, which
+math-verify uses, is far slower per expression (`benchmarks/checker.py`
+prints both checkers' throughput). Nothing derived from the text is evaluated
+as code, and worst-case inputs still run in a killable worker
 (`rlvr_jax.reward`), never under SIGALRM.
 
 Run `python -m rlvr_jax.checker PRED GOLD` to see a decision and its rule.
@@ -194,7 +196,8 @@ def score_item(
 ) -> tuple[float, str | None, bool]:
     """Scores one response; never raises for string input.
 
-    Used by the reward pool's workers.
+    What the reward pool's workers run: in "boxed" mode it is the training
+    reward, in "eval" mode a benchmark grade.
 
     Args:
       response: the model's full response.

@@ -17,8 +17,10 @@ Accuracies are stored as fractions and drawn in percent.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
+from typing import IO
 
 import numpy as np
 
@@ -115,7 +117,7 @@ def _empty(ax, title: str) -> None:
     ax.set_yticks([])
 
 
-def plot_training(rows: Sequence[dict], path: str) -> bool:
+def plot_training(rows: Sequence[dict], path: str | IO[bytes]) -> bool:
     """Draws the training figure; False (nothing written) when rows are empty."""
     if not rows:
         return False
@@ -157,7 +159,7 @@ def plot_training(rows: Sequence[dict], path: str) -> bool:
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     fig.suptitle("Training curves")
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
     return True
 
@@ -180,7 +182,7 @@ def _title(name: str) -> str:
     return benchmarks.REGISTRY[name].title if name in benchmarks.REGISTRY else name
 
 
-def plot_eval(curves: dict, path: str) -> bool:
+def plot_eval(curves: dict, path: str | IO[bytes]) -> bool:
     """Draws one accuracy panel per benchmark plus the average."""
     if not curves:
         return False
@@ -222,12 +224,12 @@ def plot_eval(curves: dict, path: str) -> bool:
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     fig.suptitle("Evaluation accuracy vs training step")
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
     return True
 
 
-def plot_analysis(workdir: str, path: str) -> bool:
+def plot_analysis(workdir: str, path: str | IO[bytes]) -> bool:
     """Response length and reflection words per benchmark vs step (sweeps)."""
     from rlvr_jax import results as results_lib
 
@@ -298,7 +300,7 @@ def plot_analysis(workdir: str, path: str) -> bool:
         ax_ref.legend(fontsize=8)
     ax_ref.grid(alpha=0.3)
     fig.suptitle("Response analysis vs training step")
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
     return True
 
@@ -323,10 +325,10 @@ def plot_all(workdir: str) -> list[str]:
         ("eval_analysis.png", lambda p: plot_analysis(workdir, p)),
     )
     for name, draw in targets:
-        path = os.path.join(workdir, name)
-        tmp = path + ".tmp.png"
-        if draw(tmp):
-            os.replace(tmp, path)
+        png = io.BytesIO()
+        if draw(png):
+            path = os.path.join(workdir, name)
+            io_lib.write_atomic(path, png.getvalue())
             written.append(path)
     if not written:
         raise PlotError(

@@ -178,13 +178,13 @@ def replicated_rows(pool_path: str, indices: Sequence[int], batch_size: int):
 
 
 def write_parquet(table, path: str) -> None:
-    """Writes `table` atomically (tmp file + rename)."""
+    """Writes `table` as a parquet file, atomically (`rlvr_jax.io`)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    io_lib.write_atomic(path, sink.getvalue().to_pybytes())
 
 
 # --------------------------------------------------------------------- CLI

@@ -5,11 +5,7 @@ Shuffled with the seed, drop_last: 9 steps of 128 prompts per epoch.
       --config.model.path=/path/to/Qwen2.5-Math-1.5B
 """
 
-import pathlib
-import sys
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from configs import base  # noqa: E402
+from rlvr_jax import base_config as base
 
 
 def get_config(arg=None):

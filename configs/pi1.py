@@ -9,11 +9,7 @@ Laptop CPU (tiny random model, built-in task, a few minutes):
 Entropy-only ablation: add --config.loss.pg_coef=0.
 """
 
-import pathlib
-import sys
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from configs import base  # noqa: E402
+from rlvr_jax import base_config as base
 
 
 def get_config(arg=None):

@@ -25,10 +25,10 @@ error names the file and line.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Callable, Sequence
 
+from rlvr_jax import io as io_lib
 from rlvr_jax.checker import last_box
 
 # The canonical six, in the order of the paper's table.
@@ -266,22 +266,18 @@ def _grouped(benchmark: Benchmark, items: Sequence[tuple[str, str]]) -> list[Pro
 
 
 def read_jsonl(path: str) -> list[tuple[dict, str]]:
-    """(row, "path:line") pairs of a jsonl file, blank lines skipped.
+    """(row, "path:line") pairs of a benchmark's jsonl file (`rlvr_jax.io`).
 
     Raises:
-      BenchmarkError: a missing file, or a line that is not valid JSON.
+      BenchmarkError: a missing or empty file, or a line that is not a JSON
+        object.
     """
     if not os.path.isfile(path):
         raise BenchmarkError(f"benchmark file not found: {path}")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((json.loads(line), f"{path}:{line_no}"))
-            except json.JSONDecodeError as e:
-                raise BenchmarkError(f"{path}:{line_no}: malformed JSON ({e})") from e
+    try:
+        rows = io_lib.read_jsonl_located(path)
+    except io_lib.JsonlError as e:
+        raise BenchmarkError(str(e)) from e
     if not rows:
         raise BenchmarkError(f"{path}: no rows")
     return rows

@@ -21,11 +21,13 @@ trees (`grading.rules.match`). In the training ("boxed") mode rationals must be
 equal exactly (a decimal side allows 1e-9); the "eval" mode uses the harness's
 relative 1e-4.
 
-Why the LaTeX grammar is ours: the maintained parsers measured worse: sympy's
-`parse_latex` needs antlr4 4.11 exactly (its lark backend evaluates eagerly
-and hung on 10^{10^{10}}), and it and latex2sympy2_extended take 8-10 ms per
-expression against ~0.1 ms here. Nothing derived from the text is evaluated as
-code, and worst-case inputs still run in a killable worker
+Why the LaTeX grammar is ours: the reward grades about a thousand untrusted
+answers a step, and the maintained parsers fit that poorly. sympy's
+`parse_latex` needs one exact antlr4 runtime (its lark backend evaluates
+eagerly, so `10^{10^{10}}` does not return), and latex2sympy2_extended, which
+math-verify uses, is far slower per expression (`benchmarks/checker.py`
+prints both checkers' throughput). Nothing derived from the text is evaluated
+as code, and worst-case inputs still run in a killable worker
 (`rlvr_jax.reward`), never under SIGALRM.
 
 Run `python -m rlvr_jax.checker PRED GOLD` to see a decision and its rule.
@@ -50,11 +52,9 @@ from rlvr_jax.grading.rules import EVAL, STRICT, Tol, match, prepare
 __all__ = [
     "MODES",
     "Explanation",
-    "Grade",
     "clear_caches",
     "explain",
     "extract_answer",
-    "grade",
     "is_equivalent",
     "last_box",
     "reward",
@@ -191,35 +191,13 @@ def _gold_answer(gold):
     return gold
 
 
-class Grade(NamedTuple):
-    """The grading of one response: whether it is correct, and what was read."""
-
-    correct: bool
-    extracted: str | None
-
-
-def grade(response: str, gold, mode: str = "eval") -> Grade:
-    """Extracts the answer of `response` (per `mode`) and compares it with `gold`.
-
-    Args:
-      response: the model's full response.
-      gold: the ground-truth answer.
-      mode: "eval" (lenient extraction, relative 1e-4) or "boxed" (the
-        training reward's rules).
-
-    Returns:
-      Grade(correct, extracted).
-    """
-    reward_value, extracted, _ = score_item(response, gold, mode)
-    return Grade(reward_value > 0, extracted)
-
-
 def score_item(
     response: str, gold, mode: str = "boxed"
 ) -> tuple[float, str | None, bool]:
     """Scores one response; never raises for string input.
 
-    Used by the reward pool's workers.
+    What the reward pool's workers run: in "boxed" mode it is the training
+    reward, in "eval" mode a benchmark grade.
 
     Args:
       response: the model's full response.

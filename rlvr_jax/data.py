@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from rlvr_jax import io as io_lib
 from rlvr_jax import paper_data
 from rlvr_jax.tokenizer import QWEN_MATH_CHAT_TEMPLATE
 
@@ -126,16 +127,7 @@ def _read_rows(path: str) -> list[tuple[dict, str]]:
         rows = pq.read_table(path).to_pylist()
         return [(r, f"{path}:row {i}") for i, r in enumerate(rows)]
     if path.endswith((".jsonl", ".json")):
-        rows = []
-        with open(path) as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append((json.loads(line), f"{path}:{line_no}"))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{line_no}: malformed JSON ({e})") from e
-        return rows
+        return io_lib.read_jsonl_located(path)  # errors are ValueErrors
     raise ValueError(f"{path}: unsupported data format (want .parquet, .jsonl, a dir)")
 
 

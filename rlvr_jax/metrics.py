@@ -5,10 +5,10 @@
 `train_acc/124`, `eval/math500/acc`, `time/sample_s`, ...). TensorBoard
 events go to `<workdir>/tensorboard` through tensorboardX (no TensorFlow).
 
-The workdir may be local or remote (gs://...): files go through `etils.epath`,
-the I/O layer orbax uses. Object stores cannot append, so for a remote
-workdir the JSONL is rewritten whole at each step (it is small), and the
-TensorBoard events are written to a local directory that is printed.
+The workdir may be local or remote (gs://...; files go through `rlvr_jax.io`).
+Object stores cannot append, so for a remote workdir the JSONL is rewritten
+whole at each step (it is small), and the TensorBoard events are written to a
+local directory that is printed.
 
 A resumed run first drops every logged row after the restored step, so the
 files read as if the run had never been interrupted. Only process 0 writes.
@@ -17,7 +17,6 @@ files read as if the run had never been interrupted. Only process 0 writes.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import sys
@@ -28,7 +27,11 @@ from collections.abc import Mapping
 import jax
 from etils import epath
 
-METRICS_FILE = "metrics.jsonl"
+from rlvr_jax import io as io_lib
+
+# Names train.py and evaluate.py still call through this module; the one
+# implementation is rlvr_jax.io's.
+from rlvr_jax.io import is_remote, write_atomic  # noqa: F401
 
 
 def quiet_library_logs() -> None:
@@ -41,41 +44,6 @@ def quiet_library_logs() -> None:
 
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-
-
-def is_remote(path) -> bool:
-    return "://" in str(path)
-
-
-def read_jsonl(path) -> list[dict]:
-    """All rows of a metrics file (empty when the file does not exist)."""
-    path = epath.Path(path)
-    if not path.exists():
-        return []
-    rows = []
-    with path.open() as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut by a crash ends the readable log
-    return rows
-
-
-def write_atomic(path, text: str) -> None:
-    """Writes a whole file so that readers never see a partial one."""
-    path = epath.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f"{path.name}.tmp{os.getpid()}"
-    tmp.write_text(text)
-    tmp.replace(path)  # atomic on POSIX; a single object write on gs://
-
-
-def _dump(rows: list[dict]) -> str:
-    return "".join(json.dumps(r) + "\n" for r in rows)
 
 
 def _scalar(value):
@@ -96,8 +64,8 @@ class MetricsWriter:
         run_config: Mapping | None = None,
     ):
         self.enabled = jax.process_index() == 0
-        self.path = epath.Path(workdir) / METRICS_FILE
-        self._remote = is_remote(workdir)
+        self.path = epath.Path(workdir) / io_lib.METRICS_FILE
+        self._remote = io_lib.is_remote(workdir)
         self._tb = None
         self._wandb = None
         self._file = None
@@ -107,15 +75,15 @@ class MetricsWriter:
         # A resumed run drops rows past its checkpoint; a fresh one starts empty.
         keep_until = -1 if resume_step is None else resume_step
         self._rows = [
-            r for r in read_jsonl(self.path) if r.get("step", -1) <= keep_until
+            r for r in io_lib.read_log(self.path) if r.get("step", -1) <= keep_until
         ]
-        write_atomic(self.path, _dump(self._rows))
+        io_lib.write_jsonl(self.path, self._rows)
         if not self._remote:
-            self._file = open(self.path, "a")
+            self._file = open(self.path, "a", encoding="utf-8")
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            logdir = str(epath.Path(workdir) / "tensorboard")
+            logdir = str(epath.Path(workdir) / io_lib.TENSORBOARD_DIR)
             if self._remote:
                 digest = hashlib.sha1(str(workdir).encode()).hexdigest()[:12]
                 logdir = os.path.join(tempfile.gettempdir(), "rlvr_jax_tb", digest)
@@ -141,10 +109,10 @@ class MetricsWriter:
         row = {"step": int(step), **{k: _scalar(v) for k, v in metrics.items()}}
         self._rows.append(row)
         if self._file is not None:
-            self._file.write(json.dumps(row) + "\n")
+            self._file.write(io_lib.jsonl_text([row]))
             self._file.flush()
         else:
-            write_atomic(self.path, _dump(self._rows))
+            io_lib.write_jsonl(self.path, self._rows)
         if self._tb is not None:
             for key, value in row.items():
                 if key != "step" and isinstance(value, float):

@@ -17,13 +17,15 @@ Accuracies are stored as fractions and drawn in percent.
 
 from __future__ import annotations
 
-import json
+import io
 import os
 from collections.abc import Sequence
+from typing import IO
 
 import numpy as np
 
-METRICS_FILE = "metrics.jsonl"
+from rlvr_jax import io as io_lib
+from rlvr_jax.io import METRICS_FILE
 
 # (metric key, panel title, y-axis label) of the training figure.
 TRAINING_PANELS = (
@@ -42,21 +44,16 @@ class PlotError(ValueError):
 
 # ------------------------------------------------------------------ inputs
 def read_metrics(path: str) -> list[dict]:
-    """Rows of a metrics JSONL file; a line cut short by a crash ends it."""
-    rows = []
-    if not os.path.exists(path):
-        return rows
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                break
-            if isinstance(row, dict) and "step" in row:
-                rows.append(row)
-    return rows
+    """Rows of a metrics log that have a step (`rlvr_jax.io.read_log`: a line
+    cut short by a crash ends it; a missing file has none).
+
+    Raises:
+      PlotError: a malformed line before the last.
+    """
+    try:
+        return [r for r in io_lib.read_log(path) if "step" in r]
+    except io_lib.JsonlError as e:
+        raise PlotError(str(e)) from e
 
 
 def series(rows: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -120,7 +117,7 @@ def _empty(ax, title: str) -> None:
     ax.set_yticks([])
 
 
-def plot_training(rows: Sequence[dict], path: str) -> bool:
+def plot_training(rows: Sequence[dict], path: str | IO[bytes]) -> bool:
     """Draws the training figure; False (nothing written) when rows are empty."""
     if not rows:
         return False
@@ -162,7 +159,7 @@ def plot_training(rows: Sequence[dict], path: str) -> bool:
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     fig.suptitle("Training curves")
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
     return True
 
@@ -185,7 +182,7 @@ def _title(name: str) -> str:
     return benchmarks.REGISTRY[name].title if name in benchmarks.REGISTRY else name
 
 
-def plot_eval(curves: dict, path: str) -> bool:
+def plot_eval(curves: dict, path: str | IO[bytes]) -> bool:
     """Draws one accuracy panel per benchmark plus the average."""
     if not curves:
         return False
@@ -227,12 +224,12 @@ def plot_eval(curves: dict, path: str) -> bool:
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     fig.suptitle("Evaluation accuracy vs training step")
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
     return True
 
 
-def plot_analysis(workdir: str, path: str) -> bool:
+def plot_analysis(workdir: str, path: str | IO[bytes]) -> bool:
     """Response length and reflection words per benchmark vs step (sweeps)."""
     from rlvr_jax import results as results_lib
 
@@ -303,7 +300,7 @@ def plot_analysis(workdir: str, path: str) -> bool:
         ax_ref.legend(fontsize=8)
     ax_ref.grid(alpha=0.3)
     fig.suptitle("Response analysis vs training step")
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
     return True
 
@@ -328,10 +325,10 @@ def plot_all(workdir: str) -> list[str]:
         ("eval_analysis.png", lambda p: plot_analysis(workdir, p)),
     )
     for name, draw in targets:
-        path = os.path.join(workdir, name)
-        tmp = path + ".tmp.png"
-        if draw(tmp):
-            os.replace(tmp, path)
+        png = io.BytesIO()
+        if draw(png):
+            path = os.path.join(workdir, name)
+            io_lib.write_atomic(path, png.getvalue())
             written.append(path)
     if not written:
         raise PlotError(

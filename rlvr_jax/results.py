@@ -17,9 +17,17 @@ from typing import Any
 import numpy as np
 
 from rlvr_jax import analysis
-from rlvr_jax.metrics import write_atomic
+from rlvr_jax import io as io_lib
 
-RESULTS_FILE = "results.json"
+# evaluate.py reads and writes generations and results through these names;
+# the one implementation is rlvr_jax.io's.
+from rlvr_jax.io import (  # noqa: F401
+    RESULTS_FILE,
+    read_jsonl,
+    write_atomic,
+    write_jsonl,
+)
+
 SUMMARY_STEM = "summary"
 
 
@@ -159,12 +167,6 @@ def summary_tables(all_results: Sequence[dict]) -> tuple[str, str]:
 
 
 # ================================================================== file I/O
-def write_jsonl(path: str, records: Sequence[dict]) -> None:
-    write_atomic(
-        path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    )
-
-
 def read_json(path: str) -> Any | None:
     """A JSON file's content, or None when it is missing or unreadable."""
     try:
@@ -172,11 +174,6 @@ def read_json(path: str) -> Any | None:
             return json.load(f)
     except (OSError, json.JSONDecodeError):
         return None
-
-
-def read_jsonl(path: str) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def write_results(out_dir: str, results: dict) -> None:
@@ -190,7 +187,7 @@ def write_results(out_dir: str, results: dict) -> None:
 
 def collect_results(workdir: str) -> list[dict]:
     """Every finished evaluation under `<workdir>/eval/`, by step then tag."""
-    root = os.path.join(workdir, "eval")
+    root = os.path.join(workdir, io_lib.EVAL_DIR)
     found = []
     if os.path.isdir(root):
         for tag in os.listdir(root):
@@ -213,7 +210,7 @@ def write_summary(workdir: str) -> list[dict]:
     if not all_results:
         return []
     md, csv_str = summary_tables(all_results)
-    root = os.path.join(workdir, "eval")
+    root = os.path.join(workdir, io_lib.EVAL_DIR)
     write_atomic(os.path.join(root, f"{SUMMARY_STEM}.md"), md)
     write_atomic(os.path.join(root, f"{SUMMARY_STEM}.csv"), csv_str)
     # The summary drops settings; each model's results.json keeps them.

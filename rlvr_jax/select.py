@@ -30,9 +30,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from rlvr_jax import io as io_lib
 from rlvr_jax import paper_data
+from rlvr_jax.io import HISTORY_FILE
 
-HISTORY_FILE = "accuracy_history.json"  # what the training loop saves
 METHODS = ("variance", "random")
 
 
@@ -132,17 +133,10 @@ def _read_pool(path: str):
     if path.endswith(".parquet"):
         return pq.read_table(path)
     if path.endswith(".jsonl"):
-        rows = []
-        with open(path) as f:
-            for line_no, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise SelectionError(
-                            f"{path}:{line_no}: malformed JSON ({e})"
-                        ) from e
-        return pa.Table.from_pylist(rows)
+        try:
+            return pa.Table.from_pylist(io_lib.read_jsonl(path))
+        except io_lib.JsonlError as e:
+            raise SelectionError(str(e)) from e
     raise SelectionError(f"{path}: pool must be a veRL .parquet or .jsonl file")
 
 
@@ -184,13 +178,13 @@ def replicated_rows(pool_path: str, indices: Sequence[int], batch_size: int):
 
 
 def write_parquet(table, path: str) -> None:
-    """Writes `table` atomically (tmp file + rename)."""
+    """Writes `table` as a parquet file, atomically (`rlvr_jax.io`)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    io_lib.write_atomic(path, sink.getvalue().to_pybytes())
 
 
 # --------------------------------------------------------------------- CLI

@@ -15,8 +15,7 @@ leaf's '/'-joined path (searched, so optimizer-state paths such as
 dropped (that dimension is replicated), so tiny test models with odd shapes and
 small tensors such as biases always get a valid sharding.
 
-Batches (and the sampler's KV cache) put their row axis over ('data', 'fsdp')
-and replicate the rest; `shard_batch` builds global arrays from each process's
+Batches put their row axis over ('data', 'fsdp') and replicate the rest; `shard_batch` builds global arrays from each process's
 local rows, so the same code runs on one host or a pod. Inside jitted code,
 `constrain_rows` pins activations the same way.
 """
@@ -156,22 +155,6 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
-
-
-def cache_shardings(cache: Any, mesh: Mesh) -> Any:
-    """Shardings for a `model.KVCache` (or its ShapeDtypeStructs).
-
-    Keys/values [L, B, S, K, H] split rows over ('data', 'fsdp') and kv heads
-    over 'tensor'; the [B, S] validity mask splits rows; the index is
-    replicated. Entries that do not divide are dropped, as for params.
-    """
-    by_rank = {5: P(None, BATCH_AXES, None, "tensor", None), 2: P(BATCH_AXES)}
-
-    def one(leaf):
-        shape = np.shape(leaf)
-        return NamedSharding(mesh, fit_spec(by_rank.get(len(shape), P()), shape, mesh))
-
-    return jax.tree.map(one, cache)
 
 
 def batch_divisor(mesh: Mesh) -> int:

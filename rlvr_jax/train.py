@@ -42,9 +42,7 @@ from rlvr_jax import reward as reward_lib
 from rlvr_jax import sampler as sampler_lib
 from rlvr_jax import sharding as sharding_lib
 from rlvr_jax import tokenizer as tokenizer_lib
-
-HISTORY_FILE = "accuracy_history.json"
-CONFIG_FILE = "run_config.json"  # not config.json: that marks a HF model dir
+from rlvr_jax.io import CONFIG_FILE, HISTORY_FILE
 
 
 class Preempted(Exception):

@@ -5,7 +5,7 @@ r"""Hand-written cases for the answer checker, grouped by failure mode.
 equal and not-equal cases. `RESPONSES` holds whole model-style responses for
 `checker.reward`; `EXTRACTION` holds (text, mode, expected answer) for
 `checker.extract_answer`; `EVAL_MODE` holds (response, gold, expected) for
-`checker.grade(..., mode="eval")`. The benchmark (`benchmarks/checker.py`)
+`checker.score_item(..., "eval")`. The benchmark (`benchmarks/checker.py`)
 also runs math-verify on `EQUIVALENCE`.
 
 Expected values are the mathematical truth as a grader should see it, written
@@ -580,7 +580,7 @@ EXTRACTION = [
     ("\\boxed{3", "eval", "3"),
 ]
 
-# (response, gold, expected correct) for checker.grade in eval mode.
+# (response, gold, expected correct) for checker.score_item in eval mode.
 EVAL_MODE = [
     ("The answer is 27.", 27.0, True),
     ("\\boxed{27}", "27.0", True),

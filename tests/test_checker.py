@@ -77,8 +77,8 @@ def test_adjacent_boxes_are_one_answer_but_a_gold_is_the_last_box():
     [pytest.param(*row, id=f"eval-{i}") for i, row in enumerate(EVAL_MODE)],
 )
 def test_eval_mode_grading(response, gold, expected):
-    correct, extracted = checker.grade(response, gold, mode="eval")
-    assert correct is expected, extracted
+    score, extracted, _ = checker.score_item(response, gold, "eval")
+    assert (score == 1.0) is expected, extracted
 
 
 def test_eval_tolerance_is_lenient_only_in_eval_mode():
@@ -100,10 +100,12 @@ def test_a_list_of_ground_truths_accepts_any():
     assert checker.reward(r"\boxed{3}", ["1", "2"]) == 0.0
 
 
-def test_grade_unpacks_to_correct_and_extracted():
-    correct, extracted = checker.grade(r"so \boxed{\frac{1}{2}}", "0.5")
-    assert correct is True and extracted == r"\frac{1}{2}"
-    assert checker.grade("no answer here", "0.5") == (False, None)
+def test_eval_score_returns_the_extracted_answer():
+    score, extracted, error = checker.score_item(
+        r"so \boxed{\frac{1}{2}}", "0.5", "eval"
+    )
+    assert score == 1.0 and extracted == r"\frac{1}{2}" and not error
+    assert checker.score_item("no answer here", "0.5", "eval") == (0.0, None, False)
 
 
 def test_unknown_mode_is_rejected():
@@ -142,7 +144,7 @@ def test_injection_never_runs(tmp_path):
         assert checker.reward(rf"\boxed{{{text}}}", gold) == 0.0
         assert not checker.is_equivalent(text, gold)
         assert not checker.is_equivalent(gold, text)
-        assert not checker.grade(text, gold, mode="eval").correct
+        assert checker.score_item(text, gold, "eval")[0] == 0.0
         assert not checker.explain(text, gold).error
     assert not marker.exists()
 

@@ -103,7 +103,7 @@ def test_reward_never_raises_never_hangs_never_executes(tmp_path):
         for response, truth in ((text, gold), (rf"\boxed{{{gold}}}", text)):
             start = time.perf_counter()
             score, _, error = checker.score_item(response, truth, "boxed")
-            checker.grade(response, truth, mode="eval")
+            checker.score_item(response, truth, "eval")
             slowest = max(slowest, time.perf_counter() - start)
             assert score in (0.0, 1.0)
             assert not error, (response[:80], truth[:80])

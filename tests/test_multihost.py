@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 
 from rlvr_jax import checkpoint as ckpt_lib
-from rlvr_jax import metrics as metrics_lib
+from rlvr_jax import io as io_lib
 
 REPO = Path(__file__).resolve().parents[1]
 PI1 = str(REPO / "configs" / "pi1.py")
@@ -194,7 +194,7 @@ def run(workdir, arg, *overrides, processes, devices, cache_dir, audit=None):
 
 
 def rows(workdir):
-    return metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    return io_lib.read_log(os.path.join(workdir, "metrics.jsonl"))
 
 
 # Means of differences of log-probs that are equal up to rounding (π_old from

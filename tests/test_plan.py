@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from configs import base
+from rlvr_jax import base_config as base
 from rlvr_jax import model as M
 from rlvr_jax import plan as plan_lib
 from rlvr_jax import sharding as S

@@ -129,17 +129,3 @@ def test_init_train_state_from_rng_is_sharded_and_matches_init_params():
             np.asarray(got), np.asarray(ref), rtol=1e-6, atol=1e-9
         )
     assert int(state.step) == 0 and int(state.skipped) == 0
-
-
-def test_kv_cache_shardings():
-    config = M.ModelConfig.tiny()  # 2 kv heads
-    mesh = S.make_mesh(data=2, fsdp=2, tensor=2)
-    cache = jax.eval_shape(lambda: M.init_cache(config, batch=4, max_len=16))
-    specs = jax.tree.map(lambda s: s.spec, S.cache_shardings(cache, mesh))
-    assert specs.k_lbskh == P(None, ("data", "fsdp"), None, "tensor", None)
-    assert specs.valid_bs == P(("data", "fsdp"))
-    assert specs.index == P()
-    odd = jax.eval_shape(lambda: M.init_cache(config, batch=3, max_len=16))
-    assert S.cache_shardings(odd, mesh).v_lbskh.spec == P(
-        None, None, None, "tensor", None
-    )

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from rlvr_jax import checkpoint as ckpt_lib
-from rlvr_jax import metrics as metrics_lib
+from rlvr_jax import io as io_lib
 
 REPO = Path(__file__).resolve().parents[1]
 PI1 = str(REPO / "configs" / "pi1.py")
@@ -63,7 +63,7 @@ def run_main(env, workdir, arg="tiny", *overrides, timeout=600):
 
 
 def stable_rows(workdir):
-    rows = metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    rows = io_lib.read_log(os.path.join(workdir, "metrics.jsonl"))
     return [{k: v for k, v in r.items() if not k.startswith(VOLATILE)} for r in rows]
 
 
@@ -80,7 +80,7 @@ def test_pulse_writes_metrics_checkpoints_and_hf_export(env, tmp_path):
     wd = tmp_path / "run"
     out = run_main(env, wd, "tiny,steps=3")
     assert out.returncode == 0, out.stderr[-3000:]
-    rows = metrics_lib.read_jsonl(str(wd / "metrics.jsonl"))
+    rows = io_lib.read_log(str(wd / "metrics.jsonl"))
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     assert "eval/builtin/acc" in rows[0] and "eval/builtin/acc" in rows[3]
     # The console: a line per phase, a line per step, a closing summary.
@@ -134,7 +134,7 @@ def test_it_learns_the_builtin_task_through_the_real_checker(tmp_path):
     train.run(config, str(tmp_path / "learn"))
     rewards = [
         r["reward/mean"]
-        for r in metrics_lib.read_jsonl(str(tmp_path / "learn" / "metrics.jsonl"))
+        for r in io_lib.read_log(str(tmp_path / "learn" / "metrics.jsonl"))
         if "reward/mean" in r
     ]
     assert len(rewards) == 20
@@ -200,7 +200,7 @@ def test_sigterm_saves_a_checkpoint_that_resumes(env, tmp_path):
     # Let a couple of steps run, then preempt.
     deadline = time.time() + 300
     while time.time() < deadline:
-        rows = metrics_lib.read_jsonl(str(wd / "metrics.jsonl"))
+        rows = io_lib.read_log(str(wd / "metrics.jsonl"))
         if any(r["step"] >= 2 for r in rows):
             break
         time.sleep(0.2)
@@ -210,13 +210,13 @@ def test_sigterm_saves_a_checkpoint_that_resumes(env, tmp_path):
     assert "SIGTERM: saved step" in stdout
     saved = max(ckpt_lib.available_steps(str(wd)))
     assert 2 <= saved < 100  # a step that is not a regular save point
-    rows = metrics_lib.read_jsonl(str(wd / "metrics.jsonl"))
+    rows = io_lib.read_log(str(wd / "metrics.jsonl"))
     assert rows[-1]["step"] == saved
 
     out = run_main(env, wd, f"tiny,steps={saved + 1}", "--config.checkpoint.every=100")
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"at step {saved}" in out.stdout
-    rows = metrics_lib.read_jsonl(str(wd / "metrics.jsonl"))
+    rows = io_lib.read_log(str(wd / "metrics.jsonl"))
     assert [r["step"] for r in rows][-2:] == [saved, saved + 1]
 
 
@@ -315,7 +315,7 @@ def test_pi1_config_with_only_a_model_path_trains_on_the_packaged_pi1(env, tmp_p
         timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    rows = metrics_lib.read_jsonl(str(wd / "metrics.jsonl"))
+    rows = io_lib.read_log(str(wd / "metrics.jsonl"))
     assert [r["step"] for r in rows] == [0, 1]
     assert "eval/math500/acc" in rows[0]
     assert "train_acc/124" in rows[1]  # π1, from the packaged pool

@@ -1,7 +1,10 @@
 """The shared base of every training config: docs/recipe.md's π1 run, field by field.
 
-Each experiment file (pi1.py, pi13.py, pi1_pi13.py, dsr_sub.py) changes only
-what differs. `get_config(arg)` arguments are comma-separated:
+Each experiment file (configs/pi1.py, pi13.py, pi1_pi13.py, dsr_sub.py) starts
+from `base_config()` and changes only what differs. It lives in the package so
+that a config file imports it like any module (`from rlvr_jax import
+base_config as base`), whatever the working directory and wherever the config
+file is. `get_config(arg)` arguments are comma-separated:
   tiny          a tiny random Qwen2 + in-process tokenizer on a built-in
                 one-example task; runs on a laptop CPU in minutes
   steps=N       shortcut for train.steps (also batch=, n=, lr=, seed=)

@@ -408,7 +408,7 @@ def decode_weights_sharding(config, mesh, model_config=None, hbm_bytes=None):
     them; each step gathers what it multiplies); "auto": replicated when that
     copy takes at most a quarter of a chip's memory (`hbm_bytes`, default:
     what the mesh's first device reports), else sharded; replicated when the
-    memory is unknown (CPU). A quarter leaves the train state, the reference
+    memory (CPU) or the model is unknown. A quarter leaves the train state, the reference
     and the KV cache room: π1's 1.5B copy is 18% of a v5e chip, a 7B copy 88%.
     """
     choice = config.rollout.decode_weights

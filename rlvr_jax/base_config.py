@@ -56,8 +56,9 @@ def base_config() -> config_dict.ConfigDict:
     c.rollout.cache_dtype = "bfloat16"
     # "replicated": a compute-dtype copy of the weights on every chip, read
     # locally by each decode step; "sharded": split like the params (gathered
-    # every step), for models whose copy does not fit (rlvr_jax.plan says).
-    c.rollout.decode_weights = "replicated"
+    # every step), for models whose copy does not fit (rlvr_jax.plan says);
+    # "auto": replicated when the copy is at most a quarter of a chip's memory.
+    c.rollout.decode_weights = "auto"
 
     c.loss = config_dict.ConfigDict()
     c.loss.pg_coef = 1.0  # policy-gradient term; 0 = entropy-only ablation

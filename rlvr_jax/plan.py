@@ -428,17 +428,23 @@ def eval_example_count(config) -> tuple[int, str]:
     e = config.eval
     if not e.every:
         return 0, "eval.every = 0"
+    from rlvr_jax import data as data_lib
+
     if e.path == "builtin":
-        from rlvr_jax import data as data_lib
-
         count, source = len(data_lib.builtin_task()), "the built-in task"
-    elif e.path and os.path.exists(e.path):
-        from rlvr_jax import data as data_lib
-
-        count, source = len(data_lib.load_examples(e.path)), e.path
     else:
-        # The paper's run validates on MATH500 (RECIPE.md).
-        count, source = 500, "eval.path unset or not here: MATH500's 500 assumed"
+        try:
+            # A path, a packaged name (math500) or a cached hub id, as the run
+            # reads it.
+            source = data_lib.resolve_source(e.path) if e.path else ""
+        except FileNotFoundError:
+            source = ""
+        if source:
+            count, source = len(data_lib.load_examples(source)), e.path
+        else:
+            # The paper's run validates on MATH500 (RECIPE.md).
+            count = 500
+            source = f"eval.path={e.path!r} not found here: MATH500's 500 assumed"
     if e.max_examples:
         count = min(count, e.max_examples)
     return count, source
@@ -505,10 +511,13 @@ def make_run(
     devices: Sequence,
     eval_examples: int,
     model: model_lib.ModelConfig | None = None,
+    hbm_bytes: float | None = None,
 ) -> Run:
     """The `Run` of `config` over `devices` (train.py builds the same objects).
 
-    `model` replaces the config's model (tests plan odd architectures).
+    `model` replaces the config's model (tests plan odd architectures);
+    `hbm_bytes` is the memory per chip that `rollout.decode_weights="auto"`
+    chooses by (default: the chip's).
     """
     from rlvr_jax import train
 
@@ -545,8 +554,17 @@ def make_run(
         settings=settings,
         eval_settings=eval_settings,
         shapes=shapes_for(config, mesh, eval_examples),
-        decode_sharding=train.decode_weights_sharding(config, mesh),
+        decode_sharding=train.decode_weights_sharding(
+            config, mesh, model, hbm_bytes or _device_hbm(devices[0])
+        ),
     )
+
+
+def _device_hbm(device) -> float | None:
+    try:
+        return chip_for(device.device_kind).hbm_bytes
+    except ValueError:
+        return None  # no specs: "auto" decode weights stay replicated
 
 
 def abstract_params(run: Run, model: model_lib.ModelConfig, dtype=None):
@@ -1070,8 +1088,11 @@ def plan(
         eval_examples, source = eval_example_count(config)
         notes.append(f"evaluation: {eval_examples} examples ({source})")
     hbm = float(hbm_bytes or chip.hbm_bytes)
-    run = make_run(config, devices, eval_examples, model)
+    run = make_run(config, devices, eval_examples, model, hbm)
     _log(verbose, f"planning {name}: mesh {dict(run.mesh.shape)}, {run.shapes}")
+    if config.rollout.decode_weights == "auto":
+        layout = "replicated" if run.decode_sharding is not None else "sharded"
+        notes.append(f"rollout.decode_weights=auto: {layout} on this chip")
     programs = compile_programs(run, chip, verbose, costs)
     for p in programs:
         if p.oom:

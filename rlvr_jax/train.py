@@ -398,15 +398,37 @@ def check_fits(config, model_config) -> None:
     )
 
 
-def decode_weights_sharding(config, mesh):
-    """Placement of the sampler's decode weights (`rollout.decode_weights`)."""
+def decode_weights_sharding(config, mesh, model_config=None, hbm_bytes=None):
+    """Placement of the sampler's decode weights (`rollout.decode_weights`).
+
+    "replicated": a compute-dtype copy on every chip (decode steps read local
+    weights); "sharded": split as the params are (None: the compiler follows
+    them; each step gathers what it multiplies); "auto": replicated when that
+    copy takes at most a quarter of a chip's memory (`hbm_bytes`, default:
+    what the mesh's first device reports), else sharded; replicated when the
+    memory (CPU) or the model is unknown. A quarter leaves the train state, the reference
+    and the KV cache room: π1's 1.5B copy is 18% of a v5e chip, a 7B copy 88%.
+    """
     choice = config.rollout.decode_weights
+    if choice == "auto":
+        choice = "replicated"
+        if hbm_bytes is None:
+            try:
+                stats = mesh.devices.flat[0].memory_stats() or {}
+            except jax.errors.JaxRuntimeError:  # a compile-only device
+                stats = {}
+            hbm_bytes = stats.get("bytes_limit")
+        if hbm_bytes and model_config is not None:
+            copy = model_lib.count_params(model_lib.abstract_params(model_config))
+            copy *= jnp.dtype(model_config.dtype).itemsize
+            if copy > hbm_bytes / 4:
+                choice = "sharded"
     if choice == "replicated":
         return sharding_lib.replicated(mesh)
     if choice == "sharded":
         return None  # as the params are
     raise ValueError(
-        f"rollout.decode_weights={choice!r}: expected 'replicated' or 'sharded'"
+        f"rollout.decode_weights={choice!r}: expected 'auto', 'replicated' or 'sharded'"
     )
 
 
@@ -564,7 +586,7 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
         # The model casts every matmul weight to the compute dtype at use, so
         # a compute-dtype copy gives the same log-probs in half the memory.
         reference = sampler_lib.decode_params(model_config, reference)
-    decode_sharding = decode_weights_sharding(config, mesh)
+    decode_sharding = decode_weights_sharding(config, mesh, model_config)
     train_step = grpo.jit_train_step(model_config, learner_config, tx, mesh)
     logprobs_fn = grpo.jit_logprobs(model_config, learner_config, mesh)
 

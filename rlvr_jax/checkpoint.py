@@ -113,8 +113,11 @@ def config_from_meta(meta: dict) -> ModelConfig:
     return ModelConfig(**fields)
 
 
-def _resolve(path: str) -> tuple[str, int | None]:
-    """(checkpoints directory, step or None) for a workdir/ckpt dir/step dir."""
+def resolve(path: str) -> tuple[str, int | None]:
+    """(checkpoints directory, step or None) for a workdir/ckpt dir/step dir.
+
+    The step is that of a step directory (`<checkpoints>/<step>/`), else None.
+    """
     path = os.path.abspath(path)
     if os.path.isdir(os.path.join(path, "checkpoints")):
         return os.path.join(path, "checkpoints"), None
@@ -126,7 +129,7 @@ def _resolve(path: str) -> tuple[str, int | None]:
 
 def available_steps(workdir: str) -> list[int]:
     """The steps with a complete checkpoint under a training workdir."""
-    directory, _ = _resolve(workdir)
+    directory, _ = resolve(workdir)
     if not os.path.isdir(directory):
         return []
     return Checkpointer(directory, async_save=False).steps()
@@ -141,14 +144,14 @@ def load_params(
       path: a training workdir, its `checkpoints/` directory, or one step's
         directory.
       step: which step; the latest when None (or the step of a step dir).
-      shardings: optional pytree of shardings for the params; one device
-        otherwise.
+      shardings: a pytree of shardings for the params, or one sharding for
+        every leaf (e.g. replicated over a mesh); one device when None.
 
     Raises:
       FileNotFoundError: no checkpoint there, or no such step (the available
         steps are listed).
     """
-    directory, step_in_path = _resolve(path)
+    directory, step_in_path = resolve(path)
     step = step if step is not None else step_in_path
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"no checkpoints under {path}")
@@ -165,8 +168,9 @@ def load_params(
     config = config_from_meta(ckpt.restore_meta(step)["model_config"])
     abstract = abstract_params(config)
     if shardings is None:
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        shardings = jax.tree.map(lambda _: device, abstract)
+        shardings = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    if isinstance(shardings, jax.sharding.Sharding):
+        shardings = jax.tree.map(lambda _, one=shardings: one, abstract)
     abstract = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         abstract,

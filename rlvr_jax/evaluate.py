@@ -1,7 +1,8 @@
 """Benchmark evaluation: the paper's table for a model or every checkpoint.
 
     python -m rlvr_jax.evaluate --config=configs/eval.py --workdir=DIR \
-        --config.model.path=MODEL
+        --config.model.path=MODEL [--coordinator_address=HOST:PORT \
+        --num_processes=N --process_id=I]
 
 The benchmark files are the packaged ones (`rlvr_jax.paper_data`) unless
 `data.dir` names a directory of `<benchmark>/test.jsonl` files.
@@ -20,6 +21,18 @@ AIME25 and AMC23 at T=0.6 × 8, averaged (avg@8); 3072 new tokens; the
 benchmark reports avg@k (mean accuracy over its k samples per problem, the
 headline number) and pass@k (a problem counts when any sample is right).
 
+Generation is training's sampler path (`train.rollout`) on a mesh of every
+device of every process, batch split over all of them, weights replicated.
+Prompts are sorted by length and grouped by padded width; a group's sampling
+key derives from (seed, benchmark, the group's first row), and a row's key
+from its index in the group, so the tokens do not depend on the number of
+devices or processes (`sampler`'s module docstring).
+
+Several processes (a TPU pod, a GPU cluster) run the same command with the
+process flags of `rlvr_jax.distributed`. Process 0 alone reads and writes the
+workdir and scores: it decides what is left to do and the others follow, so a
+workdir only process 0 sees still works; the others only sample.
+
 Output, per model, in `<workdir>/eval/<tag>/` (tag `step_<n>` or the model
 directory's name): results.{json,md,csv} and `generations/<benchmark>.jsonl`
 (prompt, response, extracted answer, gold, correct, length, finish reason per
@@ -34,19 +47,29 @@ stopped.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import re
 import time
 import zlib
 from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from rlvr_jax import benchmarks, paper_data
+from rlvr_jax import benchmarks, checkpoint, data, distributed, paper_data, train
 from rlvr_jax import metrics as metrics_lib
+from rlvr_jax import model as model_lib
+from rlvr_jax import params as params_lib
 from rlvr_jax import results as results_lib
-from rlvr_jax.results import EvalError  # noqa: F401 - re-exported
+from rlvr_jax import reward as reward_lib
+from rlvr_jax import sampler as sampler_lib
+from rlvr_jax import sharding as sharding_lib
+from rlvr_jax import tokenizer as tokenizer_lib
+from rlvr_jax.results import EvalError  # re-exported
 
 # Prompt templates. "qwen25-math-cot" is the paper's eval template: the chat
 # template with the bare problem as the only user turn. Any other string that
@@ -92,35 +115,22 @@ def _is_hf_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "config.json"))
 
 
-def _hf_step_dirs(path: str) -> dict[int, str]:
-    """{step: dir} of `<step>/` or `step_<step>/` HF subdirectories."""
-    out = {}
-    for name in os.listdir(path):
-        m = _STEP_DIR.match(name)
-        full = os.path.join(path, name)
-        if m and _is_hf_dir(full):
-            out[int(m.group(1))] = full
-    return out
-
-
 def _select_steps(available: Sequence[int], spec: str, where: str) -> list[int]:
     available = sorted(available)
     if not available:
-        raise results_lib.EvalError(f"no checkpoints found in {where}")
+        raise EvalError(f"no checkpoints found in {where}")
     spec = spec.strip()
-    if spec == "all":
-        return available
-    if spec == "latest":
-        return available[-1:]
+    if spec in ("all", "latest"):
+        return available if spec == "all" else available[-1:]
     try:
         wanted = [int(s) for s in spec.split(",") if s.strip()]
     except ValueError:
-        raise results_lib.EvalError(
+        raise EvalError(
             f"model.steps={spec!r}: want 'all', 'latest' or a comma list of steps"
         ) from None
     missing = [s for s in wanted if s not in available]
     if missing:
-        raise results_lib.EvalError(
+        raise EvalError(
             f"checkpoint step(s) {missing} do not exist in {where}; "
             f"available steps: {available}"
         )
@@ -140,49 +150,69 @@ def resolve_sources(
       workdir: --workdir.
 
     Raises:
-      results_lib.EvalError: a missing path, no checkpoints, or a step that does not exist.
+      EvalError: a missing path, no checkpoints, or a step that does not exist.
     """
     location = path or workdir
     if not os.path.isdir(location):
-        raise results_lib.EvalError(f"model path not found: {location}")
+        raise EvalError(f"model path not found: {location}")
     if _is_hf_dir(location):
         return [ModelSource("hf", location, None if step_label < 0 else step_label)]
-    hf_steps = _hf_step_dirs(location)
+    hf_steps = {
+        int(m.group(1)): os.path.join(location, name)
+        for name in os.listdir(location)
+        if (m := _STEP_DIR.match(name)) and _is_hf_dir(os.path.join(location, name))
+    }
     if hf_steps:
         chosen = _select_steps(list(hf_steps), steps, location)
         return [ModelSource("hf", hf_steps[s], s) for s in chosen]
-    from rlvr_jax import checkpoint  # lazy: orbax is only needed for sweeps
-
-    base = os.path.basename(os.path.normpath(location))
-    is_workdir = os.path.isdir(os.path.join(location, "checkpoints"))
-    if base.isdigit() and not is_workdir:  # one orbax step folder
-        return [
-            ModelSource("orbax", os.path.dirname(os.path.normpath(location)), int(base))
-        ]
-    available = checkpoint.available_steps(location)
-    chosen = _select_steps(available, steps, location)
+    directory, step = checkpoint.resolve(location)
+    if step is not None:  # one orbax step folder
+        return [ModelSource("orbax", directory, step)]
+    chosen = _select_steps(checkpoint.available_steps(location), steps, location)
     return [ModelSource("orbax", location, s) for s in chosen]
 
 
-def load_model(source: ModelSource, dtype: str, param_dtype: str):
-    """(ModelConfig, params) of a source, params in `param_dtype`."""
-    import jax
-    import jax.numpy as jnp
+class Model(NamedTuple):
+    """A model ready for sampling: architecture, params, tokenizer, stop ids."""
 
+    config: model_lib.ModelConfig
+    params: Any
+    tokenizer: Any
+    eos_ids: tuple[int, ...]
+
+
+def load_model(config, source: ModelSource, mesh) -> Model:
+    """The source's weights replicated over `mesh`, with its tokenizer.
+
+    Params are in `model.param_dtype`, computing in `model.dtype`.
+    """
+    dtype, param_dtype = config.model.dtype, config.model.param_dtype
+    replicated = sharding_lib.replicated(mesh)
     if source.kind == "hf":
-        from rlvr_jax import params as params_lib
-
-        return params_lib.load_hf(
-            source.path, jnp.dtype(param_dtype), compute_dtype=dtype
+        shapes = model_lib.abstract_params(params_lib.read_config(source.path))
+        model_config, params = params_lib.load_hf(
+            source.path,
+            jnp.dtype(param_dtype),
+            compute_dtype=dtype,
+            shardings=jax.tree.map(lambda _: replicated, shapes),
         )
-    from rlvr_jax import checkpoint
-
-    try:
-        config, params = checkpoint.load_params(source.path, source.step)
-    except FileNotFoundError as e:
-        raise results_lib.EvalError(str(e)) from None
-    params = jax.tree.map(lambda x: x.astype(param_dtype), params)
-    return config.replace(dtype=dtype, param_dtype=param_dtype, remat=False), params
+    else:
+        try:
+            saved, params = checkpoint.load_params(
+                source.path, source.step, shardings=replicated
+            )
+        except FileNotFoundError as e:
+            raise EvalError(str(e)) from None
+        params = jax.tree.map(lambda x: x.astype(param_dtype), params)
+        model_config = saved.replace(dtype=dtype, param_dtype=param_dtype, remat=False)
+    tok = load_tokenizer(config.tokenizer, source)
+    if len(tok) > model_config.vocab_size:
+        raise EvalError(
+            f"tokenizer has {len(tok)} tokens, more than the model's vocab_size "
+            f"{model_config.vocab_size}: wrong --config.tokenizer?"
+        )
+    eos = tokenizer_lib.merged_eos_ids(model_config.eos_token_ids, tok)
+    return Model(model_config, params, tok, eos)
 
 
 def load_tokenizer(spec: str, source: ModelSource):
@@ -191,8 +221,6 @@ def load_tokenizer(spec: str, source: ModelSource):
     For orbax checkpoints without `spec`, the training workdir's `tokenizer/`
     folder is used when the run saved one there.
     """
-    from rlvr_jax import tokenizer as tokenizer_lib
-
     if spec == "tiny":
         return tokenizer_lib.build_tiny()
     if spec:
@@ -205,7 +233,7 @@ def load_tokenizer(spec: str, source: ModelSource):
     saved = os.path.join(run_dir, "tokenizer")
     if os.path.isdir(saved):
         return tokenizer_lib.load(saved)
-    raise results_lib.EvalError(
+    raise EvalError(
         f"orbax checkpoint {source.path} step {source.step} carries no tokenizer: "
         "set --config.tokenizer to the base model's directory (or 'tiny')"
     )
@@ -214,8 +242,6 @@ def load_tokenizer(spec: str, source: ModelSource):
 # ================================================================ prompting
 def render(tokenizer, template: str, problem: str) -> str:
     """The prompt text of `problem` under `template` (see TEMPLATES)."""
-    from rlvr_jax import data
-
     if template == "qwen25-math-cot":
         return data.render_prompt(tokenizer, [{"role": "user", "content": problem}])
     if template == "qwen25-math-cot-step":  # the training prompt's suffix
@@ -223,7 +249,7 @@ def render(tokenizer, template: str, problem: str) -> str:
         return data.render_prompt(tokenizer, [{"role": "user", "content": content}])
     if "{problem}" in template:
         return template.replace("{problem}", problem)
-    raise results_lib.EvalError(
+    raise EvalError(
         f"template {template!r}: want one of {TEMPLATES} or a string with {{problem}}"
     )
 
@@ -244,16 +270,14 @@ class Protocol:
         return benchmarks.describe_protocol(self.temperature, self.n)
 
 
-def _seed(seed: int, name: str, chunk: int) -> int:
-    """A sampling seed per (run seed, benchmark, chunk): distinct, reproducible."""
-    entropy = [seed, zlib.crc32(name.encode()), chunk]
+def _seed(seed: int, name: str, first_row: int) -> int:
+    """A sampling seed per (run seed, benchmark, group): distinct, reproducible."""
+    entropy = [seed, zlib.crc32(name.encode()), first_row]
     return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
-def generate(
-    model_config,
-    params,
-    tokenizer,
+def sample_records(
+    model: Model,
     problems: Sequence[benchmarks.Problem],
     protocol: Protocol,
     *,
@@ -261,117 +285,106 @@ def generate(
     seed: int,
     chunk_rows: int,
     cache_dtype: str,
-    eos_ids: Sequence[int],
+    mesh,
     buckets: Sequence[int] = (),
 ) -> list[dict]:
     """Samples `protocol.n` responses per problem; unscored records.
 
-    Prompts are sorted by length and sampled in chunks of `chunk_rows`
-    responses, so each chunk is padded only to its own longest prompt,
-    rounded up to one of `buckets` (empty: the next power of two); each
-    distinct width compiles the sampler once.
+    Prompts are sorted by length and grouped by padded width (the smallest of
+    `buckets` that fits; empty: the next power of two); each group is one
+    `train.rollout` over `mesh`, in chunks of `chunk_rows` responses. Every
+    process gets every record.
 
     Raises:
-      results_lib.EvalError: a prompt too long for the context, naming the problem.
+      EvalError: a prompt too long for the context, naming the problem.
     """
-    from rlvr_jax import sampler
-
-    texts = [render(tokenizer, template, p.problem) for p in problems]
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    limit = model_config.max_seq_len - protocol.max_new_tokens
+    texts = [render(model.tokenizer, template, p.problem) for p in problems]
+    ids = model.tokenizer(texts, add_special_tokens=False)["input_ids"]
+    limit = model.config.max_seq_len - protocol.max_new_tokens
     for p, row in zip(problems, ids):
         if len(row) > limit:
-            raise results_lib.EvalError(
+            raise EvalError(
                 f"{p.benchmark} problem {p.index}: prompt has {len(row)} tokens; "
-                f"max_seq_len {model_config.max_seq_len} minus max_new_tokens "
+                f"max_seq_len {model.config.max_seq_len} minus max_new_tokens "
                 f"{protocol.max_new_tokens} leaves {limit}"
             )
+    settings = sampler_lib.SamplingSettings(
+        max_new_tokens=protocol.max_new_tokens,
+        temperature=protocol.temperature,
+        top_p=protocol.top_p,
+        top_k=protocol.top_k,
+        eos_ids=model.eos_ids,
+        n=protocol.n,
+        cache_dtype=cache_dtype,
+        pad_id=model.tokenizer.pad_token_id or 0,
+    )
+    settings.check_against(model.config)
+    n, buckets = protocol.n, tuple(buckets) or None
     order = sorted(range(len(problems)), key=lambda i: len(ids[i]))
-    # Fewer problems than a chunk: a smaller batch, not dummy padding rows.
-    per_chunk = min(max(1, chunk_rows // protocol.n), len(problems))
-    records: list[dict | None] = [None] * (len(problems) * protocol.n)
-    name = problems[0].benchmark
-    pad_id = tokenizer.pad_token_id or 0
-    for c, start in enumerate(range(0, len(order), per_chunk)):
-        chosen = order[start : start + per_chunk]
-        roll = sampler.generate(
-            model_config,
-            params,
+    width = lambda i: sampler_lib.bucket_width(len(ids[i]), buckets)  # noqa: E731
+    records: list[dict | None] = [None] * (len(problems) * n)
+    first = 0
+    for w, group in itertools.groupby(order, key=width):
+        chosen = list(group)
+        roll = train.rollout(
+            model.config,
+            model.params,
             [ids[i] for i in chosen],
-            max_new_tokens=protocol.max_new_tokens,
-            temperature=protocol.temperature,
-            top_p=protocol.top_p,
-            top_k=protocol.top_k,
-            eos_ids=tuple(eos_ids),
-            seed=_seed(seed, name, c),
-            n=protocol.n,
-            chunk_size=per_chunk,
-            cache_dtype=cache_dtype,
-            pad_id=pad_id,
-            buckets=tuple(buckets) or None,
+            settings,
+            jax.random.key(_seed(seed, problems[0].benchmark, first)),
+            buckets=(w,),
+            chunk_rows=chunk_rows,
+            mesh=mesh,
+            decode_sharding=sharding_lib.replicated(mesh),
         )
-        responses = tokenizer.batch_decode(
-            [t[:n] for t, n in zip(roll.tokens, roll.lengths)], skip_special_tokens=True
-        )
-        for row, (pi, resp) in enumerate(zip(roll.prompt_index, responses)):
-            i = chosen[int(pi)]
-            sample = row % protocol.n
+        first += len(chosen)
+        responses = train._decode(model.tokenizer, roll)
+        for row, response in enumerate(responses):
+            i, sample = chosen[row // n], row % n
             p = problems[i]
-            records[i * protocol.n + sample] = {
+            records[i * n + sample] = {
                 "benchmark": p.benchmark,
                 "index": p.index,
                 "group": p.group,
                 "sample": sample,
                 "prompt": texts[i],
-                "response": resp,
+                "response": response,
                 "gold": p.gold,
-                "length": int(roll.lengths[row]),
-                "finish_reason": roll.finish_reason[row],
+                "length": int(roll["lengths"][row]),
+                "finish_reason": "length" if roll["truncated"][row] else "stop",
             }
     assert all(r is not None for r in records), "a sample was not generated"
     return records
 
 
-# ================================================================== scoring
-class Scorer:
-    """Eval-mode answer checking in a killable process pool (`rlvr_jax.reward`).
+def score(pool: reward_lib.RewardPool, records: list[dict]) -> tuple[int, int]:
+    """Adds `extracted` and `correct` to each record (in place).
 
-    Extraction is the lenient eval mode (last \\boxed{}, else "the answer
-    is", else the last number; numbers equal within relative 1e-4); a
-    comparison past `timeout_s` counts as wrong.
+    `pool` is an eval-mode `RewardPool` (lenient extraction: last \\boxed{},
+    else "the answer is", else the last number); a comparison past its
+    deadline counts as wrong. Returns (timeouts, errors).
     """
-
-    def __init__(self, workers: int | None, timeout_s: float):
-        from rlvr_jax import reward
-
-        self._pool = reward.RewardPool(
-            workers=workers, timeout_s=timeout_s, mode="eval"
-        )
-        self.timeouts = 0
-        self.errors = 0
-
-    def score(self, records: list[dict]) -> list[dict]:
-        """Adds `extracted` and `correct` to each record (in place)."""
-        if not records:
-            return records
-        result = self._pool.score(
-            [r["response"] for r in records], [r["gold"] for r in records]
-        )
-        for r, value, answer in zip(records, result.rewards, result.extracted):
-            r["extracted"] = answer
-            r["correct"] = value > 0
-        self.timeouts += result.timeouts
-        self.errors += result.errors
-        return records
-
-    def close(self) -> None:
-        self._pool.close()
+    if not records:
+        return 0, 0
+    result = pool.score([r["response"] for r in records], [r["gold"] for r in records])
+    for r, value, answer in zip(records, result.rewards, result.extracted):
+        r["extracted"] = answer
+        r["correct"] = value > 0
+    return result.timeouts, result.errors
 
 
-# ============================================================= the program
-def _load_problems(
-    config, name: str, path: str | None
-) -> tuple[list[benchmarks.Problem], str]:
+# ==================================================================== tasks
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One benchmark ready to run: its problems, protocol and data source."""
+
+    benchmark: benchmarks.Benchmark
+    problems: tuple[benchmarks.Problem, ...]
+    protocol: Protocol
+    data_source: str
+
+
+def _load_problems(config, name: str, path: str | None):
     """A benchmark's problems (first `data.limit` of them) and their source.
 
     An explicit `name=path` is read as jsonl whatever `data.format` says; the
@@ -379,7 +392,7 @@ def _load_problems(
     """
     d = config.data
     if d.format not in ("jsonl", "tfds"):
-        raise results_lib.EvalError(f"data.format={d.format!r}: want 'jsonl' or 'tfds'")
+        raise EvalError(f"data.format={d.format!r}: want 'jsonl' or 'tfds'")
     if path:
         problems, source = benchmarks.load_jsonl(name, path), os.path.abspath(path)
     elif d.format == "tfds":
@@ -395,47 +408,42 @@ def _load_problems(
     return problems, source
 
 
-def _protocol(config, benchmark: benchmarks.Benchmark) -> Protocol:
-    s = config.sampling
-    return Protocol(
-        temperature=benchmark.temperature if s.temperature < 0 else s.temperature,
-        n=benchmark.n_samples if s.n <= 0 else s.n,
-        max_new_tokens=s.max_new_tokens,
-        top_p=s.top_p,
-        top_k=s.top_k,
-    )
-
-
-@dataclasses.dataclass(frozen=True)
-class Task:
-    """One benchmark ready to run: its problems, protocol and data source."""
-
-    benchmark: benchmarks.Benchmark
-    problems: tuple[benchmarks.Problem, ...]
-    protocol: Protocol
-    data_source: str
-
-
 def load_tasks(config) -> list[Task]:
     """Every configured benchmark, loaded and checked before any model is.
 
     Raises:
-      BenchmarkError, results_lib.EvalError: an unknown name, missing file, bad row or
+      BenchmarkError, EvalError: an unknown name, missing file, bad row or
         template, naming which.
     """
     if config.template not in TEMPLATES and "{problem}" not in config.template:
-        raise results_lib.EvalError(
+        raise EvalError(
             f"template {config.template!r}: want one of {TEMPLATES} or a string "
             "with {problem}"
         )
-    tasks = []
+    s, tasks = config.sampling, []
     for name, path in benchmarks.parse_spec(config.benchmarks):
         bench = benchmarks.get(name)
         problems, data_source = _load_problems(config, name, path)
-        tasks.append(
-            Task(bench, tuple(problems), _protocol(config, bench), data_source)
+        protocol = Protocol(
+            temperature=bench.temperature if s.temperature < 0 else s.temperature,
+            n=bench.n_samples if s.n <= 0 else s.n,
+            max_new_tokens=s.max_new_tokens,
+            top_p=s.top_p,
+            top_k=s.top_k,
         )
+        tasks.append(Task(bench, tuple(problems), protocol, data_source))
     return tasks
+
+
+# ============================================================= the program
+def _from_process_0(flags: list[bool]) -> list[bool]:
+    """Process 0's values on every process (what it sees in the workdir rules)."""
+    if jax.process_count() == 1:
+        return flags
+    from jax.experimental import multihost_utils
+
+    said = multihost_utils.broadcast_one_to_all(np.asarray(flags, bool))
+    return [bool(x) for x in np.asarray(said)]
 
 
 def evaluate_source(
@@ -443,71 +451,84 @@ def evaluate_source(
     source: ModelSource,
     tasks: Sequence[Task],
     workdir: str,
-    scorer: Scorer,
+    pool: reward_lib.RewardPool | None,
+    mesh,
     log: Callable[[str], None] = print,
-) -> dict:
+) -> dict | None:
     """Evaluates one model on `tasks`; writes and returns its results.
 
     Generations of a benchmark are reused when their settings match (resume);
-    the model is only loaded when something must be generated.
+    the model is only loaded when something must be generated. Processes
+    other than 0 only sample (`pool` None) and return None.
     """
+    lead = jax.process_index() == 0
     out_dir = os.path.join(workdir, "eval", source.tag)
+    gen_dir = os.path.join(out_dir, "generations")
     words = tuple(
         w.strip() for w in config.analysis.reflection_words.split(",") if w.strip()
     )
-    model: tuple | None = None
-    per_benchmark: dict[str, dict] = {}
-    for task in tasks:
-        name, protocol = task.benchmark.name, task.protocol
-        settings = {
+    settings = [
+        {
             "model": source.describe(),
-            "benchmark": name,
+            "benchmark": task.benchmark.name,
             "data": task.data_source,
             "n_problems": len({p.group for p in task.problems}),
             "template": config.template,
             "seed": config.seed,
-            **dataclasses.asdict(protocol),
+            **dataclasses.asdict(task.protocol),
         }
-        gen_path = os.path.join(out_dir, "generations", f"{name}.jsonl")
-        settings_path = os.path.join(out_dir, "generations", f"{name}.settings.json")
-        if (
+        for task in tasks
+    ]
+    reuse = _from_process_0(
+        [
             not config.overwrite
-            and results_lib.read_json(settings_path) == settings
-            and os.path.exists(gen_path)
-        ):
+            and results_lib.read_json(
+                os.path.join(gen_dir, f"{s['benchmark']}.settings.json")
+            )
+            == s
+            and os.path.exists(os.path.join(gen_dir, f"{s['benchmark']}.jsonl"))
+            for s in settings
+        ]
+    )
+    model: Model | None = None
+    per_benchmark: dict[str, dict] = {}
+    for task, task_settings, saved in zip(tasks, settings, reuse):
+        name, protocol = task.benchmark.name, task.protocol
+        gen_path = os.path.join(gen_dir, f"{name}.jsonl")
+        if saved:
+            if not lead:
+                continue
             records = results_lib.read_jsonl(gen_path)
             log(f"[{source.tag}] {name}: reusing {len(records)} saved generations")
         else:
             if model is None:
                 log(f"[{source.tag}] loading {source.kind} model {source.path}")
-                model = _prepare_model(config, source)
+                model = load_model(config, source, mesh)
             t0 = time.time()
-            model_config, params, tok, eos_ids = model
-            records = generate(
-                model_config,
-                params,
-                tok,
+            records = sample_records(
+                model,
                 task.problems,
                 protocol,
                 template=config.template,
                 seed=config.seed,
                 chunk_rows=config.sampling.chunk_rows,
                 cache_dtype=config.sampling.cache_dtype,
-                eos_ids=eos_ids,
+                mesh=mesh,
                 buckets=config.sampling.prompt_buckets,
             )
-            before = (scorer.timeouts, scorer.errors)
-            scorer.score(records)
-            if (scorer.timeouts, scorer.errors) != before:
+            if not lead:
+                continue
+            timeouts, errors = score(pool, records)
+            if timeouts or errors:
                 log(
-                    f"[{source.tag}] {name}: checker timeouts "
-                    f"{scorer.timeouts - before[0]}, errors {scorer.errors - before[1]}"
-                    " (scored wrong)"
+                    f"[{source.tag}] {name}: checker timeouts {timeouts}, "
+                    f"errors {errors} (scored wrong)"
                 )
             # Generations first, settings second: settings mark them complete.
             results_lib.write_jsonl(gen_path, records)
             metrics_lib.write_atomic(
-                settings_path, json.dumps(settings, indent=2) + "\n"
+                os.path.join(gen_dir, f"{name}.settings.json"),
+                json.dumps(task_settings, indent=2) + "\n",
             )
             log(
                 f"[{source.tag}] {name}: {len(records)} generations in "
@@ -522,6 +543,8 @@ def evaluate_source(
             f"[{source.tag}] {name} ({protocol.label}): "
             f"avg@{k} {100 * metrics['avg@k']:.2f}  pass@{k} {100 * metrics['pass@k']:.2f}"
         )
+    if not lead:
+        return None
     results = {
         "model": source.describe(),
         "settings": _run_settings(config),
@@ -553,36 +576,19 @@ def _run_settings(config) -> dict:
     return json.loads(json.dumps(settings))
 
 
-def _prepare_model(config, source: ModelSource):
-    """(ModelConfig, params, tokenizer, eos ids) ready for sampling."""
-    from rlvr_jax import tokenizer as tokenizer_lib
-
-    model_config, params = load_model(
-        source, config.model.dtype, config.model.param_dtype
-    )
-    tok = load_tokenizer(config.tokenizer, source)
-    if len(tok) > model_config.vocab_size:
-        raise results_lib.EvalError(
-            f"tokenizer has {len(tok)} tokens, more than the model's vocab_size "
-            f"{model_config.vocab_size}: wrong --config.tokenizer?"
-        )
-    eos = tuple(
-        dict.fromkeys(model_config.eos_token_ids + tokenizer_lib.stop_token_ids(tok))
-    )
-    return model_config, params, tok, eos
-
-
-def _is_done(config, source: ModelSource, workdir: str) -> bool:
+def _saved_results(config, source: ModelSource, workdir: str) -> dict | None:
+    """The source's results.json when it matches the settings (done), else None."""
     if config.overwrite:
-        return False
+        return None
     r = results_lib.read_json(
         os.path.join(workdir, "eval", source.tag, results_lib.RESULTS_FILE)
     )
-    return (
+    done = (
         isinstance(r, dict)
         and r.get("model") == source.describe()
         and r.get("settings") == _run_settings(config)
     )
+    return r if done else None
 
 
 def run(config, workdir: str, log: Callable[[str], None] = print) -> list[dict]:
@@ -591,36 +597,43 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> list[dict]:
     All benchmark data is loaded and checked first, so a bad file fails before
     any model loads. Finished models are skipped (their results are read
     back): rerunning a crashed sweep only does what is left. Writes the sweep
-    summary.
+    summary. Multi-process: every process calls this; process 0 logs, writes
+    and returns the results, the others return an empty list.
     """
     tasks = load_tasks(config)
     sources = resolve_sources(
         config.model.path, config.model.steps, config.model.step, workdir
     )
-    os.makedirs(workdir, exist_ok=True)
+    lead = jax.process_index() == 0
+    saved = [_saved_results(config, s, workdir) if lead else None for s in sources]
+    done = _from_process_0([r is not None for r in saved])
+    if not lead:
+        log = lambda _: None  # noqa: E731
+    else:
+        os.makedirs(workdir, exist_ok=True)
+    mesh = sharding_lib.make_mesh()  # every device of every process on `data`
     out = []
-    scorer: Scorer | None = None
+    pool = None
     try:
-        for source in sources:
-            if _is_done(config, source, workdir):
+        for source, results, is_done in zip(sources, saved, done):
+            if is_done:
                 log(f"[{source.tag}] done already, skipping")
-                out.append(
-                    results_lib.read_json(
-                        os.path.join(
-                            workdir, "eval", source.tag, results_lib.RESULTS_FILE
-                        )
-                    )
-                )
+                out.append(results)
                 continue
-            if scorer is None:
-                scorer = Scorer(config.score.workers or None, config.score.timeout_s)
-            out.append(evaluate_source(config, source, tasks, workdir, scorer, log))
-            results_lib.write_summary(
-                workdir
-            )  # keep the summary current during a sweep
+            if pool is None and lead:
+                pool = reward_lib.RewardPool(
+                    workers=config.score.workers or None,
+                    timeout_s=config.score.timeout_s,
+                    mode="eval",
+                )
+            out.append(evaluate_source(config, source, tasks, workdir, pool, mesh, log))
+            if lead:  # keep the summary current during a sweep
+                results_lib.write_summary(workdir)
     finally:
-        if scorer is not None:
-            scorer.close()
+        if pool is not None:
+            pool.close()
+    if not lead:
+        return []
     results_lib.write_summary(workdir)
     return out
 
@@ -631,11 +644,10 @@ def main(argv: Sequence[str]) -> None:
 
     del argv
     metrics_lib.quiet_library_logs()
-    config = flags.FLAGS.config
-    workdir = flags.FLAGS.workdir
+    distributed.setup()  # before any device is touched
     try:
-        run(config, workdir)
-    except (results_lib.EvalError, benchmarks.BenchmarkError, FileNotFoundError) as e:
+        run(flags.FLAGS.config, flags.FLAGS.workdir)
+    except (EvalError, benchmarks.BenchmarkError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlvr_jax import benchmarks, evaluate, paper_data
+from rlvr_jax import benchmarks, evaluate, paper_data, reward
 from rlvr_jax import results as results_lib
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,7 +115,7 @@ def test_reflection_and_length_analysis():
 
 # ------------------------------------------------------------------ scoring
 def test_eval_mode_scoring_is_lenient():
-    scorer = evaluate.Scorer(workers=1, timeout_s=3.0)
+    pool = reward.RewardPool(workers=1, timeout_s=3.0, mode="eval")
     try:
         recs = [
             {"response": "so \\boxed{12.80}", "gold": "12.8"},
@@ -125,9 +125,9 @@ def test_eval_mode_scoring_is_lenient():
             {"response": "\\boxed{13}", "gold": "12.8"},
             {"response": "no answer at all", "gold": "7"},
         ]
-        scorer.score(recs)
+        evaluate.score(pool, recs)
     finally:
-        scorer.close()
+        pool.close()
     assert [r["correct"] for r in recs] == [True, True, True, True, False, False]
     assert recs[1]["extracted"] == "27" and recs[2]["extracted"] == "5"
 

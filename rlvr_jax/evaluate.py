@@ -7,13 +7,10 @@
 The benchmark files are the packaged ones (`rlvr_jax.paper_data`) unless
 `data.dir` names a directory of `<benchmark>/test.jsonl` files.
 
-What is evaluated (`model.path`):
-  - a Hugging Face directory (has config.json): that model;
-  - a directory of per-step HF exports (`<step>/` or `step_<step>/`
-    subdirectories, e.g. a training run's `hf/`): a sweep over them;
-  - empty (the training workdir given by --workdir), a training workdir, its
-    `checkpoints/` folder or one step folder: orbax checkpoints, a sweep over
-    `model.steps` ("all", "latest" or "0,20,40").
+What is evaluated (`model.path`, "" = --workdir; `checkpoint.find_models`): a
+Hugging Face directory; a directory of per-step HF exports (a sweep); a
+training workdir, its `checkpoints/` folder or one step folder (orbax; a sweep
+over `model.steps`: "all", "latest" or "0,20,40").
 
 Protocol (docs/recipe.md): MATH500, Minerva and OlympiadBench greedy × 1; AIME24,
 AIME25 and AMC23 at T=0.6 × 8, averaged (avg@8); 3072 new tokens; the
@@ -29,9 +26,10 @@ from its index in the group, so the tokens do not depend on the number of
 devices or processes (`sampler`'s module docstring).
 
 Several processes (a TPU pod, a GPU cluster) run the same command with the
-process flags of `rlvr_jax.distributed`. Process 0 alone reads and writes the
-workdir and scores: it decides what is left to do and the others follow, so a
-workdir only process 0 sees still works; the others only sample.
+process flags of `rlvr_jax.distributed`; every process reads the model and
+the benchmarks. Process 0 alone reads and writes the workdir and scores: it
+decides what is left to do and the others follow it (so a workdir on process
+0's local disk works too); the others only sample.
 
 Output, per model, in `<workdir>/eval/<tag>/` (tag `step_<n>` or the model
 directory's name): results.{json,md,csv} and `generations/<benchmark>.jsonl`
@@ -50,25 +48,23 @@ import dataclasses
 import itertools
 import json
 import os
-import re
 import time
 import zlib
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from rlvr_jax import benchmarks, checkpoint, data, distributed, paper_data, train
 from rlvr_jax import metrics as metrics_lib
 from rlvr_jax import model as model_lib
-from rlvr_jax import params as params_lib
 from rlvr_jax import results as results_lib
 from rlvr_jax import reward as reward_lib
 from rlvr_jax import sampler as sampler_lib
 from rlvr_jax import sharding as sharding_lib
 from rlvr_jax import tokenizer as tokenizer_lib
+from rlvr_jax.checkpoint import ModelSource
 from rlvr_jax.results import EvalError  # re-exported
 
 # Prompt templates. "qwen25-math-cot" is the paper's eval template: the chat
@@ -77,101 +73,7 @@ from rlvr_jax.results import EvalError  # re-exported
 TEMPLATES = ("qwen25-math-cot", "qwen25-math-cot-step")
 
 
-# ============================================================ model sources
-@dataclasses.dataclass(frozen=True)
-class ModelSource:
-    """One model to evaluate.
-
-    Attributes:
-      kind: "hf" (a Hugging Face directory) or "orbax" (a training checkpoint).
-      path: the HF directory, or the orbax checkpoints location.
-      step: the training step, or None when unknown.
-    """
-
-    kind: str
-    path: str
-    step: int | None
-
-    @property
-    def tag(self) -> str:
-        """The output directory name: `step_<n>`, else the model dir's name."""
-        if self.step is not None:
-            return f"step_{self.step}"
-        return os.path.basename(os.path.normpath(self.path)) or "model"
-
-    def describe(self) -> dict:
-        return {
-            "kind": self.kind,
-            "path": os.path.abspath(self.path),
-            "step": self.step,
-            "tag": self.tag,
-        }
-
-
-_STEP_DIR = re.compile(r"^(?:step_)?(\d+)$")
-
-
-def _is_hf_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "config.json"))
-
-
-def _select_steps(available: Sequence[int], spec: str, where: str) -> list[int]:
-    available = sorted(available)
-    if not available:
-        raise EvalError(f"no checkpoints found in {where}")
-    spec = spec.strip()
-    if spec in ("all", "latest"):
-        return available if spec == "all" else available[-1:]
-    try:
-        wanted = [int(s) for s in spec.split(",") if s.strip()]
-    except ValueError:
-        raise EvalError(
-            f"model.steps={spec!r}: want 'all', 'latest' or a comma list of steps"
-        ) from None
-    missing = [s for s in wanted if s not in available]
-    if missing:
-        raise EvalError(
-            f"checkpoint step(s) {missing} do not exist in {where}; "
-            f"available steps: {available}"
-        )
-    return wanted
-
-
-def resolve_sources(
-    path: str, steps: str, step_label: int, workdir: str
-) -> list[ModelSource]:
-    """The models that `model.path` / `model.steps` designate (see module doc).
-
-    Args:
-      path: `model.path` ("" = the training workdir).
-      steps: `model.steps` for sweeps: "all", "latest" or "0,20".
-      step_label: `model.step`, a step to label a single HF model with
-        (-1: none).
-      workdir: --workdir.
-
-    Raises:
-      EvalError: a missing path, no checkpoints, or a step that does not exist.
-    """
-    location = path or workdir
-    if not os.path.isdir(location):
-        raise EvalError(f"model path not found: {location}")
-    if _is_hf_dir(location):
-        return [ModelSource("hf", location, None if step_label < 0 else step_label)]
-    hf_steps = {
-        int(m.group(1)): os.path.join(location, name)
-        for name in os.listdir(location)
-        if (m := _STEP_DIR.match(name)) and _is_hf_dir(os.path.join(location, name))
-    }
-    if hf_steps:
-        chosen = _select_steps(list(hf_steps), steps, location)
-        return [ModelSource("hf", hf_steps[s], s) for s in chosen]
-    directory, step = checkpoint.resolve(location)
-    if step is not None:  # one orbax step folder
-        return [ModelSource("orbax", directory, step)]
-    chosen = _select_steps(checkpoint.available_steps(location), steps, location)
-    return [ModelSource("orbax", location, s) for s in chosen]
-
-
+# ==================================================================== model
 class Model(NamedTuple):
     """A model ready for sampling: architecture, params, tokenizer, stop ids."""
 
@@ -182,29 +84,16 @@ class Model(NamedTuple):
 
 
 def load_model(config, source: ModelSource, mesh) -> Model:
-    """The source's weights replicated over `mesh`, with its tokenizer.
-
-    Params are in `model.param_dtype`, computing in `model.dtype`.
-    """
-    dtype, param_dtype = config.model.dtype, config.model.param_dtype
-    replicated = sharding_lib.replicated(mesh)
-    if source.kind == "hf":
-        shapes = model_lib.abstract_params(params_lib.read_config(source.path))
-        model_config, params = params_lib.load_hf(
-            source.path,
-            jnp.dtype(param_dtype),
-            compute_dtype=dtype,
-            shardings=jax.tree.map(lambda _: replicated, shapes),
+    """The source's weights replicated over `mesh`, with its tokenizer."""
+    try:
+        model_config, params = checkpoint.load_model(
+            source,
+            config.model.param_dtype,
+            config.model.dtype,
+            sharding_lib.replicated(mesh),
         )
-    else:
-        try:
-            saved, params = checkpoint.load_params(
-                source.path, source.step, shardings=replicated
-            )
-        except FileNotFoundError as e:
-            raise EvalError(str(e)) from None
-        params = jax.tree.map(lambda x: x.astype(param_dtype), params)
-        model_config = saved.replace(dtype=dtype, param_dtype=param_dtype, remat=False)
+    except FileNotFoundError as e:
+        raise EvalError(str(e)) from None
     tok = load_tokenizer(config.tokenizer, source)
     if len(tok) > model_config.vocab_size:
         raise EvalError(
@@ -276,29 +165,19 @@ def _seed(seed: int, name: str, first_row: int) -> int:
     return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
-def sample_records(
-    model: Model,
-    problems: Sequence[benchmarks.Problem],
-    protocol: Protocol,
-    *,
-    template: str,
-    seed: int,
-    chunk_rows: int,
-    cache_dtype: str,
-    mesh,
-    buckets: Sequence[int] = (),
-) -> list[dict]:
-    """Samples `protocol.n` responses per problem; unscored records.
+def sample_records(config, model: Model, task: Task, mesh) -> list[dict]:
+    """Samples `task.protocol.n` responses per problem; unscored records.
 
     Prompts are sorted by length and grouped by padded width (the smallest of
-    `buckets` that fits; empty: the next power of two); each group is one
-    `train.rollout` over `mesh`, in chunks of `chunk_rows` responses. Every
-    process gets every record.
+    `sampling.prompt_buckets` that fits; empty: the next power of two); each
+    group is one `train.rollout` over `mesh`, in chunks of
+    `sampling.chunk_rows` responses. Every process gets every record.
 
     Raises:
       EvalError: a prompt too long for the context, naming the problem.
     """
-    texts = [render(model.tokenizer, template, p.problem) for p in problems]
+    problems, protocol = task.problems, task.protocol
+    texts = [render(model.tokenizer, config.template, p.problem) for p in problems]
     ids = model.tokenizer(texts, add_special_tokens=False)["input_ids"]
     limit = model.config.max_seq_len - protocol.max_new_tokens
     for p, row in zip(problems, ids):
@@ -315,11 +194,11 @@ def sample_records(
         top_k=protocol.top_k,
         eos_ids=model.eos_ids,
         n=protocol.n,
-        cache_dtype=cache_dtype,
+        cache_dtype=config.sampling.cache_dtype,
         pad_id=model.tokenizer.pad_token_id or 0,
     )
     settings.check_against(model.config)
-    n, buckets = protocol.n, tuple(buckets) or None
+    n, buckets = protocol.n, tuple(config.sampling.prompt_buckets) or None
     order = sorted(range(len(problems)), key=lambda i: len(ids[i]))
     width = lambda i: sampler_lib.bucket_width(len(ids[i]), buckets)  # noqa: E731
     records: list[dict | None] = [None] * (len(problems) * n)
@@ -331,9 +210,9 @@ def sample_records(
             model.params,
             [ids[i] for i in chosen],
             settings,
-            jax.random.key(_seed(seed, problems[0].benchmark, first)),
+            jax.random.key(_seed(config.seed, task.benchmark.name, first)),
             buckets=(w,),
-            chunk_rows=chunk_rows,
+            chunk_rows=config.sampling.chunk_rows,
             mesh=mesh,
             decode_sharding=sharding_lib.replicated(mesh),
         )
@@ -505,17 +384,7 @@ def evaluate_source(
                 log(f"[{source.tag}] loading {source.kind} model {source.path}")
                 model = load_model(config, source, mesh)
             t0 = time.time()
-            records = sample_records(
-                model,
-                task.problems,
-                protocol,
-                template=config.template,
-                seed=config.seed,
-                chunk_rows=config.sampling.chunk_rows,
-                cache_dtype=config.sampling.cache_dtype,
-                mesh=mesh,
-                buckets=config.sampling.prompt_buckets,
-            )
+            records = sample_records(config, model, task, mesh)
             if not lead:
                 continue
             timeouts, errors = score(pool, records)
@@ -601,9 +470,12 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> list[dict]:
     and returns the results, the others return an empty list.
     """
     tasks = load_tasks(config)
-    sources = resolve_sources(
-        config.model.path, config.model.steps, config.model.step, workdir
-    )
+    try:
+        sources = checkpoint.find_models(
+            config.model.path or workdir, config.model.steps, config.model.step
+        )
+    except (FileNotFoundError, ValueError) as e:
+        raise EvalError(str(e)) from None
     lead = jax.process_index() == 0
     saved = [_saved_results(config, s, workdir) if lead else None for s in sources]
     done = _from_process_0([r is not None for r in saved])

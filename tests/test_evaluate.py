@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlvr_jax import benchmarks, evaluate, paper_data, reward
+from rlvr_jax import benchmarks, checkpoint, evaluate, paper_data, reward
 from rlvr_jax import results as results_lib
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,7 +85,7 @@ def test_tables_show_percentages_and_the_average():
         per[name] = results_lib.benchmark_metrics(_records(groups))
         per[name]["protocol"] = "greedy" if name == "math500" else "T=0.6 x 8"
     results = {
-        "model": evaluate.ModelSource("hf", "/m/base", None).describe(),
+        "model": checkpoint.ModelSource("hf", "/m/base", None).describe(),
         "benchmarks": per,
         "average": results_lib.average(per),
     }

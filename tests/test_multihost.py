@@ -8,11 +8,13 @@ devices" and "1 process × 4 devices" run the same SPMD programs on the same
 in-process), hence the tolerances below. All runs share one persistent
 compilation cache; every subprocess has a timeout.
 
-The default suite runs the 2-processes-equal-1-process test (~80 s on two
-cores, nearly all of it compiling: one 2-process and one 1-process run) and
-the fast settings checks. Marked slow, because each adds compiles of its own:
-the kill tests (~80 s and ~30 s), SIGTERM (~35 s), evaluation (~40 s) and the
-cross-topology resume (~5 min: seven runs on three topologies).
+The default suite runs the 2-processes-equal-1-process training test (~80 s
+on two cores, nearly all of it compiling: one 2-process and one 1-process
+run), the evaluation test (`python -m rlvr_jax.evaluate` on 2 processes × 2
+devices against 1 device, all three processes at once: ~65 s of CPU, ~35 s
+on two idle cores) and the fast settings checks. Marked slow, because each
+adds compiles of its own: the kill tests (~80 s and ~30 s), SIGTERM (~35 s)
+and the cross-topology resume (~5 min: seven runs on three topologies).
 """
 
 from __future__ import annotations
@@ -446,6 +448,28 @@ def test_inconsistent_process_settings_fail_before_any_work(
     assert out.returncode != 0
     assert message in out.stderr, out.stderr[-2000:]
     assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_takes_the_same_process_flags(cache_dir, tmp_path):
+    """`rlvr_jax.evaluate` shares main's process setup: the same check."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rlvr_jax.evaluate",
+            f"--config={REPO / 'configs' / 'eval.py'}:tiny",
+            f"--workdir={tmp_path / 'eval'}",
+            "--num_processes=2",
+        ],
+        env=_env(cache_dir, 1),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode != 0
+    assert "needs --coordinator_address" in out.stderr, out.stderr[-2000:]
+    assert not (tmp_path / "eval").exists()
 
 
 # ---------------------------------------------------------------- slow suite

@@ -20,10 +20,10 @@ Resume order (what `train.run` does on start):
 The reference policy of the KL term is always the weights of 2–4, i.e. the
 weights the run started from, rebuilt identically on every restart.
 
-Saved models for evaluation (`find_models`, `load_model`): a Hugging Face
-directory, a directory of per-step HF exports (`<step>/` or `step_<step>/`,
-as a run's `hf/`), or orbax checkpoints (a workdir, its `checkpoints/`
-folder, or one step folder).
+Saved models for evaluation (`find_models`, `load_model`, `load_tokenizer`):
+a Hugging Face directory, a directory of per-step HF exports (`<step>/` or
+`step_<step>/`, as a run's `hf/`), or orbax checkpoints (a workdir, its
+`checkpoints/` folder, or one step folder).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from rlvr_jax import params as params_lib
+from rlvr_jax import tokenizer as tokenizer_lib
 from rlvr_jax.model import ModelConfig, abstract_params
 
 
@@ -309,3 +310,30 @@ def load_model(
     saved, params = load_params(source.path, source.step, shardings=sharding)
     params = jax.tree.map(lambda x: x.astype(param_dtype), params)
     return saved.replace(dtype=dtype, param_dtype=param_dtype, remat=False), params
+
+
+def load_tokenizer(source: ModelSource, spec: str = ""):
+    """A saved model's tokenizer: `spec` ("tiny" or a HF dir), else its own.
+
+    An orbax checkpoint's own is the `tokenizer/` folder its training run saved
+    in the workdir.
+
+    Raises:
+      FileNotFoundError: no tokenizer there, saying how to name one.
+    """
+    if spec == "tiny":
+        return tokenizer_lib.build_tiny()
+    if spec:
+        return tokenizer_lib.load(spec)
+    if source.kind == "hf":
+        return tokenizer_lib.load(source.path)
+    run_dir = os.path.normpath(source.path)
+    if os.path.basename(run_dir) == "checkpoints":
+        run_dir = os.path.dirname(run_dir)
+    saved = os.path.join(run_dir, "tokenizer")
+    if os.path.isdir(saved):
+        return tokenizer_lib.load(saved)
+    raise FileNotFoundError(
+        f"orbax checkpoint {source.path} step {source.step} carries no tokenizer: "
+        "set --config.tokenizer to the base model's directory (or 'tiny')"
+    )

@@ -92,9 +92,9 @@ def load_model(config, source: ModelSource, mesh) -> Model:
             config.model.dtype,
             sharding_lib.replicated(mesh),
         )
+        tok = checkpoint.load_tokenizer(source, config.tokenizer)
     except FileNotFoundError as e:
         raise EvalError(str(e)) from None
-    tok = load_tokenizer(config.tokenizer, source)
     if len(tok) > model_config.vocab_size:
         raise EvalError(
             f"tokenizer has {len(tok)} tokens, more than the model's vocab_size "
@@ -102,30 +102,6 @@ def load_model(config, source: ModelSource, mesh) -> Model:
         )
     eos = tokenizer_lib.merged_eos_ids(model_config.eos_token_ids, tok)
     return Model(model_config, params, tok, eos)
-
-
-def load_tokenizer(spec: str, source: ModelSource):
-    """The tokenizer: `spec` ("tiny" or a HF dir), else the model's own.
-
-    For orbax checkpoints without `spec`, the training workdir's `tokenizer/`
-    folder is used when the run saved one there.
-    """
-    if spec == "tiny":
-        return tokenizer_lib.build_tiny()
-    if spec:
-        return tokenizer_lib.load(spec)
-    if source.kind == "hf":
-        return tokenizer_lib.load(source.path)
-    run_dir = os.path.normpath(source.path)
-    if os.path.basename(run_dir) == "checkpoints":
-        run_dir = os.path.dirname(run_dir)
-    saved = os.path.join(run_dir, "tokenizer")
-    if os.path.isdir(saved):
-        return tokenizer_lib.load(saved)
-    raise EvalError(
-        f"orbax checkpoint {source.path} step {source.step} carries no tokenizer: "
-        "set --config.tokenizer to the base model's directory (or 'tiny')"
-    )
 
 
 # ================================================================ prompting

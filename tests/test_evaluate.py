@@ -138,19 +138,6 @@ def eval_dir():
     return paper_data.eval_dir()
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """A tiny random Qwen2 HF directory with the tiny tokenizer saved in it."""
-    from rlvr_jax import tokenizer as tokenizer_lib
-    from tests import hf_fixtures
-
-    tok = tokenizer_lib.build_tiny()
-    path = tmp_path_factory.mktemp("tiny_hf")
-    hf_fixtures.make_checkpoint(path, vocab_size=len(tok), max_position_embeddings=4096)
-    tok.save_pretrained(str(path))
-    return str(path)
-
-
 def _config(**overrides):
     import importlib.util
 

@@ -309,19 +309,6 @@ def test_two_processes_equal_one_process_and_only_process_0_writes(cache_dir, tm
     assert any("checkpoints" in p for p in written)
 
 
-@pytest.fixture(scope="module")
-def tiny_hf(tmp_path_factory):
-    """A tiny random Qwen2 HF directory with the tiny tokenizer saved in it."""
-    from rlvr_jax import tokenizer as tokenizer_lib
-    from tests import hf_fixtures
-
-    tok = tokenizer_lib.build_tiny()
-    path = tmp_path_factory.mktemp("tiny_hf")
-    hf_fixtures.make_checkpoint(path, vocab_size=len(tok), max_position_embeddings=2048)
-    tok.save_pretrained(str(path))
-    return str(path)
-
-
 def _start_evaluation(workdir, model, *, processes, devices, cache_dir, audit=None):
     """`python -m rlvr_jax.evaluate` started on `processes` processes."""
     port = _free_port()
@@ -376,7 +363,7 @@ def _outputs(procs) -> list[str]:
     return outs
 
 
-def test_multi_host_evaluation_equals_single_device(cache_dir, tiny_hf, tmp_path):
+def test_multi_host_evaluation_equals_single_device(cache_dir, tiny_model, tmp_path):
     """`python -m rlvr_jax.evaluate` on 2 processes × 2 devices writes the
     records and results of 1 process × 1 device; process 1 writes nothing."""
     audit = tmp_path / "audit"
@@ -385,16 +372,16 @@ def test_multi_host_evaluation_equals_single_device(cache_dir, tiny_hf, tmp_path
     two, one = tmp_path / "two", tmp_path / "one"
     # All three processes at once: the runs share nothing but the model.
     procs = _start_evaluation(
-        two, tiny_hf, processes=2, devices=2, cache_dir=cache_dir, audit=audit
+        two, tiny_model, processes=2, devices=2, cache_dir=cache_dir, audit=audit
     )
     procs += _start_evaluation(
-        one, tiny_hf, processes=1, devices=1, cache_dir=cache_dir
+        one, tiny_model, processes=1, devices=1, cache_dir=cache_dir
     )
     outs = _outputs(procs)
 
     assert "process 1 of 2: 2 of 4 devices" in outs[1]
     assert "math500" not in outs[1]  # process 0 alone reports
-    tag = os.path.basename(tiny_hf)
+    tag = os.path.basename(tiny_model)
     assert _files(two) == _files(one)
     for name in ("math500", "aime24"):
         path = Path("eval", tag, "generations", f"{name}.jsonl")

@@ -16,6 +16,9 @@ once, offline, from the packaged files (or from --config.data.dir):
 pass@8 / avg@8 of MATH500 at T=0.6 instead of greedy:
   ... --config.benchmarks=math500 --config.sampling.temperature=0.6 \
       --config.sampling.n=8
+On a TPU pod / GPU cluster, every process runs the same command with
+  --coordinator_address=HOST:PORT --num_processes=N --process_id=I
+(or none where the cluster is detected; README, "Run on a TPU pod").
 Laptop CPU smoke test (a tiny random model, 2 problems per benchmark):
   python -m rlvr_jax.evaluate --config=configs/eval.py:tiny --workdir=/tmp/ev \
       --config.model.path=/tmp/tiny_hf

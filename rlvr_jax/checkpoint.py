@@ -19,17 +19,26 @@ Resume order (what `train.run` does on start):
   4. else a random init (only for `tiny`-style presets).
 The reference policy of the KL term is always the weights of 2–4, i.e. the
 weights the run started from, rebuilt identically on every restart.
+
+Saved models for evaluation (`find_models`, `load_model`, `load_tokenizer`):
+a Hugging Face directory, a directory of per-step HF exports (`<step>/` or
+`step_<step>/`, as a run's `hf/`), or orbax checkpoints (a workdir, its
+`checkpoints/` folder, or one step folder).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+from rlvr_jax import params as params_lib
+from rlvr_jax import tokenizer as tokenizer_lib
 from rlvr_jax.model import ModelConfig, abstract_params
 
 
@@ -113,8 +122,11 @@ def config_from_meta(meta: dict) -> ModelConfig:
     return ModelConfig(**fields)
 
 
-def _resolve(path: str) -> tuple[str, int | None]:
-    """(checkpoints directory, step or None) for a workdir/ckpt dir/step dir."""
+def resolve(path: str) -> tuple[str, int | None]:
+    """(checkpoints directory, step or None) for a workdir/ckpt dir/step dir.
+
+    The step is that of a step directory (`<checkpoints>/<step>/`), else None.
+    """
     path = os.path.abspath(path)
     if os.path.isdir(os.path.join(path, "checkpoints")):
         return os.path.join(path, "checkpoints"), None
@@ -126,7 +138,7 @@ def _resolve(path: str) -> tuple[str, int | None]:
 
 def available_steps(workdir: str) -> list[int]:
     """The steps with a complete checkpoint under a training workdir."""
-    directory, _ = _resolve(workdir)
+    directory, _ = resolve(workdir)
     if not os.path.isdir(directory):
         return []
     return Checkpointer(directory, async_save=False).steps()
@@ -141,14 +153,14 @@ def load_params(
       path: a training workdir, its `checkpoints/` directory, or one step's
         directory.
       step: which step; the latest when None (or the step of a step dir).
-      shardings: optional pytree of shardings for the params; one device
-        otherwise.
+      shardings: a pytree of shardings for the params, or one sharding for
+        every leaf (e.g. replicated over a mesh); one device when None.
 
     Raises:
       FileNotFoundError: no checkpoint there, or no such step (the available
         steps are listed).
     """
-    directory, step_in_path = _resolve(path)
+    directory, step_in_path = resolve(path)
     step = step if step is not None else step_in_path
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"no checkpoints under {path}")
@@ -165,8 +177,9 @@ def load_params(
     config = config_from_meta(ckpt.restore_meta(step)["model_config"])
     abstract = abstract_params(config)
     if shardings is None:
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        shardings = jax.tree.map(lambda _: device, abstract)
+        shardings = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    if isinstance(shardings, jax.sharding.Sharding):
+        shardings = jax.tree.map(lambda _, one=shardings: one, abstract)
     abstract = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         abstract,
@@ -175,3 +188,152 @@ def load_params(
     params = ckpt.restore_params(step, abstract)
     ckpt.close()
     return config, params
+
+
+# ---------------------------------------------------------- saved models
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+    """One saved model.
+
+    Attributes:
+      kind: "hf" (a Hugging Face directory) or "orbax" (a training checkpoint).
+      path: the HF directory, or the orbax checkpoints location.
+      step: the training step, or None when unknown.
+    """
+
+    kind: str
+    path: str
+    step: int | None
+
+    @property
+    def tag(self) -> str:
+        """A directory name for its results: `step_<n>`, else the model dir's."""
+        if self.step is not None:
+            return f"step_{self.step}"
+        return os.path.basename(os.path.normpath(self.path)) or "model"
+
+    def describe(self) -> dict:
+        return {
+            "kind": self.kind,
+            "path": os.path.abspath(self.path),
+            "step": self.step,
+            "tag": self.tag,
+        }
+
+
+_STEP_DIR = re.compile(r"^(?:step_)?(\d+)$")
+
+
+def _is_hf_dir(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "config.json"))
+
+
+def select_steps(available: Sequence[int], spec: str, where: str) -> list[int]:
+    """The steps `spec` ("all", "latest" or "0,20,40") picks from `available`.
+
+    Raises:
+      FileNotFoundError: nothing available, or a step that does not exist
+        (the available steps are listed).
+      ValueError: a malformed `spec`.
+    """
+    available = sorted(available)
+    if not available:
+        raise FileNotFoundError(f"no checkpoints found in {where}")
+    spec = spec.strip()
+    if spec in ("all", "latest"):
+        return available if spec == "all" else available[-1:]
+    try:
+        wanted = [int(s) for s in spec.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(
+            f"model.steps={spec!r}: want 'all', 'latest' or a comma list of steps"
+        ) from None
+    missing = [s for s in wanted if s not in available]
+    if missing:
+        raise FileNotFoundError(
+            f"checkpoint step(s) {missing} do not exist in {where}; "
+            f"available steps: {available}"
+        )
+    return wanted
+
+
+def find_models(location: str, steps: str, step_label: int = -1) -> list[ModelSource]:
+    """The saved models at `location` (see the module docstring).
+
+    Args:
+      location: a HF directory, a directory of per-step HF directories, or an
+        orbax workdir / checkpoints folder / step folder.
+      steps: which steps of a sweep: "all", "latest" or "0,20".
+      step_label: a step to label a single HF model with (-1: none).
+
+    Raises:
+      FileNotFoundError, ValueError: as `select_steps`, or a missing location.
+    """
+    if not os.path.isdir(location):
+        raise FileNotFoundError(f"model path not found: {location}")
+    if _is_hf_dir(location):
+        return [ModelSource("hf", location, None if step_label < 0 else step_label)]
+    hf_steps = {
+        int(m.group(1)): os.path.join(location, name)
+        for name in os.listdir(location)
+        if (m := _STEP_DIR.match(name)) and _is_hf_dir(os.path.join(location, name))
+    }
+    if hf_steps:
+        chosen = select_steps(list(hf_steps), steps, location)
+        return [ModelSource("hf", hf_steps[s], s) for s in chosen]
+    directory, step = resolve(location)
+    if step is not None:  # one orbax step folder
+        return [ModelSource("orbax", directory, step)]
+    chosen = select_steps(available_steps(location), steps, location)
+    return [ModelSource("orbax", location, s) for s in chosen]
+
+
+def load_model(
+    source: ModelSource, param_dtype: str, dtype: str, sharding: Any
+) -> tuple[ModelConfig, Any]:
+    """A saved model's (ModelConfig, params), every leaf placed by `sharding`.
+
+    Params are stored in `param_dtype` and computed in `dtype`; remat is off
+    (the model is only sampled).
+
+    Raises:
+      FileNotFoundError: missing files or step.
+    """
+    if source.kind == "hf":
+        shapes = abstract_params(params_lib.read_config(source.path))
+        return params_lib.load_hf(
+            source.path,
+            jax.numpy.dtype(param_dtype),
+            compute_dtype=dtype,
+            shardings=jax.tree.map(lambda _: sharding, shapes),
+        )
+    saved, params = load_params(source.path, source.step, shardings=sharding)
+    params = jax.tree.map(lambda x: x.astype(param_dtype), params)
+    return saved.replace(dtype=dtype, param_dtype=param_dtype, remat=False), params
+
+
+def load_tokenizer(source: ModelSource, spec: str = ""):
+    """A saved model's tokenizer: `spec` ("tiny" or a HF dir), else its own.
+
+    An orbax checkpoint's own is the `tokenizer/` folder its training run saved
+    in the workdir.
+
+    Raises:
+      FileNotFoundError: no tokenizer there, saying how to name one.
+    """
+    if spec == "tiny":
+        return tokenizer_lib.build_tiny()
+    if spec:
+        return tokenizer_lib.load(spec)
+    if source.kind == "hf":
+        return tokenizer_lib.load(source.path)
+    run_dir = os.path.normpath(source.path)
+    if os.path.basename(run_dir) == "checkpoints":
+        run_dir = os.path.dirname(run_dir)
+    saved = os.path.join(run_dir, "tokenizer")
+    if os.path.isdir(saved):
+        return tokenizer_lib.load(saved)
+    raise FileNotFoundError(
+        f"orbax checkpoint {source.path} step {source.step} carries no tokenizer: "
+        "set --config.tokenizer to the base model's directory (or 'tiny')"
+    )

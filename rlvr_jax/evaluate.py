@@ -1,24 +1,35 @@
 """Benchmark evaluation: the paper's table for a model or every checkpoint.
 
     python -m rlvr_jax.evaluate --config=configs/eval.py --workdir=DIR \
-        --config.model.path=MODEL
+        --config.model.path=MODEL [--coordinator_address=HOST:PORT \
+        --num_processes=N --process_id=I]
 
 The benchmark files are the packaged ones (`rlvr_jax.paper_data`) unless
 `data.dir` names a directory of `<benchmark>/test.jsonl` files.
 
-What is evaluated (`model.path`):
-  - a Hugging Face directory (has config.json): that model;
-  - a directory of per-step HF exports (`<step>/` or `step_<step>/`
-    subdirectories, e.g. a training run's `hf/`): a sweep over them;
-  - empty (the training workdir given by --workdir), a training workdir, its
-    `checkpoints/` folder or one step folder: orbax checkpoints, a sweep over
-    `model.steps` ("all", "latest" or "0,20,40").
+What is evaluated (`model.path`, "" = --workdir; `checkpoint.find_models`): a
+Hugging Face directory; a directory of per-step HF exports (a sweep); a
+training workdir, its `checkpoints/` folder or one step folder (orbax; a sweep
+over `model.steps`: "all", "latest" or "0,20,40").
 
 Protocol (docs/recipe.md): MATH500, Minerva and OlympiadBench greedy × 1; AIME24,
 AIME25 and AMC23 at T=0.6 × 8, averaged (avg@8); 3072 new tokens; the
 "qwen25-math-cot" template; lenient eval-mode answer extraction. Every
 benchmark reports avg@k (mean accuracy over its k samples per problem, the
 headline number) and pass@k (a problem counts when any sample is right).
+
+Generation is training's sampler path (`train.rollout`) on a mesh of every
+device of every process, batch split over all of them, weights replicated.
+Prompts are sorted by length and grouped by padded width; a group's sampling
+key derives from (seed, benchmark, the group's first row), and a row's key
+from its index in the group, so the tokens do not depend on the number of
+devices or processes (`sampler`'s module docstring).
+
+Several processes (a TPU pod, a GPU cluster) run the same command with the
+process flags of `rlvr_jax.distributed`; every process reads the model and
+the benchmarks. Process 0 alone reads and writes the workdir and scores: it
+decides what is left to do and the others follow it (so a workdir on process
+0's local disk works too); the others only sample.
 
 Output, per model, in `<workdir>/eval/<tag>/` (tag `step_<n>` or the model
 directory's name): results.{json,md,csv} and `generations/<benchmark>.jsonl`
@@ -34,19 +45,27 @@ stopped.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
-import re
 import time
 import zlib
 from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
+import jax
 import numpy as np
 
-from rlvr_jax import benchmarks, paper_data
+from rlvr_jax import benchmarks, checkpoint, data, distributed, paper_data, train
 from rlvr_jax import metrics as metrics_lib
+from rlvr_jax import model as model_lib
 from rlvr_jax import results as results_lib
-from rlvr_jax.results import EvalError  # noqa: F401 - re-exported
+from rlvr_jax import reward as reward_lib
+from rlvr_jax import sampler as sampler_lib
+from rlvr_jax import sharding as sharding_lib
+from rlvr_jax import tokenizer as tokenizer_lib
+from rlvr_jax.checkpoint import ModelSource
+from rlvr_jax.results import EvalError  # re-exported
 
 # Prompt templates. "qwen25-math-cot" is the paper's eval template: the chat
 # template with the bare problem as the only user turn. Any other string that
@@ -54,168 +73,40 @@ from rlvr_jax.results import EvalError  # noqa: F401 - re-exported
 TEMPLATES = ("qwen25-math-cot", "qwen25-math-cot-step")
 
 
-# ============================================================ model sources
-@dataclasses.dataclass(frozen=True)
-class ModelSource:
-    """One model to evaluate.
+# ==================================================================== model
+class Model(NamedTuple):
+    """A model ready for sampling: architecture, params, tokenizer, stop ids."""
 
-    Attributes:
-      kind: "hf" (a Hugging Face directory) or "orbax" (a training checkpoint).
-      path: the HF directory, or the orbax checkpoints location.
-      step: the training step, or None when unknown.
-    """
-
-    kind: str
-    path: str
-    step: int | None
-
-    @property
-    def tag(self) -> str:
-        """The output directory name: `step_<n>`, else the model dir's name."""
-        if self.step is not None:
-            return f"step_{self.step}"
-        return os.path.basename(os.path.normpath(self.path)) or "model"
-
-    def describe(self) -> dict:
-        return {
-            "kind": self.kind,
-            "path": os.path.abspath(self.path),
-            "step": self.step,
-            "tag": self.tag,
-        }
+    config: model_lib.ModelConfig
+    params: Any
+    tokenizer: Any
+    eos_ids: tuple[int, ...]
 
 
-_STEP_DIR = re.compile(r"^(?:step_)?(\d+)$")
-
-
-def _is_hf_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "config.json"))
-
-
-def _hf_step_dirs(path: str) -> dict[int, str]:
-    """{step: dir} of `<step>/` or `step_<step>/` HF subdirectories."""
-    out = {}
-    for name in os.listdir(path):
-        m = _STEP_DIR.match(name)
-        full = os.path.join(path, name)
-        if m and _is_hf_dir(full):
-            out[int(m.group(1))] = full
-    return out
-
-
-def _select_steps(available: Sequence[int], spec: str, where: str) -> list[int]:
-    available = sorted(available)
-    if not available:
-        raise results_lib.EvalError(f"no checkpoints found in {where}")
-    spec = spec.strip()
-    if spec == "all":
-        return available
-    if spec == "latest":
-        return available[-1:]
+def load_model(config, source: ModelSource, mesh) -> Model:
+    """The source's weights replicated over `mesh`, with its tokenizer."""
     try:
-        wanted = [int(s) for s in spec.split(",") if s.strip()]
-    except ValueError:
-        raise results_lib.EvalError(
-            f"model.steps={spec!r}: want 'all', 'latest' or a comma list of steps"
-        ) from None
-    missing = [s for s in wanted if s not in available]
-    if missing:
-        raise results_lib.EvalError(
-            f"checkpoint step(s) {missing} do not exist in {where}; "
-            f"available steps: {available}"
+        model_config, params = checkpoint.load_model(
+            source,
+            config.model.param_dtype,
+            config.model.dtype,
+            sharding_lib.replicated(mesh),
         )
-    return wanted
-
-
-def resolve_sources(
-    path: str, steps: str, step_label: int, workdir: str
-) -> list[ModelSource]:
-    """The models that `model.path` / `model.steps` designate (see module doc).
-
-    Args:
-      path: `model.path` ("" = the training workdir).
-      steps: `model.steps` for sweeps: "all", "latest" or "0,20".
-      step_label: `model.step`, a step to label a single HF model with
-        (-1: none).
-      workdir: --workdir.
-
-    Raises:
-      results_lib.EvalError: a missing path, no checkpoints, or a step that does not exist.
-    """
-    location = path or workdir
-    if not os.path.isdir(location):
-        raise results_lib.EvalError(f"model path not found: {location}")
-    if _is_hf_dir(location):
-        return [ModelSource("hf", location, None if step_label < 0 else step_label)]
-    hf_steps = _hf_step_dirs(location)
-    if hf_steps:
-        chosen = _select_steps(list(hf_steps), steps, location)
-        return [ModelSource("hf", hf_steps[s], s) for s in chosen]
-    from rlvr_jax import checkpoint  # lazy: orbax is only needed for sweeps
-
-    base = os.path.basename(os.path.normpath(location))
-    is_workdir = os.path.isdir(os.path.join(location, "checkpoints"))
-    if base.isdigit() and not is_workdir:  # one orbax step folder
-        return [
-            ModelSource("orbax", os.path.dirname(os.path.normpath(location)), int(base))
-        ]
-    available = checkpoint.available_steps(location)
-    chosen = _select_steps(available, steps, location)
-    return [ModelSource("orbax", location, s) for s in chosen]
-
-
-def load_model(source: ModelSource, dtype: str, param_dtype: str):
-    """(ModelConfig, params) of a source, params in `param_dtype`."""
-    import jax
-    import jax.numpy as jnp
-
-    if source.kind == "hf":
-        from rlvr_jax import params as params_lib
-
-        return params_lib.load_hf(
-            source.path, jnp.dtype(param_dtype), compute_dtype=dtype
-        )
-    from rlvr_jax import checkpoint
-
-    try:
-        config, params = checkpoint.load_params(source.path, source.step)
+        tok = checkpoint.load_tokenizer(source, config.tokenizer)
     except FileNotFoundError as e:
-        raise results_lib.EvalError(str(e)) from None
-    params = jax.tree.map(lambda x: x.astype(param_dtype), params)
-    return config.replace(dtype=dtype, param_dtype=param_dtype, remat=False), params
-
-
-def load_tokenizer(spec: str, source: ModelSource):
-    """The tokenizer: `spec` ("tiny" or a HF dir), else the model's own.
-
-    For orbax checkpoints without `spec`, the training workdir's `tokenizer/`
-    folder is used when the run saved one there.
-    """
-    from rlvr_jax import tokenizer as tokenizer_lib
-
-    if spec == "tiny":
-        return tokenizer_lib.build_tiny()
-    if spec:
-        return tokenizer_lib.load(spec)
-    if source.kind == "hf":
-        return tokenizer_lib.load(source.path)
-    run_dir = os.path.normpath(source.path)
-    if os.path.basename(run_dir) == "checkpoints":
-        run_dir = os.path.dirname(run_dir)
-    saved = os.path.join(run_dir, "tokenizer")
-    if os.path.isdir(saved):
-        return tokenizer_lib.load(saved)
-    raise results_lib.EvalError(
-        f"orbax checkpoint {source.path} step {source.step} carries no tokenizer: "
-        "set --config.tokenizer to the base model's directory (or 'tiny')"
-    )
+        raise EvalError(str(e)) from None
+    if len(tok) > model_config.vocab_size:
+        raise EvalError(
+            f"tokenizer has {len(tok)} tokens, more than the model's vocab_size "
+            f"{model_config.vocab_size}: wrong --config.tokenizer?"
+        )
+    eos = tokenizer_lib.merged_eos_ids(model_config.eos_token_ids, tok)
+    return Model(model_config, params, tok, eos)
 
 
 # ================================================================ prompting
 def render(tokenizer, template: str, problem: str) -> str:
     """The prompt text of `problem` under `template` (see TEMPLATES)."""
-    from rlvr_jax import data
-
     if template == "qwen25-math-cot":
         return data.render_prompt(tokenizer, [{"role": "user", "content": problem}])
     if template == "qwen25-math-cot-step":  # the training prompt's suffix
@@ -223,7 +114,7 @@ def render(tokenizer, template: str, problem: str) -> str:
         return data.render_prompt(tokenizer, [{"role": "user", "content": content}])
     if "{problem}" in template:
         return template.replace("{problem}", problem)
-    raise results_lib.EvalError(
+    raise EvalError(
         f"template {template!r}: want one of {TEMPLATES} or a string with {{problem}}"
     )
 
@@ -244,134 +135,111 @@ class Protocol:
         return benchmarks.describe_protocol(self.temperature, self.n)
 
 
-def _seed(seed: int, name: str, chunk: int) -> int:
-    """A sampling seed per (run seed, benchmark, chunk): distinct, reproducible."""
-    entropy = [seed, zlib.crc32(name.encode()), chunk]
+def _seed(seed: int, name: str, first_row: int) -> int:
+    """A sampling seed per (run seed, benchmark, group): distinct, reproducible."""
+    entropy = [seed, zlib.crc32(name.encode()), first_row]
     return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
-def generate(
-    model_config,
-    params,
-    tokenizer,
-    problems: Sequence[benchmarks.Problem],
-    protocol: Protocol,
-    *,
-    template: str,
-    seed: int,
-    chunk_rows: int,
-    cache_dtype: str,
-    eos_ids: Sequence[int],
-    buckets: Sequence[int] = (),
-) -> list[dict]:
-    """Samples `protocol.n` responses per problem; unscored records.
+def sample_records(config, model: Model, task: Task, mesh) -> list[dict]:
+    """Samples `task.protocol.n` responses per problem; unscored records.
 
-    Prompts are sorted by length and sampled in chunks of `chunk_rows`
-    responses, so each chunk is padded only to its own longest prompt,
-    rounded up to one of `buckets` (empty: the next power of two); each
-    distinct width compiles the sampler once.
+    Prompts are sorted by length and grouped by padded width (the smallest of
+    `sampling.prompt_buckets` that fits; empty: the next power of two); each
+    group is one `train.rollout` over `mesh`, in chunks of
+    `sampling.chunk_rows` responses. Every process gets every record.
 
     Raises:
-      results_lib.EvalError: a prompt too long for the context, naming the problem.
+      EvalError: a prompt too long for the context, naming the problem.
     """
-    from rlvr_jax import sampler
-
-    texts = [render(tokenizer, template, p.problem) for p in problems]
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    limit = model_config.max_seq_len - protocol.max_new_tokens
+    problems, protocol = task.problems, task.protocol
+    texts = [render(model.tokenizer, config.template, p.problem) for p in problems]
+    ids = model.tokenizer(texts, add_special_tokens=False)["input_ids"]
+    limit = model.config.max_seq_len - protocol.max_new_tokens
     for p, row in zip(problems, ids):
         if len(row) > limit:
-            raise results_lib.EvalError(
+            raise EvalError(
                 f"{p.benchmark} problem {p.index}: prompt has {len(row)} tokens; "
-                f"max_seq_len {model_config.max_seq_len} minus max_new_tokens "
+                f"max_seq_len {model.config.max_seq_len} minus max_new_tokens "
                 f"{protocol.max_new_tokens} leaves {limit}"
             )
+    settings = sampler_lib.SamplingSettings(
+        max_new_tokens=protocol.max_new_tokens,
+        temperature=protocol.temperature,
+        top_p=protocol.top_p,
+        top_k=protocol.top_k,
+        eos_ids=model.eos_ids,
+        n=protocol.n,
+        cache_dtype=config.sampling.cache_dtype,
+        pad_id=model.tokenizer.pad_token_id or 0,
+    )
+    settings.check_against(model.config)
+    n, buckets = protocol.n, tuple(config.sampling.prompt_buckets) or None
     order = sorted(range(len(problems)), key=lambda i: len(ids[i]))
-    # Fewer problems than a chunk: a smaller batch, not dummy padding rows.
-    per_chunk = min(max(1, chunk_rows // protocol.n), len(problems))
-    records: list[dict | None] = [None] * (len(problems) * protocol.n)
-    name = problems[0].benchmark
-    pad_id = tokenizer.pad_token_id or 0
-    for c, start in enumerate(range(0, len(order), per_chunk)):
-        chosen = order[start : start + per_chunk]
-        roll = sampler.generate(
-            model_config,
-            params,
+    width = lambda i: sampler_lib.bucket_width(len(ids[i]), buckets)  # noqa: E731
+    records: list[dict | None] = [None] * (len(problems) * n)
+    first = 0
+    for w, group in itertools.groupby(order, key=width):
+        chosen = list(group)
+        roll = train.rollout(
+            model.config,
+            model.params,
             [ids[i] for i in chosen],
-            max_new_tokens=protocol.max_new_tokens,
-            temperature=protocol.temperature,
-            top_p=protocol.top_p,
-            top_k=protocol.top_k,
-            eos_ids=tuple(eos_ids),
-            seed=_seed(seed, name, c),
-            n=protocol.n,
-            chunk_size=per_chunk,
-            cache_dtype=cache_dtype,
-            pad_id=pad_id,
-            buckets=tuple(buckets) or None,
+            settings,
+            jax.random.key(_seed(config.seed, task.benchmark.name, first)),
+            buckets=(w,),
+            chunk_rows=config.sampling.chunk_rows,
+            mesh=mesh,
+            decode_sharding=sharding_lib.replicated(mesh),
         )
-        responses = tokenizer.batch_decode(
-            [t[:n] for t, n in zip(roll.tokens, roll.lengths)], skip_special_tokens=True
-        )
-        for row, (pi, resp) in enumerate(zip(roll.prompt_index, responses)):
-            i = chosen[int(pi)]
-            sample = row % protocol.n
+        first += len(chosen)
+        responses = train._decode(model.tokenizer, roll)
+        for row, response in enumerate(responses):
+            i, sample = chosen[row // n], row % n
             p = problems[i]
-            records[i * protocol.n + sample] = {
+            records[i * n + sample] = {
                 "benchmark": p.benchmark,
                 "index": p.index,
                 "group": p.group,
                 "sample": sample,
                 "prompt": texts[i],
-                "response": resp,
+                "response": response,
                 "gold": p.gold,
-                "length": int(roll.lengths[row]),
-                "finish_reason": roll.finish_reason[row],
+                "length": int(roll["lengths"][row]),
+                "finish_reason": "length" if roll["truncated"][row] else "stop",
             }
     assert all(r is not None for r in records), "a sample was not generated"
     return records
 
 
-# ================================================================== scoring
-class Scorer:
-    """Eval-mode answer checking in a killable process pool (`rlvr_jax.reward`).
+def score(pool: reward_lib.RewardPool, records: list[dict]) -> tuple[int, int]:
+    """Adds `extracted` and `correct` to each record (in place).
 
-    Extraction is the lenient eval mode (last \\boxed{}, else "the answer
-    is", else the last number; numbers equal within relative 1e-4); a
-    comparison past `timeout_s` counts as wrong.
+    `pool` is an eval-mode `RewardPool` (lenient extraction: last \\boxed{},
+    else "the answer is", else the last number); a comparison past its
+    deadline counts as wrong. Returns (timeouts, errors).
     """
-
-    def __init__(self, workers: int | None, timeout_s: float):
-        from rlvr_jax import reward
-
-        self._pool = reward.RewardPool(
-            workers=workers, timeout_s=timeout_s, mode="eval"
-        )
-        self.timeouts = 0
-        self.errors = 0
-
-    def score(self, records: list[dict]) -> list[dict]:
-        """Adds `extracted` and `correct` to each record (in place)."""
-        if not records:
-            return records
-        result = self._pool.score(
-            [r["response"] for r in records], [r["gold"] for r in records]
-        )
-        for r, value, answer in zip(records, result.rewards, result.extracted):
-            r["extracted"] = answer
-            r["correct"] = value > 0
-        self.timeouts += result.timeouts
-        self.errors += result.errors
-        return records
-
-    def close(self) -> None:
-        self._pool.close()
+    if not records:
+        return 0, 0
+    result = pool.score([r["response"] for r in records], [r["gold"] for r in records])
+    for r, value, answer in zip(records, result.rewards, result.extracted):
+        r["extracted"] = answer
+        r["correct"] = value > 0
+    return result.timeouts, result.errors
 
 
-# ============================================================= the program
-def _load_problems(
-    config, name: str, path: str | None
-) -> tuple[list[benchmarks.Problem], str]:
+# ==================================================================== tasks
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One benchmark ready to run: its problems, protocol and data source."""
+
+    benchmark: benchmarks.Benchmark
+    problems: tuple[benchmarks.Problem, ...]
+    protocol: Protocol
+    data_source: str
+
+
+def _load_problems(config, name: str, path: str | None):
     """A benchmark's problems (first `data.limit` of them) and their source.
 
     An explicit `name=path` is read as jsonl whatever `data.format` says; the
@@ -379,7 +247,7 @@ def _load_problems(
     """
     d = config.data
     if d.format not in ("jsonl", "tfds"):
-        raise results_lib.EvalError(f"data.format={d.format!r}: want 'jsonl' or 'tfds'")
+        raise EvalError(f"data.format={d.format!r}: want 'jsonl' or 'tfds'")
     if path:
         problems, source = benchmarks.load_jsonl(name, path), os.path.abspath(path)
     elif d.format == "tfds":
@@ -395,47 +263,42 @@ def _load_problems(
     return problems, source
 
 
-def _protocol(config, benchmark: benchmarks.Benchmark) -> Protocol:
-    s = config.sampling
-    return Protocol(
-        temperature=benchmark.temperature if s.temperature < 0 else s.temperature,
-        n=benchmark.n_samples if s.n <= 0 else s.n,
-        max_new_tokens=s.max_new_tokens,
-        top_p=s.top_p,
-        top_k=s.top_k,
-    )
-
-
-@dataclasses.dataclass(frozen=True)
-class Task:
-    """One benchmark ready to run: its problems, protocol and data source."""
-
-    benchmark: benchmarks.Benchmark
-    problems: tuple[benchmarks.Problem, ...]
-    protocol: Protocol
-    data_source: str
-
-
 def load_tasks(config) -> list[Task]:
     """Every configured benchmark, loaded and checked before any model is.
 
     Raises:
-      BenchmarkError, results_lib.EvalError: an unknown name, missing file, bad row or
+      BenchmarkError, EvalError: an unknown name, missing file, bad row or
         template, naming which.
     """
     if config.template not in TEMPLATES and "{problem}" not in config.template:
-        raise results_lib.EvalError(
+        raise EvalError(
             f"template {config.template!r}: want one of {TEMPLATES} or a string "
             "with {problem}"
         )
-    tasks = []
+    s, tasks = config.sampling, []
     for name, path in benchmarks.parse_spec(config.benchmarks):
         bench = benchmarks.get(name)
         problems, data_source = _load_problems(config, name, path)
-        tasks.append(
-            Task(bench, tuple(problems), _protocol(config, bench), data_source)
+        protocol = Protocol(
+            temperature=bench.temperature if s.temperature < 0 else s.temperature,
+            n=bench.n_samples if s.n <= 0 else s.n,
+            max_new_tokens=s.max_new_tokens,
+            top_p=s.top_p,
+            top_k=s.top_k,
         )
+        tasks.append(Task(bench, tuple(problems), protocol, data_source))
     return tasks
+
+
+# ============================================================= the program
+def _from_process_0(flags: list[bool]) -> list[bool]:
+    """Process 0's values on every process (what it sees in the workdir rules)."""
+    if jax.process_count() == 1:
+        return flags
+    from jax.experimental import multihost_utils
+
+    said = multihost_utils.broadcast_one_to_all(np.asarray(flags, bool))
+    return [bool(x) for x in np.asarray(said)]
 
 
 def evaluate_source(
@@ -443,71 +306,74 @@ def evaluate_source(
     source: ModelSource,
     tasks: Sequence[Task],
     workdir: str,
-    scorer: Scorer,
+    pool: reward_lib.RewardPool | None,
+    mesh,
     log: Callable[[str], None] = print,
-) -> dict:
+) -> dict | None:
     """Evaluates one model on `tasks`; writes and returns its results.
 
     Generations of a benchmark are reused when their settings match (resume);
-    the model is only loaded when something must be generated.
+    the model is only loaded when something must be generated. Processes
+    other than 0 only sample (`pool` None) and return None.
     """
+    lead = jax.process_index() == 0
     out_dir = os.path.join(workdir, "eval", source.tag)
+    gen_dir = os.path.join(out_dir, "generations")
     words = tuple(
         w.strip() for w in config.analysis.reflection_words.split(",") if w.strip()
     )
-    model: tuple | None = None
-    per_benchmark: dict[str, dict] = {}
-    for task in tasks:
-        name, protocol = task.benchmark.name, task.protocol
-        settings = {
+    settings = [
+        {
             "model": source.describe(),
-            "benchmark": name,
+            "benchmark": task.benchmark.name,
             "data": task.data_source,
             "n_problems": len({p.group for p in task.problems}),
             "template": config.template,
             "seed": config.seed,
-            **dataclasses.asdict(protocol),
+            **dataclasses.asdict(task.protocol),
         }
-        gen_path = os.path.join(out_dir, "generations", f"{name}.jsonl")
-        settings_path = os.path.join(out_dir, "generations", f"{name}.settings.json")
-        if (
+        for task in tasks
+    ]
+    reuse = _from_process_0(
+        [
             not config.overwrite
-            and results_lib.read_json(settings_path) == settings
-            and os.path.exists(gen_path)
-        ):
+            and results_lib.read_json(
+                os.path.join(gen_dir, f"{s['benchmark']}.settings.json")
+            )
+            == s
+            and os.path.exists(os.path.join(gen_dir, f"{s['benchmark']}.jsonl"))
+            for s in settings
+        ]
+    )
+    model: Model | None = None
+    per_benchmark: dict[str, dict] = {}
+    for task, task_settings, saved in zip(tasks, settings, reuse):
+        name, protocol = task.benchmark.name, task.protocol
+        gen_path = os.path.join(gen_dir, f"{name}.jsonl")
+        if saved:
+            if not lead:
+                continue
             records = results_lib.read_jsonl(gen_path)
             log(f"[{source.tag}] {name}: reusing {len(records)} saved generations")
         else:
             if model is None:
                 log(f"[{source.tag}] loading {source.kind} model {source.path}")
-                model = _prepare_model(config, source)
+                model = load_model(config, source, mesh)
             t0 = time.time()
-            model_config, params, tok, eos_ids = model
-            records = generate(
-                model_config,
-                params,
-                tok,
-                task.problems,
-                protocol,
-                template=config.template,
-                seed=config.seed,
-                chunk_rows=config.sampling.chunk_rows,
-                cache_dtype=config.sampling.cache_dtype,
-                eos_ids=eos_ids,
-                buckets=config.sampling.prompt_buckets,
-            )
-            before = (scorer.timeouts, scorer.errors)
-            scorer.score(records)
-            if (scorer.timeouts, scorer.errors) != before:
+            records = sample_records(config, model, task, mesh)
+            if not lead:
+                continue
+            timeouts, errors = score(pool, records)
+            if timeouts or errors:
                 log(
-                    f"[{source.tag}] {name}: checker timeouts "
-                    f"{scorer.timeouts - before[0]}, errors {scorer.errors - before[1]}"
-                    " (scored wrong)"
+                    f"[{source.tag}] {name}: checker timeouts {timeouts}, "
+                    f"errors {errors} (scored wrong)"
                 )
             # Generations first, settings second: settings mark them complete.
             results_lib.write_jsonl(gen_path, records)
             metrics_lib.write_atomic(
-                settings_path, json.dumps(settings, indent=2) + "\n"
+                os.path.join(gen_dir, f"{name}.settings.json"),
+                json.dumps(task_settings, indent=2) + "\n",
             )
             log(
                 f"[{source.tag}] {name}: {len(records)} generations in "
@@ -522,6 +388,8 @@ def evaluate_source(
             f"[{source.tag}] {name} ({protocol.label}): "
             f"avg@{k} {100 * metrics['avg@k']:.2f}  pass@{k} {100 * metrics['pass@k']:.2f}"
         )
+    if not lead:
+        return None
     results = {
         "model": source.describe(),
         "settings": _run_settings(config),
@@ -553,36 +421,19 @@ def _run_settings(config) -> dict:
     return json.loads(json.dumps(settings))
 
 
-def _prepare_model(config, source: ModelSource):
-    """(ModelConfig, params, tokenizer, eos ids) ready for sampling."""
-    from rlvr_jax import tokenizer as tokenizer_lib
-
-    model_config, params = load_model(
-        source, config.model.dtype, config.model.param_dtype
-    )
-    tok = load_tokenizer(config.tokenizer, source)
-    if len(tok) > model_config.vocab_size:
-        raise results_lib.EvalError(
-            f"tokenizer has {len(tok)} tokens, more than the model's vocab_size "
-            f"{model_config.vocab_size}: wrong --config.tokenizer?"
-        )
-    eos = tuple(
-        dict.fromkeys(model_config.eos_token_ids + tokenizer_lib.stop_token_ids(tok))
-    )
-    return model_config, params, tok, eos
-
-
-def _is_done(config, source: ModelSource, workdir: str) -> bool:
+def _saved_results(config, source: ModelSource, workdir: str) -> dict | None:
+    """The source's results.json when it matches the settings (done), else None."""
     if config.overwrite:
-        return False
+        return None
     r = results_lib.read_json(
         os.path.join(workdir, "eval", source.tag, results_lib.RESULTS_FILE)
     )
-    return (
+    done = (
         isinstance(r, dict)
         and r.get("model") == source.describe()
         and r.get("settings") == _run_settings(config)
     )
+    return r if done else None
 
 
 def run(config, workdir: str, log: Callable[[str], None] = print) -> list[dict]:
@@ -591,36 +442,46 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> list[dict]:
     All benchmark data is loaded and checked first, so a bad file fails before
     any model loads. Finished models are skipped (their results are read
     back): rerunning a crashed sweep only does what is left. Writes the sweep
-    summary.
+    summary. Multi-process: every process calls this; process 0 logs, writes
+    and returns the results, the others return an empty list.
     """
     tasks = load_tasks(config)
-    sources = resolve_sources(
-        config.model.path, config.model.steps, config.model.step, workdir
-    )
-    os.makedirs(workdir, exist_ok=True)
-    out = []
-    scorer: Scorer | None = None
     try:
-        for source in sources:
-            if _is_done(config, source, workdir):
+        sources = checkpoint.find_models(
+            config.model.path or workdir, config.model.steps, config.model.step
+        )
+    except (FileNotFoundError, ValueError) as e:
+        raise EvalError(str(e)) from None
+    lead = jax.process_index() == 0
+    saved = [_saved_results(config, s, workdir) if lead else None for s in sources]
+    done = _from_process_0([r is not None for r in saved])
+    if not lead:
+        log = lambda _: None  # noqa: E731
+    else:
+        os.makedirs(workdir, exist_ok=True)
+    mesh = sharding_lib.make_mesh()  # every device of every process on `data`
+    out = []
+    pool = None
+    try:
+        for source, results, is_done in zip(sources, saved, done):
+            if is_done:
                 log(f"[{source.tag}] done already, skipping")
-                out.append(
-                    results_lib.read_json(
-                        os.path.join(
-                            workdir, "eval", source.tag, results_lib.RESULTS_FILE
-                        )
-                    )
-                )
+                out.append(results)
                 continue
-            if scorer is None:
-                scorer = Scorer(config.score.workers or None, config.score.timeout_s)
-            out.append(evaluate_source(config, source, tasks, workdir, scorer, log))
-            results_lib.write_summary(
-                workdir
-            )  # keep the summary current during a sweep
+            if pool is None and lead:
+                pool = reward_lib.RewardPool(
+                    workers=config.score.workers or None,
+                    timeout_s=config.score.timeout_s,
+                    mode="eval",
+                )
+            out.append(evaluate_source(config, source, tasks, workdir, pool, mesh, log))
+            if lead:  # keep the summary current during a sweep
+                results_lib.write_summary(workdir)
     finally:
-        if scorer is not None:
-            scorer.close()
+        if pool is not None:
+            pool.close()
+    if not lead:
+        return []
     results_lib.write_summary(workdir)
     return out
 
@@ -631,11 +492,10 @@ def main(argv: Sequence[str]) -> None:
 
     del argv
     metrics_lib.quiet_library_logs()
-    config = flags.FLAGS.config
-    workdir = flags.FLAGS.workdir
+    distributed.setup()  # before any device is touched
     try:
-        run(config, workdir)
-    except (results_lib.EvalError, benchmarks.BenchmarkError, FileNotFoundError) as e:
+        run(flags.FLAGS.config, flags.FLAGS.workdir)
+    except (EvalError, benchmarks.BenchmarkError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
 
 

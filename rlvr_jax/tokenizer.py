@@ -111,3 +111,12 @@ def stop_token_ids(tokenizer) -> tuple[int, ...]:
         if tid is not None and tid != tokenizer.unk_token_id and tid not in ids:
             ids.append(tid)
     return tuple(ids)
+
+
+def merged_eos_ids(model_eos_ids, tokenizer) -> tuple[int, ...]:
+    """The model config's EOS ids, then the tokenizer's stop ids, each once.
+
+    A HF model's generation config may name only `<|endoftext|>` while its chat
+    turns end on `<|im_end|>`: sampling stops on either.
+    """
+    return tuple(dict.fromkeys((*model_eos_ids, *stop_token_ids(tokenizer))))

@@ -84,9 +84,7 @@ def _tokenizer_and_model_config(config) -> tuple[Any, model_lib.ModelConfig, str
     path = resolve_model_path(m.path)
     tok = tokenizer_lib.load(path)
     model_config = params_lib.read_config(path, **overrides)
-    eos = tuple(
-        dict.fromkeys(model_config.eos_token_ids + tokenizer_lib.stop_token_ids(tok))
-    )
+    eos = tokenizer_lib.merged_eos_ids(model_config.eos_token_ids, tok)
     return tok, model_config.replace(eos_token_ids=eos), path
 
 

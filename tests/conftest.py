@@ -23,3 +23,15 @@ from tests import hf_fixtures  # noqa: E402
 def hf_tiny_dir(tmp_path_factory):
     """A tied-embedding GQA Qwen2 checkpoint directory (fp32)."""
     return hf_fixtures.make_checkpoint(tmp_path_factory.mktemp("hf_tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A tiny random Qwen2 HF directory with the tiny tokenizer saved in it."""
+    from rlvr_jax import tokenizer as tokenizer_lib
+
+    tok = tokenizer_lib.build_tiny()
+    path = tmp_path_factory.mktemp("tiny_hf")
+    hf_fixtures.make_checkpoint(path, vocab_size=len(tok), max_position_embeddings=4096)
+    tok.save_pretrained(str(path))
+    return str(path)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlvr_jax import benchmarks, evaluate, paper_data
+from rlvr_jax import benchmarks, checkpoint, evaluate, paper_data, reward
 from rlvr_jax import results as results_lib
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,7 +85,7 @@ def test_tables_show_percentages_and_the_average():
         per[name] = results_lib.benchmark_metrics(_records(groups))
         per[name]["protocol"] = "greedy" if name == "math500" else "T=0.6 x 8"
     results = {
-        "model": evaluate.ModelSource("hf", "/m/base", None).describe(),
+        "model": checkpoint.ModelSource("hf", "/m/base", None).describe(),
         "benchmarks": per,
         "average": results_lib.average(per),
     }
@@ -115,7 +115,7 @@ def test_reflection_and_length_analysis():
 
 # ------------------------------------------------------------------ scoring
 def test_eval_mode_scoring_is_lenient():
-    scorer = evaluate.Scorer(workers=1, timeout_s=3.0)
+    pool = reward.RewardPool(workers=1, timeout_s=3.0, mode="eval")
     try:
         recs = [
             {"response": "so \\boxed{12.80}", "gold": "12.8"},
@@ -125,9 +125,9 @@ def test_eval_mode_scoring_is_lenient():
             {"response": "\\boxed{13}", "gold": "12.8"},
             {"response": "no answer at all", "gold": "7"},
         ]
-        scorer.score(recs)
+        evaluate.score(pool, recs)
     finally:
-        scorer.close()
+        pool.close()
     assert [r["correct"] for r in recs] == [True, True, True, True, False, False]
     assert recs[1]["extracted"] == "27" and recs[2]["extracted"] == "5"
 
@@ -136,19 +136,6 @@ def test_eval_mode_scoring_is_lenient():
 @pytest.fixture(scope="module")
 def eval_dir():
     return paper_data.eval_dir()
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """A tiny random Qwen2 HF directory with the tiny tokenizer saved in it."""
-    from rlvr_jax import tokenizer as tokenizer_lib
-    from tests import hf_fixtures
-
-    tok = tokenizer_lib.build_tiny()
-    path = tmp_path_factory.mktemp("tiny_hf")
-    hf_fixtures.make_checkpoint(path, vocab_size=len(tok), max_position_embeddings=4096)
-    tok.save_pretrained(str(path))
-    return str(path)
 
 
 def _config(**overrides):

@@ -8,11 +8,13 @@ devices" and "1 process × 4 devices" run the same SPMD programs on the same
 in-process), hence the tolerances below. All runs share one persistent
 compilation cache; every subprocess has a timeout.
 
-The default suite runs the 2-processes-equal-1-process test (~80 s on two
-cores, nearly all of it compiling: one 2-process and one 1-process run) and
-the fast settings checks. Marked slow, because each adds compiles of its own:
-the kill tests (~80 s and ~30 s), SIGTERM (~35 s), evaluation (~40 s) and the
-cross-topology resume (~5 min: seven runs on three topologies).
+The default suite runs the 2-processes-equal-1-process training test (~80 s
+on two cores, nearly all of it compiling: one 2-process and one 1-process
+run), the evaluation test (`python -m rlvr_jax.evaluate` on 2 processes × 2
+devices against 1 device, all three processes at once: ~65 s of CPU, ~35 s
+on two idle cores) and the fast settings checks. Marked slow, because each
+adds compiles of its own: the kill tests (~80 s and ~30 s), SIGTERM (~35 s)
+and the cross-topology resume (~5 min: seven runs on three topologies).
 """
 
 from __future__ import annotations
@@ -307,6 +309,94 @@ def test_two_processes_equal_one_process_and_only_process_0_writes(cache_dir, tm
     assert any("checkpoints" in p for p in written)
 
 
+def _start_evaluation(workdir, model, *, processes, devices, cache_dir, audit=None):
+    """`python -m rlvr_jax.evaluate` started on `processes` processes."""
+    port = _free_port()
+    procs = []
+    for i in range(processes):
+        cmd = [
+            sys.executable,
+            "-m",
+            "rlvr_jax.evaluate",
+            f"--config={REPO / 'configs' / 'eval.py'}:tiny",
+            f"--workdir={workdir}",
+            f"--config.model.path={model}",
+            # Greedy × 1 and T=0.6 × 8; 2 problems do not fill 4 devices, so
+            # the padding rows are exercised too.
+            "--config.benchmarks=math500,aime24",
+            "--config.score.workers=1",
+        ]
+        env = _env(cache_dir, devices, audit if i and audit else None)
+        if processes > 1:
+            cmd += [
+                f"--coordinator_address=127.0.0.1:{port}",
+                f"--num_processes={processes}",
+                f"--process_id={i}",
+            ]
+        if i and audit:
+            env["AUDIT_ROOT"] = str(workdir)
+            env["AUDIT_LOG"] = str(audit / f"p{i}.log")
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                env=env,
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    return procs
+
+
+def _outputs(procs) -> list[str]:
+    """Each process's output, once all have exited 0."""
+    try:
+        outs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for i, (p, out) in enumerate(zip(procs, outs)):
+        assert p.returncode == 0, f"process {i} exited {p.returncode}:\n{out[-3000:]}"
+    return outs
+
+
+def test_multi_host_evaluation_equals_single_device(cache_dir, tiny_model, tmp_path):
+    """`python -m rlvr_jax.evaluate` on 2 processes × 2 devices writes the
+    records and results of 1 process × 1 device; process 1 writes nothing."""
+    audit = tmp_path / "audit"
+    audit.mkdir()
+    (audit / "sitecustomize.py").write_text(AUDIT_HOOK)
+    two, one = tmp_path / "two", tmp_path / "one"
+    # All three processes at once: the runs share nothing but the model.
+    procs = _start_evaluation(
+        two, tiny_model, processes=2, devices=2, cache_dir=cache_dir, audit=audit
+    )
+    procs += _start_evaluation(
+        one, tiny_model, processes=1, devices=1, cache_dir=cache_dir
+    )
+    outs = _outputs(procs)
+
+    assert "process 1 of 2: 2 of 4 devices" in outs[1]
+    assert "math500" not in outs[1]  # process 0 alone reports
+    tag = os.path.basename(tiny_model)
+    assert _files(two) == _files(one)
+    for name in ("math500", "aime24"):
+        path = Path("eval", tag, "generations", f"{name}.jsonl")
+        a = metrics_lib.read_jsonl(str(two / path))
+        b = metrics_lib.read_jsonl(str(one / path))
+        assert len(a) == 2 * (8 if name == "aime24" else 1)
+        assert a == b, name
+        # The comparison has content: responses differ between rows.
+        assert len({r["response"] for r in a}) > 1
+    results = Path("eval", tag, "results.json")
+    assert (two / results).read_text() == (one / results).read_text()
+    p1 = audit / "p1.log"
+    assert not p1.exists() or not p1.read_text().split()
+
+
 @pytest.mark.parametrize(
     "flags,env,message",
     [
@@ -345,6 +435,28 @@ def test_inconsistent_process_settings_fail_before_any_work(
     assert out.returncode != 0
     assert message in out.stderr, out.stderr[-2000:]
     assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_takes_the_same_process_flags(cache_dir, tmp_path):
+    """`rlvr_jax.evaluate` shares main's process setup: the same check."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rlvr_jax.evaluate",
+            f"--config={REPO / 'configs' / 'eval.py'}:tiny",
+            f"--workdir={tmp_path / 'eval'}",
+            "--num_processes=2",
+        ],
+        env=_env(cache_dir, 1),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode != 0
+    assert "needs --coordinator_address" in out.stderr, out.stderr[-2000:]
+    assert not (tmp_path / "eval").exists()
 
 
 # ---------------------------------------------------------------- slow suite
@@ -451,46 +563,3 @@ def test_resume_across_topologies(cache_dir, tmp_path):
         assert_close_rows(rows(wd), rows(whole))
         assert_same_checkpoints(wd, whole, 3)
         assert_same_export(wd, whole, 3)
-
-
-@pytest.mark.slow
-def test_multi_host_evaluation_equals_single_device(cache_dir, tmp_path):
-    """Greedy evaluation rollouts split over 2 processes × 2 devices give the
-    tokens of one device."""
-    port = _free_port()
-    cmd = [sys.executable, "-m", "tests.multihost_eval"]
-    procs = [
-        subprocess.Popen(
-            [*cmd, str(tmp_path / "two.npz"), f"127.0.0.1:{port}", "2", str(i)],
-            env=_env(cache_dir, 2),
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    try:
-        outs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    assert [p.returncode for p in procs] == [0, 0], [o[-2000:] for o in outs]
-    one = subprocess.run(
-        [*cmd, str(tmp_path / "one.npz")],
-        env=_env(cache_dir, 1),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-    )
-    assert one.returncode == 0, one.stderr[-3000:]
-    a, b = np.load(tmp_path / "two.npz"), np.load(tmp_path / "one.npz")
-    assert sorted(a.files) == sorted(b.files)
-    assert len(a["lengths"]) == 7
-    for k in ("tokens", "lengths", "truncated", "prompt_tokens", "prompt_mask"):
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-    # Greedy tokens distinguish the prompts (the comparison has content).
-    assert len({tuple(t) for t in a["tokens"]}) > 1
-    np.testing.assert_allclose(a["logprobs"], b["logprobs"], rtol=RTOL, atol=0)

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from rlvr_jax import evaluate, plot
+from rlvr_jax import checkpoint, plot
 from rlvr_jax import results as results_lib
 
 pytest.importorskip("matplotlib")
@@ -62,7 +62,7 @@ def _eval_result(workdir, step, acc):
         m = results_lib.benchmark_metrics(recs)
         m["protocol"] = "greedy"
         per[name] = m
-    source = evaluate.ModelSource("orbax", workdir, step)
+    source = checkpoint.ModelSource("orbax", workdir, step)
     results = {
         "model": source.describe(),
         "settings": {},

@@ -17,9 +17,10 @@ The `…x8` variants are the harness's 8× replicated files (each row sampled
 once at T=0.6); rows with the same problem form one group, so they report the
 same avg@8 as the base file sampled 8 times.
 
-Problems load from a jsonl file, a directory in the standard layout, or a
-prepared TensorFlow Datasets builder (`rlvr_jax.tfds_builders`). Every load
-error names the file and line.
+Problems load from a jsonl file or a directory in the standard layout
+(`load_jsonl`); `rlvr_jax.tfds_builders.load_problems` reads the same problems
+from a prepared TensorFlow Datasets builder. Every load error names the file
+and line.
 """
 
 from __future__ import annotations
@@ -257,7 +258,7 @@ def parse_row(benchmark: Benchmark, row: dict, where: str) -> tuple[str, str]:
     return problem, gold
 
 
-def _grouped(benchmark: Benchmark, items: Sequence[tuple[str, str]]) -> list[Problem]:
+def grouped(benchmark: Benchmark, items: Sequence[tuple[str, str]]) -> list[Problem]:
     first: dict[tuple[str, str], int] = {}
     return [
         Problem(benchmark.name, i, first.setdefault(pg, i), pg[0], pg[1])
@@ -302,23 +303,7 @@ def load_jsonl(name: str, path: str) -> list[Problem]:
     if os.path.isdir(path):
         path = standard_path(path, name)
     rows = read_jsonl(path)
-    return _grouped(benchmark, [parse_row(benchmark, r, w) for r, w in rows])
-
-
-def load_tfds(name: str, tfds_dir: str | None, source_dir: str | None) -> list[Problem]:
-    """Problems of benchmark `name` from its TFDS builder (prepared on demand).
-
-    Args:
-      name: a registered benchmark name.
-      tfds_dir: TFDS data_dir (None: the TFDS default).
-      source_dir: a local directory of standard jsonl files to prepare from;
-        None prepares from the packaged files (offline).
-    """
-    from rlvr_jax import tfds_builders  # lazy: tensorflow_datasets is heavy
-
-    benchmark = get(name)
-    records = tfds_builders.read(name, data_dir=tfds_dir, source_dir=source_dir)
-    return _grouped(benchmark, [(r["problem"], r["gold"]) for r in records])
+    return grouped(benchmark, [parse_row(benchmark, r, w) for r, w in rows])
 
 
 def parse_spec(spec: str) -> list[tuple[str, str | None]]:

@@ -57,6 +57,7 @@ import jax
 import numpy as np
 
 from rlvr_jax import benchmarks, checkpoint, data, distributed, paper_data, train
+from rlvr_jax import io as io_lib
 from rlvr_jax import metrics as metrics_lib
 from rlvr_jax import model as model_lib
 from rlvr_jax import results as results_lib
@@ -251,7 +252,9 @@ def _load_problems(config, name: str, path: str | None):
     if path:
         problems, source = benchmarks.load_jsonl(name, path), os.path.abspath(path)
     elif d.format == "tfds":
-        problems = benchmarks.load_tfds(name, d.tfds_dir or None, d.dir or None)
+        from rlvr_jax import tfds_builders  # lazy: tensorflow_datasets is heavy
+
+        problems = tfds_builders.load_problems(name, d.tfds_dir or None, d.dir or None)
         source = f"tfds:{name}"
     else:
         data_dir = os.path.abspath(d.dir) if d.dir else paper_data.eval_dir()
@@ -353,7 +356,7 @@ def evaluate_source(
         if saved:
             if not lead:
                 continue
-            records = results_lib.read_jsonl(gen_path)
+            records = io_lib.read_jsonl(gen_path)
             log(f"[{source.tag}] {name}: reusing {len(records)} saved generations")
         else:
             if model is None:
@@ -370,8 +373,8 @@ def evaluate_source(
                     f"errors {errors} (scored wrong)"
                 )
             # Generations first, settings second: settings mark them complete.
-            results_lib.write_jsonl(gen_path, records)
-            metrics_lib.write_atomic(
+            io_lib.write_jsonl(gen_path, records)
+            io_lib.write_atomic(
                 os.path.join(gen_dir, f"{name}.settings.json"),
                 json.dumps(task_settings, indent=2) + "\n",
             )
@@ -426,7 +429,7 @@ def _saved_results(config, source: ModelSource, workdir: str) -> dict | None:
     if config.overwrite:
         return None
     r = results_lib.read_json(
-        os.path.join(workdir, "eval", source.tag, results_lib.RESULTS_FILE)
+        os.path.join(workdir, "eval", source.tag, io_lib.RESULTS_FILE)
     )
     done = (
         isinstance(r, dict)

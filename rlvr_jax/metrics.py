@@ -29,10 +29,6 @@ from etils import epath
 
 from rlvr_jax import io as io_lib
 
-# Names train.py and evaluate.py still call through this module; the one
-# implementation is rlvr_jax.io's.
-from rlvr_jax.io import is_remote, write_atomic  # noqa: F401
-
 
 def quiet_library_logs() -> None:
     """Library logs (orbax, TFDS, absl) at WARNING unless `--verbosity` is given.

@@ -19,15 +19,6 @@ import numpy as np
 from rlvr_jax import analysis
 from rlvr_jax import io as io_lib
 
-# evaluate.py reads and writes generations and results through these names;
-# the one implementation is rlvr_jax.io's.
-from rlvr_jax.io import (  # noqa: F401
-    RESULTS_FILE,
-    read_jsonl,
-    write_atomic,
-    write_jsonl,
-)
-
 SUMMARY_STEM = "summary"
 
 
@@ -178,10 +169,10 @@ def read_json(path: str) -> Any | None:
 
 def write_results(out_dir: str, results: dict) -> None:
     """results.md and results.csv, then results.json (the "done" marker)."""
-    write_atomic(os.path.join(out_dir, "results.md"), markdown(results))
-    write_atomic(os.path.join(out_dir, "results.csv"), csv_text(results))
-    write_atomic(
-        os.path.join(out_dir, RESULTS_FILE), json.dumps(results, indent=2) + "\n"
+    io_lib.write_atomic(os.path.join(out_dir, "results.md"), markdown(results))
+    io_lib.write_atomic(os.path.join(out_dir, "results.csv"), csv_text(results))
+    io_lib.write_atomic(
+        os.path.join(out_dir, io_lib.RESULTS_FILE), json.dumps(results, indent=2) + "\n"
     )
 
 
@@ -191,7 +182,7 @@ def collect_results(workdir: str) -> list[dict]:
     found = []
     if os.path.isdir(root):
         for tag in os.listdir(root):
-            r = read_json(os.path.join(root, tag, RESULTS_FILE))
+            r = read_json(os.path.join(root, tag, io_lib.RESULTS_FILE))
             if isinstance(r, dict) and "benchmarks" in r:
                 found.append(r)
     big = float("inf")
@@ -211,14 +202,14 @@ def write_summary(workdir: str) -> list[dict]:
         return []
     md, csv_str = summary_tables(all_results)
     root = os.path.join(workdir, io_lib.EVAL_DIR)
-    write_atomic(os.path.join(root, f"{SUMMARY_STEM}.md"), md)
-    write_atomic(os.path.join(root, f"{SUMMARY_STEM}.csv"), csv_str)
+    io_lib.write_atomic(os.path.join(root, f"{SUMMARY_STEM}.md"), md)
+    io_lib.write_atomic(os.path.join(root, f"{SUMMARY_STEM}.csv"), csv_str)
     # The summary drops settings; each model's results.json keeps them.
     compact = [
         {"model": r["model"], "average": r["average"], "benchmarks": r["benchmarks"]}
         for r in all_results
     ]
-    write_atomic(
+    io_lib.write_atomic(
         os.path.join(root, f"{SUMMARY_STEM}.json"), json.dumps(compact, indent=2) + "\n"
     )
     return all_results

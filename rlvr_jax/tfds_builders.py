@@ -157,3 +157,21 @@ def read(
         }
         for ex in (source[i] for i in range(len(source)))
     ]
+
+
+def load_problems(
+    name: str, tfds_dir: str | None, source_dir: str | None
+) -> list[benchmarks.Problem]:
+    """Problems of benchmark `name` from its TFDS builder (prepared on demand).
+
+    The same problems, golds and order as `benchmarks.load_jsonl` of the source.
+
+    Args:
+      name: a registered benchmark name.
+      tfds_dir: TFDS data_dir (None: the TFDS default).
+      source_dir: a local directory of standard jsonl files to prepare from;
+        None prepares from the packaged files (offline).
+    """
+    benchmark = benchmarks.get(name)
+    records = read(name, data_dir=tfds_dir, source_dir=source_dir)
+    return benchmarks.grouped(benchmark, [(r["problem"], r["gold"]) for r in records])

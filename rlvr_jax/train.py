@@ -34,6 +34,7 @@ from ml_collections import config_dict
 from rlvr_jax import checkpoint as ckpt_lib
 from rlvr_jax import data as data_lib
 from rlvr_jax import grpo, paper_data
+from rlvr_jax import io as io_lib
 from rlvr_jax import metrics as metrics_lib
 from rlvr_jax import model as model_lib
 from rlvr_jax import optimizer as optimizer_lib
@@ -326,9 +327,7 @@ def _rollout_metrics(roll, rewards, examples, n, history) -> dict[str, float]:
 
 def _write_history(workdir: str, history: dict) -> None:
     if jax.process_index() == 0:
-        metrics_lib.write_atomic(
-            epath.Path(workdir) / HISTORY_FILE, json.dumps(history)
-        )
+        io_lib.write_atomic(epath.Path(workdir) / HISTORY_FILE, json.dumps(history))
 
 
 # ---------------------------------------------------------------- validation
@@ -592,7 +591,7 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         # The full config of the latest launch, next to what it produced.
-        metrics_lib.write_atomic(
+        io_lib.write_atomic(
             epath.Path(workdir) / CONFIG_FILE, config.to_json_best_effort(indent=2)
         )
     if jax.process_index() == 0 and not restored:
@@ -799,7 +798,7 @@ def _local_dir(out: epath.Path):
     safetensors and tokenizers only write local files: for a remote `out`
     they are staged in a temporary directory and copied.
     """
-    if not metrics_lib.is_remote(out):
+    if not io_lib.is_remote(out):
         out.mkdir(parents=True, exist_ok=True)
         yield str(out)
         return

@@ -157,7 +157,7 @@ def test_tfds_builder_round_trip_without_tensorflow(eval_dir, tmp_path):
         shutil.copy(Path(eval_dir) / name / "test.jsonl", source / name)
     data_dir = str(tmp_path / "tfds")
     for name in ("aime24", "olympiadbench"):
-        via_tfds = benchmarks.load_tfds(name, data_dir, str(source))
+        via_tfds = tfds_builders.load_problems(name, data_dir, str(source))
         via_jsonl = benchmarks.load_jsonl(name, eval_dir)
         assert via_tfds == via_jsonl  # same problems, golds and order
         files = list((tmp_path / "tfds" / "rlvr_eval_math" / name).rglob("*"))
@@ -170,16 +170,16 @@ def test_tfds_builder_round_trip_without_tensorflow(eval_dir, tmp_path):
 
 
 def test_tfds_missing_source_file_is_a_clear_error(tmp_path):
-    pytest.importorskip("rlvr_jax.tfds_builders")
+    tfds_builders = pytest.importorskip("rlvr_jax.tfds_builders")
     with pytest.raises(benchmarks.BenchmarkError, match="amc23/test.jsonl"):
-        benchmarks.load_tfds("amc23", str(tmp_path / "tfds"), str(tmp_path))
+        tfds_builders.load_problems("amc23", str(tmp_path / "tfds"), str(tmp_path))
 
 
 def test_tfds_prepares_from_the_packaged_files_offline(tmp_path, monkeypatch):
     tfds = pytest.importorskip("tensorflow_datasets")
     import socket
 
-    from rlvr_jax import tfds_builders  # noqa: F401 - registers the builder
+    from rlvr_jax import tfds_builders  # registers the builder
 
     def no_network(*args, **kwargs):
         raise AssertionError(f"network access attempted: {args}")
@@ -187,6 +187,6 @@ def test_tfds_prepares_from_the_packaged_files_offline(tmp_path, monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", no_network)
     builder = tfds.builder("rlvr_eval_math/amc23", data_dir=str(tmp_path))
     builder.download_and_prepare()
-    via_tfds = benchmarks.load_tfds("amc23", str(tmp_path), None)
+    via_tfds = tfds_builders.load_problems("amc23", str(tmp_path), None)
     assert via_tfds == benchmarks.load_jsonl("amc23", paper_data.eval_dir())
     assert len(via_tfds) == 40

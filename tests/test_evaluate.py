@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from rlvr_jax import benchmarks, checkpoint, evaluate, paper_data, reward
+from rlvr_jax import io as io_lib
 from rlvr_jax import results as results_lib
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +46,7 @@ def test_avg_at_8_and_pass_at_8_over_replicated_problems():
 def test_replicated_file_rows_group_into_the_same_avg_at_8():
     # An x8 file lists the whole set 8 times; rows group by problem.
     rows = [("p0", "1"), ("p1", "2"), ("p2", "3")] * 8
-    problems = benchmarks._grouped(benchmarks.get("aime24x8"), rows)
+    problems = benchmarks.grouped(benchmarks.get("aime24x8"), rows)
     correct = {0: 8, 1: 3, 2: 0}  # right answers per problem
     seen = {0: 0, 1: 0, 2: 0}
     recs = []
@@ -174,7 +175,7 @@ def test_end_to_end_writes_table_and_generations(six_run, tiny_model):
     assert list(results["benchmarks"]) == list(SIX)
     tok = tokenizer.load(tiny_model)
     for name in SIX:
-        recs = results_lib.read_jsonl(os.path.join(out, "generations", f"{name}.jsonl"))
+        recs = io_lib.read_jsonl(os.path.join(out, "generations", f"{name}.jsonl"))
         b = benchmarks.get(name)
         assert len(recs) == 2 * b.n_samples  # limit=2 problems × protocol samples
         problems = benchmarks.load_jsonl(name, config.data.dir)[:2]
@@ -195,7 +196,7 @@ def test_end_to_end_writes_table_and_generations(six_run, tiny_model):
         assert m["avg@k"] == pytest.approx(np.mean(per_problem))
         assert m["k"] == b.n_samples and m["protocol"] == b.protocol
     # Samples of one problem at T=0.6 differ (independent draws).
-    aime = results_lib.read_jsonl(os.path.join(out, "generations", "aime24.jsonl"))
+    aime = io_lib.read_jsonl(os.path.join(out, "generations", "aime24.jsonl"))
     assert len({r["response"] for r in aime if r["group"] == 0}) > 1
     assert results["average"] == pytest.approx(
         np.mean([m["acc"] for m in results["benchmarks"].values()])
@@ -280,7 +281,7 @@ def test_orbax_checkpoint_matches_the_hf_directory(tiny_model, eval_dir, tmp_pat
         _config(**{"model.path": tiny_model, **common}), str(tmp_path), log=print
     )
     assert via_orbax["model"]["tag"] == "step_7"
-    read = lambda tag: results_lib.read_jsonl(  # noqa: E731
+    read = lambda tag: io_lib.read_jsonl(  # noqa: E731
         os.path.join(tmp_path, "eval", tag, "generations", "math500.jsonl")
     )
     hf_tag = os.path.basename(tiny_model)

@@ -385,8 +385,8 @@ def test_multi_host_evaluation_equals_single_device(cache_dir, tiny_model, tmp_p
     assert _files(two) == _files(one)
     for name in ("math500", "aime24"):
         path = Path("eval", tag, "generations", f"{name}.jsonl")
-        a = metrics_lib.read_jsonl(str(two / path))
-        b = metrics_lib.read_jsonl(str(one / path))
+        a = io_lib.read_jsonl(str(two / path))
+        b = io_lib.read_jsonl(str(one / path))
         assert len(a) == 2 * (8 if name == "aime24" else 1)
         assert a == b, name
         # The comparison has content: responses differ between rows.

@@ -80,8 +80,8 @@ class LearnerConfig:
     pg_coef: float = 1.0  # c_pg; 0 gives entropy-only training
     agg: str = "token-mean"  # one of AGG_MODES
     micro_batch_size: int | None = None  # rows per micro-batch; None: no split
-    # Token budget per micro-batch (veRL's dynamic batch size): rows of width
-    # W are split max_tokens // W rows at a time (see
+    # Token budget per device and micro-batch (veRL's dynamic batch size):
+    # rows of width W are split max_tokens // W rows per device at a time (see
     # packing.rows_per_micro_batch); when set it replaces micro_batch_size.
     max_tokens_per_micro_batch: int | None = None
     # True: π_old = the current params (stop-gradient), from the same forward

@@ -19,7 +19,10 @@ the same gathered rollout, computes the same plan and feeds its own rows.
 Static shapes: W is a power of two ≥ the longest sequence (capped at `limit`);
 the row count is a whole number of micro-batches, and that number and the
 head-slot count K are rounded up to 3 significant bits (at most 12.5% extra),
-so a run compiles a handful of shapes, not one per step.
+so a run compiles a handful of shapes, not one per step. The micro-batch
+(`rows_per_micro_batch`: a per-device token budget over W, times the devices)
+is the row granularity: a step pads to whole micro-batches, so a budget of one
+or two rows per device keeps that padding small.
 
 The layout (arrays for `grpo.train_step`; alignment as in grpo's docstring:
 column c scores tokens[c] from the hidden state at c − 1):
@@ -75,19 +78,29 @@ def width_for(longest: int, limit: int) -> int:
 
 
 def rows_per_micro_batch(width: int, max_tokens: int, divisor: int = 1) -> int:
-    """Rows of width W in a micro-batch of at most `max_tokens` tokens.
+    """Rows of width W in a micro-batch of at most `max_tokens` tokens per device.
 
-    A multiple of `divisor` (the devices the rows are split over) and at least
-    `divisor` rows, even when one row per device exceeds the budget.
+    The budget is per device (as veRL's per-GPU token limit), so a micro-batch
+    takes a device the same memory on any mesh: max_tokens // W rows on each
+    of the `divisor` devices the rows are split over, and at least one row
+    per device even when a row exceeds the budget.
     """
-    return max(1, max_tokens // width // divisor) * divisor
+    return max(1, max_tokens // width) * divisor
 
 
-def plan(lengths: np.ndarray, width: int, rows_multiple: int = 1) -> Plan:
+def plan(
+    lengths: np.ndarray,
+    width: int,
+    rows_multiple: int = 1,
+    micro_rows: int | None = None,
+) -> Plan:
     """First-fit decreasing placement of sequences of `lengths` in rows of `width`.
 
-    Longest first (ties by index), each into the first row with room; the row
-    count is then rounded up to `rows_multiple` × bucket(micro-batches).
+    Longest first (ties by index), each into the first row with room. The row
+    count R is then rounded up: to `rows_multiple` × a bucket, and, with
+    `micro_rows` (a multiple of rows_multiple), to whole micro-batches of
+    that many rows when one is not enough (R ≤ micro_rows is one micro-batch
+    of R rows: `grpo` splits min(R, micro_rows) rows at a time).
     """
     lengths = np.asarray(lengths, np.int64)
     if lengths.size and lengths.max() > width:
@@ -103,8 +116,13 @@ def plan(lengths: np.ndarray, width: int, rows_multiple: int = 1) -> Plan:
             free.append(width)
         row[i], offset[i] = r, width - free[r]
         free[r] -= n
-    micro = bucket(-(-max(len(free), 1) // rows_multiple))
-    return Plan(row=row, offset=offset, rows=micro * rows_multiple, width=width)
+    needed = max(len(free), 1)
+    if micro_rows is not None and needed > micro_rows:
+        rows = micro_rows * bucket(-(-needed // micro_rows))
+    else:
+        rows = rows_multiple * bucket(-(-needed // rows_multiple))
+        rows = rows if micro_rows is None else min(rows, micro_rows)
+    return Plan(row=row, offset=offset, rows=rows, width=width)
 
 
 def loss_weights(resp_lengths: np.ndarray, agg: str) -> np.ndarray:
@@ -127,7 +145,6 @@ def pack(
     *,
     agg: str,
     limit: int,
-    rows_multiple: int = 1,
     max_tokens: int | None = None,
     divisor: int = 1,
     response_logprobs: list[np.ndarray] | None = None,
@@ -140,10 +157,10 @@ def pack(
       advantages: Â, [N].
       agg: the loss aggregation mode (grpo.AGG_MODES), for `loss_weight`.
       limit: the widest row allowed (≥ every sequence).
-      rows_multiple: the row count is a multiple of this (e.g. the devices).
-      max_tokens: token budget per micro-batch; with it the row count is a
-        multiple of `rows_per_micro_batch(W, max_tokens, divisor)`.
-      divisor: devices the rows are split over (with max_tokens).
+      max_tokens: token budget per device and micro-batch; with it the rows
+        come in micro-batches of `rows_per_micro_batch(W, max_tokens,
+        divisor)` (or one smaller micro-batch); None: one micro-batch.
+      divisor: devices the rows are split over; the row count is a multiple.
       response_logprobs: the sampler's log-probs of each response; adds
         `old_logp` (only needed when the learner does not recompute π_old).
     """
@@ -153,9 +170,10 @@ def pack(
         raise ValueError("every sequence needs a prompt token to score its first")
     total = p_len + r_len
     width = width_for(int(total.max()), limit)
+    micro_rows = None
     if max_tokens is not None:
-        rows_multiple = rows_per_micro_batch(width, max_tokens, divisor)
-    layout = plan(total, width, rows_multiple)
+        micro_rows = rows_per_micro_batch(width, max_tokens, divisor)
+    layout = plan(total, width, divisor, micro_rows)
     r, w = layout.rows, width
     weights = loss_weights(r_len, agg)
     out = {

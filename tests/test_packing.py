@@ -62,7 +62,9 @@ def _batches(agg, max_tokens=None):
     logp = np.asarray(_logprobs(CONFIG, params(), unpacked, temperature=TAU))
     rng = np.random.default_rng(1)
     # Near the current log-probs, so some ratios clip and the KL is non-zero.
-    old = [logp[i, P : P + n] + rng.choice([-0.4, 0.4], n) for i, n in enumerate(RESP_LENS)]
+    old = [
+        logp[i, P : P + n] + rng.choice([-0.4, 0.4], n) for i, n in enumerate(RESP_LENS)
+    ]
     ref = [logp[i, P : P + n] + rng.normal(0, 0.3, n) for i, n in enumerate(RESP_LENS)]
     unpacked.update(
         old_logp=_put_unpacked(old, logp), ref_logp=_put_unpacked(ref, logp)
@@ -99,6 +101,10 @@ def test_plan_packs_first_fit_decreasing_without_overlap():
     assert list(layout.row) == [0, 1, 1, 0, 1, 0]
     assert list(layout.offset) == [0, 28, 16, 23, 0, 28]
     assert packing.plan(lengths, 32, rows_multiple=3).rows == 3
+    # Whole micro-batches when one is not enough, else one smaller one.
+    assert packing.plan(lengths, 32, micro_rows=1).rows == 2
+    assert packing.plan(lengths, 32, rows_multiple=2, micro_rows=8).rows == 2
+    assert packing.plan(np.full(5, 30), 32, micro_rows=2).rows == 6
 
 
 def test_buckets_width_and_micro_batch_rows():
@@ -108,7 +114,7 @@ def test_buckets_width_and_micro_batch_rows():
     assert all(packing.bucket(n) <= n * 1.125 for n in range(8, 5000))
     assert packing.width_for(23, 64) == 32 and packing.width_for(40, 48) == 48
     assert packing.rows_per_micro_batch(32, 100) == 3
-    assert packing.rows_per_micro_batch(32, 100, divisor=2) == 2
+    assert packing.rows_per_micro_batch(32, 100, divisor=2) == 6
     assert packing.rows_per_micro_batch(64, 10, divisor=4) == 4  # ≥ 1 per device
 
 
@@ -122,7 +128,9 @@ def test_packed_batch_layout_and_weights():
         np.testing.assert_array_equal(b["tokens"][seg], np.concatenate([p, r]))
         np.testing.assert_array_equal(b["positions"][seg], np.arange(len(p) + len(r)))
         np.testing.assert_array_equal(b["tokens"][seg & b["loss_mask"]], r)
-        np.testing.assert_allclose(b["loss_weight"][seg & b["loss_mask"]], 1 / (6 * len(r)))
+        np.testing.assert_allclose(
+            b["loss_weight"][seg & b["loss_mask"]], 1 / (6 * len(r))
+        )
     np.testing.assert_allclose(b["loss_weight"].sum(), 1.0, rtol=1e-6)
     # The head runs exactly at the columns before each response token.
     for row in range(2):
@@ -133,18 +141,20 @@ def test_packed_batch_layout_and_weights():
 # -------------------------------------------- packed == unpacked learner
 @pytest.fixture(scope="module")
 def learner_results():
-    """Every aggregation mode, unpacked vs packed vs packed in micro-batches."""
+    """Every aggregation mode, unpacked vs packed in micro-batches by token
+    budget (and packed in one micro-batch)."""
     cases = {}
     for agg in grpo.AGG_MODES:
         cfg = grpo.LearnerConfig(agg=agg, logits_chunk=8, recompute_old_logp=False)
         unpacked, packed = _batches(agg)
         _, micro = _batches(agg, max_tokens=32)  # one 32-token row at a time
         assert micro["tokens"].shape[0] == 2
-        cases[agg] = (
+        cases[agg] = [
             (unpacked, cfg),
-            (packed, cfg),
             (micro, cfg.replace(max_tokens_per_micro_batch=32)),
-        )
+        ]
+        if agg == "token-mean":  # one compile more: packed, one micro-batch
+            cases[agg].append((packed, cfg))
 
     @fast_jit
     def run(params, batches):
@@ -238,8 +248,8 @@ def test_blockwise_attention_equals_plain_values_and_gradients():
 
     @fast_jit
     def run(params):
-        # 32 columns: plain, blocks of 8 and blocks of 12 (T padded to 36).
-        return [jax.grad(objective, has_aux=True)(params, b) for b in (32, 8, 12)]
+        # 32 columns: plain, and 3 blocks of 12 (T padded to 36).
+        return [jax.grad(objective, has_aux=True)(params, b) for b in (32, 12)]
 
     (g_plain, h_plain), *blocked = jax.device_get(run(params()))
     for g, h in blocked:

@@ -90,7 +90,10 @@ class LearnerConfig:
     # before the first one and pass the result as old_logp instead.
     recompute_old_logp: bool = True
     logits_chunk: int = 512  # sequence positions per head/log-softmax chunk
-    remat: bool = True  # per-layer gradient checkpointing in the learner
+    # Per-layer gradient checkpointing in the gradient pass: the one switch
+    # (the train step sets ModelConfig.remat from it; run configs never set
+    # the model's own flag).
+    remat: bool = True
 
     def __post_init__(self):
         if self.agg not in AGG_MODES:
@@ -544,7 +547,8 @@ def loss_and_grads(
     Args:
       params: fp32 parameters.
       batch: see `train_step`.
-      model_config: the architecture; `remat` is set from learner_config.
+      model_config: the architecture; its `remat` is replaced by
+        learner_config.remat.
       learner_config: loss and micro-batching settings.
       mesh: when given, activations and micro-batches are constrained to
         rows over ('data', 'fsdp') and the gradient accumulator to the params'

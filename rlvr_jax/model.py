@@ -68,7 +68,9 @@ class ModelConfig:
     eos_token_ids: tuple[int, ...] = ()  # eos_token_id (int or list)
     dtype: str = "bfloat16"  # compute dtype of matmuls and activations
     param_dtype: str = "float32"  # storage dtype of the parameters
-    remat: bool = False  # jax.checkpoint each decoder layer (learner memory)
+    # jax.checkpoint each decoder layer (learner memory). Runs leave it False:
+    # the learner sets it from LearnerConfig.remat, its one switch.
+    remat: bool = False
     # Unroll the layer scan (same math, same params). XLA's cost analysis
     # counts a loop body once, so `plan` unrolls to count every layer's FLOPs.
     unroll_layers: bool = False

@@ -392,7 +392,8 @@ def model_config_for(config) -> model_lib.ModelConfig:
     preset of the same name (Qwen2.5-Math-1.5B, Qwen2.5-7B, Qwen2.5-0.5B).
     """
     m = config.model
-    overrides = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat)
+    # model.remat is the learner's (LearnerConfig.remat), not the model's.
+    overrides = dict(dtype=m.dtype, param_dtype=m.param_dtype)
     if m.preset == "tiny":
         from rlvr_jax import tokenizer as tokenizer_lib
 

@@ -74,7 +74,8 @@ def resolve_model_path(path: str) -> str:
 def _tokenizer_and_model_config(config) -> tuple[Any, model_lib.ModelConfig, str]:
     """(tokenizer, ModelConfig, HF dir or "") from the model section."""
     m = config.model
-    overrides = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat)
+    # model.remat is the learner's (LearnerConfig.remat), not the model's.
+    overrides = dict(dtype=m.dtype, param_dtype=m.param_dtype)
     if m.preset:
         if m.preset != "tiny":
             raise ValueError(f"unknown model.preset {m.preset!r} (known: 'tiny')")
@@ -118,7 +119,6 @@ def _initial_params(config, model_config, hf_path, shardings):
             jnp.dtype(model_config.param_dtype),
             compute_dtype=model_config.dtype,
             shardings=shardings,
-            remat=model_config.remat,
         )
         return params
     init = lambda key: model_lib.init_params(model_config, key)

@@ -189,7 +189,8 @@ def learner_phase(steps: int) -> None:
         n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, head_dim=16, mlp_dim=128,
         dtype="float32",
     )  # fmt: skip
-    learner = grpo.LearnerConfig(recompute_old_logp=False)
+    # Two head chunks of the unpacked 272-column rows, so neither side pads.
+    learner = grpo.LearnerConfig(recompute_old_logp=False, logits_chunk=136)
     mesh = S.make_mesh(devices=jax.devices()[:1])
     tx = optimizer.adamw(1e-6)
     state = grpo.init_train_state(config, tx, mesh, rng=jax.random.key(0))

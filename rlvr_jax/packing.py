@@ -17,12 +17,13 @@ Everything here is pure numpy on the host and deterministic in its inputs
 the same gathered rollout, computes the same plan and feeds its own rows.
 
 Static shapes: W is a power of two ≥ the longest sequence (capped at `limit`);
-the row count is a whole number of micro-batches, and that number and the
-head-slot count K are rounded up to 3 significant bits (at most 12.5% extra),
-so a run compiles a handful of shapes, not one per step. The micro-batch
-(`rows_per_micro_batch`: a per-device token budget over W, times the devices)
-is the row granularity: a step pads to whole micro-batches, so a budget of one
-or two rows per device keeps that padding small.
+the row count is a whole number of micro-batches (or one smaller micro-batch
+when a step needs less than one), and that number, the rows of a lone
+micro-batch and the head-slot count K are rounded up to 3 significant bits
+(at most 12.5% extra), so a run compiles a handful of shapes, not one per
+step. The micro-batch (`rows_per_micro_batch`: a per-device token budget over
+W, times the devices) is the row granularity of a step that needs several, so
+a budget of one or two rows per device keeps that padding small.
 
 The layout (arrays for `grpo.train_step`; alignment as in grpo's docstring:
 column c scores tokens[c] from the hidden state at c − 1):

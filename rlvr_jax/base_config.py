@@ -86,6 +86,9 @@ def base_config() -> config_dict.ConfigDict:
     c.train.steps = 2000  # RL steps, one optimizer update each (on-policy)
     c.train.batch_size = 128  # prompts per step (× rollout.n responses)
     c.train.micro_batch_size = 16  # responses per gradient-accumulation slice
+    # Packed learner: tokens per device and micro-batch; 0: micro_batch_size
+    # rows of the widest learner row over the data×fsdp devices.
+    c.train.max_tokens_per_micro_batch = 0
     c.train.recompute_old_logp = True  # π_old from the learner (veRL); False: sampler
 
     c.mesh = config_dict.ConfigDict()

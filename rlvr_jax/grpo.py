@@ -22,6 +22,16 @@ Log-prob alignment (the learner's convention, used by every [B, T] array):
   P + j, exactly where that token sits in `tokens`, and `loss_mask[b, t]` is
   True exactly for those generated-token columns.
 
+Packed batches (rlvr_jax/packing.py, what training feeds): several
+sequences per row, told apart by `segment_ids`, with per-sequence
+`positions`; the same alignment holds within each sequence. Such a batch also
+carries `loss_weight` (each token's weight in the aggregation, computed on the
+host from the whole mini-batch, so one weighted sum gives every mode exactly)
+and `head_cols` (the hidden-state columns whose next token is a response
+token): the LM head and log-softmax run only there, in the forward, the
+backward and the old/reference passes. A batch without them (one sequence per
+row, the head everywhere) is the unpacked reference the tests compare with.
+
 Mixed precision: parameters and optimizer state are fp32; the model casts them
 to its compute dtype (bf16) for the matmuls; logits, log-softmax, entropy,
 losses, reductions and gradient accumulation are fp32. The [B, T, V] logits
@@ -44,6 +54,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from rlvr_jax import model as M
+from rlvr_jax import packing
 from rlvr_jax import sharding as S
 
 Params = Any
@@ -69,13 +80,20 @@ class LearnerConfig:
     pg_coef: float = 1.0  # c_pg; 0 gives entropy-only training
     agg: str = "token-mean"  # one of AGG_MODES
     micro_batch_size: int | None = None  # rows per micro-batch; None: no split
+    # Token budget per device and micro-batch (veRL's dynamic batch size):
+    # rows of width W are split max_tokens // W rows per device at a time (see
+    # packing.rows_per_micro_batch); when set it replaces micro_batch_size.
+    max_tokens_per_micro_batch: int | None = None
     # True: π_old = the current params (stop-gradient), from the same forward
     # pass. That equals a separate recompute because train_step applies one
     # update per batch; for several updates per rollout batch, run `logprobs`
     # before the first one and pass the result as old_logp instead.
     recompute_old_logp: bool = True
     logits_chunk: int = 512  # sequence positions per head/log-softmax chunk
-    remat: bool = True  # per-layer gradient checkpointing in the learner
+    # Per-layer gradient checkpointing in the gradient pass: the one switch
+    # (the train step sets ModelConfig.remat from it; run configs never set
+    # the model's own flag).
+    remat: bool = True
 
     def __post_init__(self):
         if self.agg not in AGG_MODES:
@@ -161,24 +179,24 @@ def logprobs_from_logits(
     return target_bt[..., 0] - log_sum_bt, entropy_bt
 
 
-def _next_token_scores(config, params, x_btd, tokens_bt, temperature, chunk):
-    """Scores of tokens[:, t + 1] from hidden[:, t], chunked over t. [B, T] each.
+def _next_token_scores(config, params, x_bkd, next_bk, temperature, chunk):
+    """Scores of tokens `next_bk` under the head at hidden states `x_bkd`.
 
-    Only one [B, chunk, V] fp32 logits block exists at a time; jax.checkpoint
-    makes the backward pass recompute a chunk's logits instead of storing all.
+    [B, K] each, K the positions asked for (every position, or only those
+    whose next token is a response token). Only one [B, chunk, V] fp32
+    logits block exists at a time; jax.checkpoint makes the backward pass
+    recompute a chunk's logits instead of storing all.
     """
-    b, t, d = x_btd.shape
-    c = min(chunk, t)
-    n = -(-t // c)
-    # Target of the last position is a dummy (token 0); its score is dropped.
-    next_bt = jnp.concatenate([tokens_bt[:, 1:], jnp.zeros_like(tokens_bt[:, :1])], 1)
-    pad = n * c - t
+    b, k, d = x_bkd.shape
+    c = min(chunk, k)
+    n = -(-k // c)
+    pad = n * c - k
     if pad:
-        x_btd = jnp.pad(x_btd, ((0, 0), (0, pad), (0, 0)))
-        next_bt = jnp.pad(next_bt, ((0, 0), (0, pad)))
+        x_bkd = jnp.pad(x_bkd, ((0, 0), (0, pad), (0, 0)))
+        next_bk = jnp.pad(next_bk, ((0, 0), (0, pad)))
     # [n, B, c, ...]: the row axis stays intact, so its sharding carries over.
-    x_nbcd = x_btd.reshape(b, n, c, d).swapaxes(0, 1)
-    next_nbc = next_bt.reshape(b, n, c).swapaxes(0, 1)
+    x_nbcd = x_bkd.reshape(b, n, c, d).swapaxes(0, 1)
+    next_nbc = next_bk.reshape(b, n, c).swapaxes(0, 1)
 
     # Only the head's weights enter the loop, so its backward carries a
     # gradient accumulator for them alone, not for every layer.
@@ -198,12 +216,12 @@ def _next_token_scores(config, params, x_btd, tokens_bt, temperature, chunk):
         return None, one_chunk(head_params, *xs)
 
     _, (logp_nbc, ent_nbc) = jax.lax.scan(body, None, (x_nbcd, next_nbc))
-    logp_bt = logp_nbc.swapaxes(0, 1).reshape(b, n * c)[:, :t]
-    ent_bt = ent_nbc.swapaxes(0, 1).reshape(b, n * c)[:, :t]
-    return logp_bt, ent_bt
+    logp_bk = logp_nbc.swapaxes(0, 1).reshape(b, n * c)[:, :k]
+    ent_bk = ent_nbc.swapaxes(0, 1).reshape(b, n * c)[:, :k]
+    return logp_bk, ent_bk
 
 
-def token_logprobs(
+def logprobs_and_entropy(
     config: M.ModelConfig,
     params: Params,
     tokens_bt: jax.Array,
@@ -212,39 +230,70 @@ def token_logprobs(
     *,
     temperature: float,
     logits_chunk: int = 512,
+    segment_ids_bt: jax.Array | None = None,
+    head_cols_bk: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Per-token log-probs and entropies of a prompt+response batch at τ.
 
-    Aligned with `tokens_bt` (see the module docstring): out[b, t] scores
-    tokens[b, t] under the distribution predicted at position t − 1;
-    out[:, 0] = 0.
+    Differentiable (the loss's forward). Aligned with `tokens_bt` (see the
+    module docstring): out[b, t] scores tokens[b, t] under the distribution
+    predicted at position t − 1; out[:, 0] = 0.
 
     Args:
       config: model architecture (its `remat` flag is honoured).
       params: model parameters.
-      tokens_bt: int [B, T], left-padded prompt then response (then padding).
+      tokens_bt: int [B, T], left-padded prompt then response (then padding),
+        or packed sequences.
       mask_bt: bool [B, T], True for real (non-padding) tokens.
       positions_bt: RoPE positions [B, T]; derived from mask_bt when None.
       temperature: τ.
-      logits_chunk: sequence positions per head chunk.
+      logits_chunk: head positions per head chunk.
+      segment_ids_bt: int [B, T] for packed rows (0 = padding); attention
+        stays within a segment.
+      head_cols_bk: int [B, K], the only columns t whose next-token
+        distribution is computed (out[b, t + 1]); T marks an unused slot.
+        Every other output is 0. None: all columns.
 
     Returns:
       (logp_bt, entropy_bt), fp32 [B, T].
     """
-    x_btd, _ = M.hidden(config, params, tokens_bt, positions_bt, mask_bt)
-    lp_bt, ent_bt = _next_token_scores(
-        config,
-        params,
-        x_btd,
-        jnp.asarray(tokens_bt, jnp.int32),
-        temperature,
-        logits_chunk,
+    x_btd, _ = M.hidden(
+        config, params, tokens_bt, positions_bt, mask_bt, segment_ids_bt=segment_ids_bt
     )
-    # Shift right by one: the score computed at t − 1 belongs to token t.
-    zero_b1 = jnp.zeros_like(lp_bt[:, :1])
-    logp_bt = jnp.concatenate([zero_b1, lp_bt[:, :-1]], axis=1)
-    entropy_bt = jnp.concatenate([zero_b1, ent_bt[:, :-1]], axis=1)
-    return logp_bt, entropy_bt
+    tokens_bt = jnp.asarray(tokens_bt, jnp.int32)
+    b, t = tokens_bt.shape
+    if head_cols_bk is None:
+        # Every column; the last one's target is a dummy (token 0), dropped.
+        next_bt = jnp.concatenate(
+            [tokens_bt[:, 1:], jnp.zeros_like(tokens_bt[:, :1])], 1
+        )
+        lp_bt, ent_bt = _next_token_scores(
+            config, params, x_btd, next_bt, temperature, logits_chunk
+        )
+        # Shift right by one: the score computed at t − 1 belongs to token t.
+        zero_b1 = jnp.zeros_like(lp_bt[:, :1])
+        logp_bt = jnp.concatenate([zero_b1, lp_bt[:, :-1]], axis=1)
+        entropy_bt = jnp.concatenate([zero_b1, ent_bt[:, :-1]], axis=1)
+        return logp_bt, entropy_bt
+    # Gather the asked-for hidden states before the head, so the head's
+    # matmul and the [.., V] log-softmax run on K positions instead of T.
+    cols_bk = jnp.asarray(head_cols_bk, jnp.int32)
+    x_bkd = jnp.take_along_axis(x_btd, jnp.minimum(cols_bk, t - 1)[..., None], axis=1)
+    next_bk = jnp.take_along_axis(tokens_bt, jnp.minimum(cols_bk + 1, t - 1), axis=1)
+    lp_bk, ent_bk = _next_token_scores(
+        config, params, x_bkd, next_bk, temperature, logits_chunk
+    )
+    # Scatter to column t + 1; unused slots (t = T) fall outside and drop.
+    rows_bk = jnp.broadcast_to(jnp.arange(b)[:, None], cols_bk.shape)
+
+    def scatter(v_bk):
+        return (
+            jnp.zeros((b, t), v_bk.dtype)
+            .at[rows_bk, cols_bk + 1]
+            .set(v_bk, mode="drop")
+        )
+
+    return scatter(lp_bk), scatter(ent_bk)
 
 
 def logprobs(
@@ -259,9 +308,17 @@ def logprobs(
 
     The no-gradient pass for reference log-probs (params = the frozen initial
     weights) or old log-probs. Reads batch["tokens"], batch["mask"] and, if
-    present, batch["positions"]. Jit it with `jit_logprobs`.
+    present, batch["positions"], batch["segment_ids"] and batch["head_cols"]
+    (packed rows; the head only at response positions). Jit it with
+    `jit_logprobs`.
     """
-    logp_bt, _ = token_logprobs(
+    logp_bt, _ = _batch_scores(config, params, batch, temperature, logits_chunk)
+    return jax.lax.stop_gradient(logp_bt)
+
+
+def _batch_scores(config, params, batch, temperature, logits_chunk):
+    """`logprobs_and_entropy` of a batch dict, packed or not."""
+    return logprobs_and_entropy(
         config,
         params,
         batch["tokens"],
@@ -269,8 +326,9 @@ def logprobs(
         batch.get("positions"),
         temperature=temperature,
         logits_chunk=logits_chunk,
+        segment_ids_bt=batch.get("segment_ids"),
+        head_cols_bk=batch.get("head_cols"),
     )
-    return jax.lax.stop_gradient(logp_bt)
 
 
 # ----------------------------------------------------------- loss components
@@ -353,6 +411,7 @@ def policy_loss(
     kl_type: str = "low_var_kl",
     num_tokens: jax.Array | None = None,
     num_seqs: jax.Array | None = None,
+    weights: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The GRPO objective (to minimise) for one batch of response tokens.
 
@@ -379,6 +438,9 @@ def policy_loss(
       clip_eps_high: ε_high; None means clip_eps.
       kl_type: KL estimator (see `kl_penalty`).
       num_tokens, num_seqs: mini-batch normalisers for micro-batches.
+      weights: [B, T] per-token aggregation weights (packed batches, see
+        rlvr_jax/packing.py); when given, agg(x) = Σ weights · x over the
+        mask, replacing `agg` and num_seqs (token means still use num_tokens).
 
     Returns:
       (loss, metrics). metrics: pg_loss, kl, entropy (each aggregated as the
@@ -403,9 +465,13 @@ def policy_loss(
     clipped_bt = -adv_bt * jnp.clip(ratio_bt, 1.0 - eps_low, 1.0 + eps_high)
     pg_bt = jnp.maximum(unclipped_bt, clipped_bt)
 
-    agg_fn = functools.partial(
-        aggregate, mask_bt=m_bt, agg=agg, num_tokens=num_tokens, num_seqs=num_seqs
-    )
+    if weights is None:
+        agg_fn = functools.partial(
+            aggregate, mask_bt=m_bt, agg=agg, num_tokens=num_tokens, num_seqs=num_seqs
+        )
+    else:
+        w_bt = jnp.where(m_bt, weights, 0.0)
+        agg_fn = lambda x_bt: jnp.sum(w_bt * jnp.where(m_bt, x_bt, 0.0))
     token_mean = functools.partial(
         aggregate, mask_bt=m_bt, agg="token-mean", num_tokens=num_tokens
     )
@@ -432,14 +498,8 @@ def policy_loss(
 
 # ----------------------------------------------------------- gradient pass
 def _microbatch_loss(params, batch, num_tokens, num_seqs, model_config, cfg):
-    logp_bt, entropy_bt = token_logprobs(
-        model_config,
-        params,
-        batch["tokens"],
-        batch["mask"],
-        batch.get("positions"),
-        temperature=cfg.temperature,
-        logits_chunk=cfg.logits_chunk,
+    logp_bt, entropy_bt = _batch_scores(
+        model_config, params, batch, cfg.temperature, cfg.logits_chunk
     )
     if cfg.recompute_old_logp:
         old_logp_bt = jax.lax.stop_gradient(logp_bt)
@@ -463,6 +523,7 @@ def _microbatch_loss(params, batch, num_tokens, num_seqs, model_config, cfg):
         agg=cfg.agg,
         num_tokens=num_tokens,
         num_seqs=num_seqs,
+        weights=batch.get("loss_weight"),
     )
     return loss, dict(metrics, loss=loss)
 
@@ -486,7 +547,8 @@ def loss_and_grads(
     Args:
       params: fp32 parameters.
       batch: see `train_step`.
-      model_config: the architecture; `remat` is set from learner_config.
+      model_config: the architecture; its `remat` is replaced by
+        learner_config.remat.
       learner_config: loss and micro-batching settings.
       mesh: when given, activations and micro-batches are constrained to
         rows over ('data', 'fsdp') and the gradient accumulator to the params'
@@ -512,12 +574,12 @@ def _loss_and_grads(params, batch, model_config, learner_config, mesh):
     model_config = model_config.replace(remat=cfg.remat)
     mask_bt = jnp.asarray(batch["loss_mask"], bool)
     num_tokens = jnp.sum(mask_bt)
-    num_seqs = jnp.sum(jnp.any(mask_bt, axis=-1))
+    num_seqs = _num_seqs(mask_bt, batch.get("segment_ids"))
     grad_fn = jax.grad(_microbatch_loss, has_aux=True)
     statics = dict(model_config=model_config, cfg=cfg)
 
     rows = batch["tokens"].shape[0]
-    mb = cfg.micro_batch_size or rows
+    mb = _micro_rows(cfg, batch["tokens"].shape, mesh)
     n = _micro_batches(rows, mb)
     if n == 1:
         grads, metrics = grad_fn(params, batch, num_tokens, num_seqs, **statics)
@@ -539,6 +601,32 @@ def _loss_and_grads(params, batch, model_config, learner_config, mesh):
         metrics = jax.tree.map(lambda x: jnp.sum(x, axis=0), metrics_n)
     metrics.update(num_tokens=num_tokens, num_seqs=num_seqs)
     return grads, metrics
+
+
+def _num_seqs(mask_bt: jax.Array, segment_ids_bt: jax.Array | None) -> jax.Array:
+    """Sequences with at least one loss token: rows, or segments when packed.
+
+    A packed sequence's response tokens are contiguous and end its segment,
+    so each one ends exactly once: where the next column is not a loss token
+    of the same segment.
+    """
+    if segment_ids_bt is None:
+        return jnp.sum(jnp.any(mask_bt, axis=-1))
+    seg_bt = jnp.asarray(segment_ids_bt)
+    same_next_bt = jnp.pad(
+        mask_bt[:, 1:] & (seg_bt[:, 1:] == seg_bt[:, :-1]), ((0, 0), (0, 1))
+    )
+    return jnp.sum(mask_bt & ~same_next_bt)
+
+
+def _micro_rows(cfg: LearnerConfig, shape: tuple[int, ...], mesh: Mesh | None) -> int:
+    """Rows per micro-batch of a [rows, width] batch: by token budget or rows."""
+    rows, width = shape[:2]
+    if cfg.max_tokens_per_micro_batch:
+        divisor = 1 if mesh is None else S.batch_divisor(mesh)
+        budget = cfg.max_tokens_per_micro_batch
+        return min(rows, packing.rows_per_micro_batch(width, budget, divisor))
+    return cfg.micro_batch_size or rows
 
 
 def _micro_batches(rows: int, mb: int) -> int:
@@ -658,15 +746,20 @@ def train_step(
 
     Args:
       state: the train state.
-      batch: dict of arrays with B rows (B a multiple of micro_batch_size):
-        tokens     int32 [B, T]  left-padded prompt + response (+ right pad)
+      batch: dict of arrays with B rows (B a multiple of the micro-batch):
+        tokens     int32 [B, T]  left-padded prompt + response (+ right pad),
+                                 or packed sequences (rlvr_jax/packing.py)
         mask       bool  [B, T]  True for real tokens (attention validity)
         positions  int32 [B, T]  optional; RoPE positions, else from mask
         loss_mask  bool  [B, T]  True at generated response tokens to train on
         advantages f32   [B] or [B, T]  Â
-        old_logp   f32   [B, T]  log π_old, aligned like logp (unused when
-                                 learner_config.recompute_old_logp)
+        old_logp   f32   [B, T]  log π_old, aligned like logp; only read when
+                                 not learner_config.recompute_old_logp
         ref_logp   f32   [B, T]  log π_ref (needed when kl_coef != 0)
+        packed batches add (see rlvr_jax/packing.py):
+        segment_ids int32 [B, T] sequence of each token, 0 for padding
+        loss_weight f32  [B, T]  per-token aggregation weight
+        head_cols  int32 [B, K]  columns where the LM head runs
       model_config: the architecture.
       learner_config: loss settings.
       tx: the optimizer.
@@ -738,8 +831,8 @@ def jit_logprobs(
     Params keep whatever sharding they have (fp32 or a bf16 copy of the
     reference weights both work); the result is row-sharded like a batch, so
     it can be put straight into the batch as old_logp / ref_logp. The batch
-    runs in slices of `learner_config.micro_batch_size` rows (as the train
-    step does), so its activations take a micro-batch's memory, not the
+    runs in the train step's micro-batches (`micro_batch_size` rows or the
+    token budget), so its activations take a micro-batch's memory, not the
     whole batch's.
     """
 
@@ -755,7 +848,7 @@ def jit_logprobs(
     def fn(params, batch):
         with _mesh_context(mesh):
             rows = batch["tokens"].shape[0]
-            mb = learner_config.micro_batch_size or rows
+            mb = _micro_rows(learner_config, batch["tokens"].shape, mesh)
             n = _micro_batches(rows, mb)
             if n == 1:
                 return one(params, batch)

@@ -18,6 +18,13 @@ The KV cache is a fixed-size buffer of `s` slots shared by every row: a call
 writes its `t` tokens at slots [index, index + t) and a key slot is visible to
 a query when it is valid (not padding) and not in the query's future. Left
 padding therefore needs no per-row offsets: pad slots are simply invalid.
+
+Packed rows (the learner's layout, see rlvr_jax/packing.py) hold several
+sequences side by side: per-token segment ids (0 = padding) restrict each
+query to keys of its own segment, and per-segment positions restart RoPE.
+Without a cache, attention over long rows runs in query blocks
+(`blockwise_attention`) so no [T, T] score tensor exists in the forward or the
+backward pass.
 """
 
 from __future__ import annotations
@@ -61,10 +68,17 @@ class ModelConfig:
     eos_token_ids: tuple[int, ...] = ()  # eos_token_id (int or list)
     dtype: str = "bfloat16"  # compute dtype of matmuls and activations
     param_dtype: str = "float32"  # storage dtype of the parameters
-    remat: bool = False  # jax.checkpoint each decoder layer (learner memory)
+    # jax.checkpoint each decoder layer (learner memory). Runs leave it False:
+    # the learner sets it from LearnerConfig.remat, its one switch.
+    remat: bool = False
     # Unroll the layer scan (same math, same params). XLA's cost analysis
     # counts a loop body once, so `plan` unrolls to count every layer's FLOPs.
     unroll_layers: bool = False
+    # Query positions per attention block in a cache-free call (the learner):
+    # rows longer than this attend block by block, each block checkpointed,
+    # so scores take [block, T] instead of [T, T] memory. Rows up to this
+    # length use the plain single-block computation.
+    attention_block: int = 1024
 
     def __post_init__(self):
         if self.n_heads % self.n_kv_heads:
@@ -315,6 +329,65 @@ def attention_probs(scores_f32: jax.Array, mask: jax.Array, dtype) -> jax.Array:
     return jax.nn.softmax(scores_f32, axis=-1).astype(dtype)
 
 
+def dot_attention(q_btkgh, k_bskh, v_bskh, q_seg_bt, key_seg_bs, q_slot_t, dtype):
+    """Masked softmax attention of T queries over S key slots, [B, T, K, G, H].
+
+    A key slot s is visible to query t when it is not in the query's future
+    (s <= q_slot_t[t]), holds a real token (key_seg_bs != 0) and belongs to
+    the query's segment (key_seg_bs[s] == q_seg_bt[t]). A query with no
+    visible key (left padding) gets a uniform softmax, never NaN.
+    """
+    h = q_btkgh.shape[-1]
+    scores_bkgts = jnp.einsum(
+        "btkgh,bskh->bkgts", q_btkgh, k_bskh, preferred_element_type=jnp.float32
+    ) / math.sqrt(h)
+    s = k_bskh.shape[1]
+    causal_ts = jnp.arange(s)[None, :] <= q_slot_t[:, None]
+    same_bts = q_seg_bt[:, :, None] == key_seg_bs[:, None, :]
+    mask_bts = causal_ts[None] & same_bts & (key_seg_bs != 0)[:, None, :]
+    probs_bkgts = attention_probs(scores_bkgts, mask_bts[:, None, None], dtype)
+    return jnp.einsum("bkgts,bskh->btkgh", probs_bkgts, v_bskh)
+
+
+def blockwise_attention(
+    q_btkgh, k_bskh, v_bskh, q_seg_bt, key_seg_bs, q_slot_t, dtype, *, block
+):
+    """`dot_attention` computed over blocks of `block` queries, one at a time.
+
+    Each query's softmax is over all its keys within one block, so the result
+    is the plain computation's (the same reductions, only the query axis is
+    split). The block body is under `jax.checkpoint` inside a `lax.map`: the
+    forward holds one [block, S] score block, and the backward recomputes a
+    block's scores instead of keeping them, so neither pass holds [T, S].
+    T is padded to a multiple of `block` with segment-0 queries (dropped).
+    """
+    b, t = q_btkgh.shape[:2]
+    nb = -(-t // block)
+    pad = nb * block - t
+    if pad:
+        q_btkgh = jnp.pad(q_btkgh, ((0, 0), (0, pad)) + ((0, 0),) * 3)
+        q_seg_bt = jnp.pad(q_seg_bt, ((0, 0), (0, pad)))
+        q_slot_t = jnp.pad(q_slot_t, (0, pad))
+    # Blocks lead, rows stay intact so their sharding carries over.
+    q_nbckgh = q_btkgh.reshape(b, nb, block, *q_btkgh.shape[2:]).swapaxes(0, 1)
+    q_seg_nbc = q_seg_bt.reshape(b, nb, block).swapaxes(0, 1)
+    q_slot_nc = q_slot_t.reshape(nb, block)
+
+    @jax.checkpoint
+    def one_block(k_bskh, v_bskh, key_seg_bs, xs):
+        q_bckgh, q_seg_bc, q_slot_c = xs
+        return dot_attention(
+            q_bckgh, k_bskh, v_bskh, q_seg_bc, key_seg_bs, q_slot_c, dtype
+        )
+
+    out_nbckgh = jax.lax.map(
+        lambda xs: one_block(k_bskh, v_bskh, key_seg_bs, xs),
+        (q_nbckgh, q_seg_nbc, q_slot_nc),
+    )
+    out_btkgh = out_nbckgh.swapaxes(0, 1).reshape(b, nb * block, *q_btkgh.shape[2:])
+    return out_btkgh[:, :t]
+
+
 def _kernel(module: nn.Module, name: str, shape, fan_in: int):
     cfg = module.config
     init = nn.initializers.normal(stddev=1.0 / math.sqrt(fan_in))
@@ -334,7 +407,9 @@ class Attention(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x_btd, sin_bth, cos_bth, key_valid_bs, q_slot_t, layer_cache):
+    def __call__(
+        self, x_btd, sin_bth, cos_bth, q_seg_bt, key_seg_bs, q_slot_t, layer_cache
+    ):
         cfg = self.config
         d, n, k, h = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         q_btnh = jnp.einsum(
@@ -367,16 +442,12 @@ class Attention(nn.Module):
             k_bskh, v_bskh = ck_bskh.astype(cfg.dtype), cv_bskh.astype(cfg.dtype)
 
         b, t = x_btd.shape[:2]
-        g = n // k
-        q_btkgh = q_btnh.reshape(b, t, k, g, h)
-        scores_bkgts = jnp.einsum(
-            "btkgh,bskh->bkgts", q_btkgh, k_bskh, preferred_element_type=jnp.float32
-        ) / math.sqrt(h)
-        s = k_bskh.shape[1]
-        causal_ts = jnp.arange(s)[None, :] <= q_slot_t[:, None]
-        mask_bts = causal_ts[None] & key_valid_bs[:, None, :]
-        probs_bkgts = attention_probs(scores_bkgts, mask_bts[:, None, None], cfg.dtype)
-        out_btkgh = jnp.einsum("bkgts,bskh->btkgh", probs_bkgts, v_bskh)
+        q_btkgh = q_btnh.reshape(b, t, k, n // k, h)
+        args = (q_btkgh, k_bskh, v_bskh, q_seg_bt, key_seg_bs, q_slot_t, cfg.dtype)
+        if layer_cache is None and t > cfg.attention_block:
+            out_btkgh = blockwise_attention(*args, block=cfg.attention_block)
+        else:
+            out_btkgh = dot_attention(*args)
         out_btnh = out_btkgh.reshape(b, t, n, h)
         o_nhd = _kernel(self, "o_kernel", (n, h, d), n * h)
         return jnp.einsum("btnh,nhd->btd", out_btnh, o_nhd), new_cache
@@ -408,7 +479,15 @@ class DecoderLayer(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x_btd, layer_cache, sin_bth, cos_bth, key_valid_bs, q_slot_t, index
+        self,
+        x_btd,
+        layer_cache,
+        sin_bth,
+        cos_bth,
+        q_seg_bt,
+        key_seg_bs,
+        q_slot_t,
+        index,
     ):
         cfg = self.config
         x_btd = constrain_rows(x_btd)  # FSDP: gather weights, not activations
@@ -417,7 +496,8 @@ class DecoderLayer(nn.Module):
             RMSNorm(cfg, name="input_norm")(x_btd),
             sin_bth,
             cos_bth,
-            key_valid_bs,
+            q_seg_bt,
+            key_seg_bs,
             q_slot_t,
             cache,
         )
@@ -447,7 +527,7 @@ class Qwen2(nn.Module):
             layer,
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            in_axes=(0,) + (nn.broadcast,) * 5,
+            in_axes=(0,) + (nn.broadcast,) * 6,
             length=cfg.n_layers,
             unroll=cfg.n_layers if cfg.unroll_layers else 1,
         )(cfg)
@@ -460,8 +540,20 @@ class Qwen2(nn.Module):
                 jnp.dtype(cfg.param_dtype),
             )
 
-    def __call__(self, tokens_bt, positions_bt, key_valid_bt, cache: KVCache | None):
-        """Returns (final hidden states [B, T, D] in compute dtype, new cache)."""
+    def __call__(
+        self,
+        tokens_bt,
+        positions_bt,
+        key_valid_bt,
+        cache: KVCache | None,
+        segment_ids_bt=None,
+    ):
+        """Returns (final hidden states [B, T, D] in compute dtype, new cache).
+
+        `segment_ids_bt` (int [B, T], 0 = padding; cache-free calls only)
+        packs several sequences in a row: attention stays within a segment.
+        Without it every row is one segment, its real tokens `key_valid_bt`.
+        """
         cfg = self.config
         x_btd = self.embed(tokens_bt)
         sin_bth, cos_bth = rope_tables(positions_bt, cfg.head_dim, cfg.rope_theta)
@@ -471,14 +563,29 @@ class Qwen2(nn.Module):
             key_valid_bs = key_valid_bt
             layer_caches, index = None, jnp.zeros((), jnp.int32)
         else:
+            if segment_ids_bt is not None:
+                raise ValueError("segment ids are for cache-free (learner) calls")
             index = cache.index
             q_slot_t = index + jnp.arange(t)
             key_valid_bs = jax.lax.dynamic_update_slice(
                 cache.valid_bs, key_valid_bt, (0, index)
             )
             layer_caches = (cache.k_lbskh, cache.v_lbskh)
+        if segment_ids_bt is None:
+            # One segment per row: every query sees its row's valid keys.
+            q_seg_bt = jnp.ones(tokens_bt.shape, jnp.int32)
+            key_seg_bs = key_valid_bs.astype(jnp.int32)
+        else:
+            q_seg_bt = key_seg_bs = jnp.asarray(segment_ids_bt, jnp.int32)
         x_btd, new_layer_caches = self.layers(
-            x_btd, layer_caches, sin_bth, cos_bth, key_valid_bs, q_slot_t, index
+            x_btd,
+            layer_caches,
+            sin_bth,
+            cos_bth,
+            q_seg_bt,
+            key_seg_bs,
+            q_slot_t,
+            index,
         )
         new_cache = None
         if cache is not None:
@@ -515,16 +622,27 @@ def _inputs(tokens_bt, positions_bt, mask_bt):
     return tokens_bt, jnp.asarray(positions_bt, jnp.int32), mask_bt
 
 
-def hidden(config, params, tokens_bt, positions_bt=None, mask_bt=None, cache=None):
+def hidden(
+    config,
+    params,
+    tokens_bt,
+    positions_bt=None,
+    mask_bt=None,
+    cache=None,
+    segment_ids_bt=None,
+):
     """Final hidden states [B, T, D] (compute dtype) and the updated cache.
 
     This is the learner's entry point: log-probs are taken from the hidden
     states in sequence chunks (see `head`) so the [B, T, V] fp32 logits never
-    exist at once.
+    exist at once. For packed rows pass `segment_ids_bt` (int [B, T], 0 =
+    padding) and per-segment `positions_bt`; `mask_bt` is then ignored.
     """
+    if segment_ids_bt is not None and mask_bt is None:
+        mask_bt = jnp.asarray(segment_ids_bt) != 0
     tokens_bt, positions_bt, mask_bt = _inputs(tokens_bt, positions_bt, mask_bt)
     return Qwen2(config).apply(
-        {"params": params}, tokens_bt, positions_bt, mask_bt, cache
+        {"params": params}, tokens_bt, positions_bt, mask_bt, cache, segment_ids_bt
     )
 
 

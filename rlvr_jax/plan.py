@@ -392,7 +392,8 @@ def model_config_for(config) -> model_lib.ModelConfig:
     preset of the same name (Qwen2.5-Math-1.5B, Qwen2.5-7B, Qwen2.5-0.5B).
     """
     m = config.model
-    overrides = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat)
+    # model.remat is the learner's (LearnerConfig.remat), not the model's.
+    overrides = dict(dtype=m.dtype, param_dtype=m.param_dtype)
     if m.preset == "tiny":
         from rlvr_jax import tokenizer as tokenizer_lib
 
@@ -688,19 +689,30 @@ def compile_decode_step(run, model, weights, prompts: int, settings):
 
 
 def learner_batch(run: Run, rows: int, with_ref: bool) -> dict:
-    """Abstract learner batch of `rows` rows at the widest bucket."""
+    """Abstract packed learner batch (rlvr_jax/packing.py) of `rows` rows at
+    the widest bucket, with the LM head at one widest response's positions
+    per row."""
     t = run.shapes.learner_width
+    k = run.shapes.new_tokens
     sh = _rows(run)
     batch = {
         "tokens": _sds((rows, t), jnp.int32, sh),
         "mask": _sds((rows, t), bool, sh),
+        "segment_ids": _sds((rows, t), jnp.int32, sh),
+        "positions": _sds((rows, t), jnp.int32, sh),
         "loss_mask": _sds((rows, t), bool, sh),
-        "advantages": _sds((rows,), jnp.float32, sh),
-        "old_logp": _sds((rows, t), jnp.float32, sh),
+        "advantages": _sds((rows, t), jnp.float32, sh),
+        "loss_weight": _sds((rows, t), jnp.float32, sh),
+        "head_cols": _sds((rows, k), jnp.int32, sh),
     }
+    if not run.learner.recompute_old_logp:
+        batch["old_logp"] = _sds((rows, t), jnp.float32, sh)
     if with_ref:
         batch["ref_logp"] = _sds((rows, t), jnp.float32, sh)
     return batch
+
+
+_LOGPROB_INPUTS = ("tokens", "mask", "segment_ids", "positions", "head_cols")
 
 
 def compile_ref_logprobs(run, model, learner, rows: int):
@@ -709,7 +721,7 @@ def compile_ref_logprobs(run, model, learner, rows: int):
     batch = learner_batch(run, rows, with_ref=False)
     fn = grpo.jit_logprobs(model, learner, run.mesh)
     return compile_or_oom(
-        fn.lower(reference, {k: batch[k] for k in ("tokens", "mask")}), run
+        fn.lower(reference, {k: batch[k] for k in _LOGPROB_INPUTS}), run
     )
 
 
@@ -725,7 +737,7 @@ def compile_micro_step(run, model, learner, rows: int):
     """The body of the micro-batch scan: one micro-batch's grads, accumulated."""
     params = abstract_params(run, model)
     batch = learner_batch(run, rows, with_ref=run.config.loss.kl_coef != 0)
-    one = learner.replace(micro_batch_size=None)
+    one = learner.replace(micro_batch_size=None, max_tokens_per_micro_batch=None)
 
     def body(acc, params, micro):
         grads, metrics = grpo.loss_and_grads(

@@ -33,7 +33,7 @@ from ml_collections import config_dict
 
 from rlvr_jax import checkpoint as ckpt_lib
 from rlvr_jax import data as data_lib
-from rlvr_jax import grpo, paper_data
+from rlvr_jax import grpo, packing, paper_data
 from rlvr_jax import io as io_lib
 from rlvr_jax import metrics as metrics_lib
 from rlvr_jax import model as model_lib
@@ -73,7 +73,8 @@ def resolve_model_path(path: str) -> str:
 def _tokenizer_and_model_config(config) -> tuple[Any, model_lib.ModelConfig, str]:
     """(tokenizer, ModelConfig, HF dir or "") from the model section."""
     m = config.model
-    overrides = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat)
+    # model.remat is the learner's (LearnerConfig.remat), not the model's.
+    overrides = dict(dtype=m.dtype, param_dtype=m.param_dtype)
     if m.preset:
         if m.preset != "tiny":
             raise ValueError(f"unknown model.preset {m.preset!r} (known: 'tiny')")
@@ -115,7 +116,6 @@ def _initial_params(config, model_config, hf_path, shardings):
             jnp.dtype(model_config.param_dtype),
             compute_dtype=model_config.dtype,
             shardings=shardings,
-            remat=model_config.remat,
         )
         return params
     init = lambda key: model_lib.init_params(model_config, key)
@@ -172,11 +172,6 @@ def _eval_name(path: str) -> str:
 
 
 # ------------------------------------------------------------------- rollout
-def _bucket(length: int, limit: int) -> int:
-    """Response columns the learner trains on: next power of two ≥ length."""
-    return min(limit, max(8, 1 << max(0, length - 1).bit_length()))
-
-
 def rollout(
     model_config,
     params,
@@ -276,30 +271,38 @@ def _any_process(flag: bool) -> bool:
     return bool(multihost_utils.process_allgather(np.asarray(flag)).any())
 
 
-def learner_batch(roll: dict[str, np.ndarray], advantages_r: np.ndarray, limit: int):
-    """The learner's prompt+response batch (alignment: see grpo's docstring).
+def learner_batch(
+    roll: dict[str, np.ndarray],
+    advantages_r: np.ndarray,
+    learner_config: grpo.LearnerConfig,
+    *,
+    limit: int,
+    divisor: int,
+) -> dict[str, np.ndarray]:
+    """The learner's batch: the rollout's sequences packed into rows.
 
-    Response columns are cut to a power-of-two bucket of the longest
-    response, so short rollouts train on short sequences without compiling a
-    new shape per step.
+    Prompt + response sequences are packed by first-fit decreasing into rows
+    of a power-of-two width ≤ `limit` (rlvr_jax/packing.py), in whole
+    micro-batches of the learner's token budget split over `divisor`
+    devices, with per-token loss weights for `learner_config.agg`. The
+    sampler's log-probs go in as old_logp only when the learner does not
+    recompute π_old itself. The plan depends only on the (gathered) rollout,
+    so every process builds the same batch and feeds its own rows.
     """
-    lengths = roll["lengths"]
-    width = _bucket(int(lengths.max()), limit)
-    resp_valid = np.arange(width)[None, :] < lengths[:, None]
-    tokens = np.concatenate([roll["prompt_tokens"], roll["tokens"][:, :width]], axis=1)
-    mask = np.concatenate([roll["prompt_mask"], resp_valid], axis=1)
-    loss_mask = np.concatenate([np.zeros_like(roll["prompt_mask"]), resp_valid], axis=1)
-    old_logp = np.concatenate(
-        [np.zeros(roll["prompt_mask"].shape, np.float32), roll["logprobs"][:, :width]],
-        axis=1,
+    prompts, responses = packing.from_rollout(roll)
+    logprobs = None
+    if not learner_config.recompute_old_logp:
+        logprobs = [lp[:n] for lp, n in zip(roll["logprobs"], roll["lengths"])]
+    return packing.pack(
+        prompts,
+        responses,
+        advantages_r.astype(np.float32),
+        agg=learner_config.agg,
+        limit=limit,
+        max_tokens=learner_config.max_tokens_per_micro_batch,
+        divisor=divisor,
+        response_logprobs=logprobs,
     )
-    return {
-        "tokens": tokens.astype(np.int32),
-        "mask": mask,
-        "loss_mask": loss_mask,
-        "advantages": advantages_r.astype(np.float32),
-        "old_logp": np.where(loss_mask, old_logp, 0.0).astype(np.float32),
-    }
 
 
 # ------------------------------------------------------------------- metrics
@@ -429,8 +432,24 @@ def decode_weights_sharding(config, mesh, model_config=None, hbm_bytes=None):
     )
 
 
-def _learner_config(config) -> grpo.LearnerConfig:
+def _learner_width(config) -> int:
+    """The widest learner row: the largest prompt bucket + the longest response."""
+    return max(config.data.prompt_buckets) + config.rollout.max_new_tokens
+
+
+def _learner_config(config, mesh=None) -> grpo.LearnerConfig:
+    """The loss and learner settings.
+
+    The micro-batch token budget (per device) is train.max_tokens_per_micro_batch
+    or, when that is 0 and the mesh is given, micro_batch_size rows of the
+    widest learner row shared over the data×fsdp devices: the same per-device
+    memory as an unpacked micro-batch of micro_batch_size rows.
+    """
     loss = config.loss
+    max_tokens = config.train.max_tokens_per_micro_batch or None
+    if max_tokens is None and mesh is not None:
+        per_device = config.train.micro_batch_size // sharding_lib.batch_divisor(mesh)
+        max_tokens = max(1, per_device) * _learner_width(config)
     return grpo.LearnerConfig(
         temperature=config.rollout.temperature,
         clip_eps=loss.clip_eps,
@@ -441,6 +460,7 @@ def _learner_config(config) -> grpo.LearnerConfig:
         pg_coef=loss.pg_coef,
         agg=loss.agg,
         micro_batch_size=config.train.micro_batch_size,
+        max_tokens_per_micro_batch=max_tokens,
         recompute_old_logp=config.train.recompute_old_logp,
         remat=config.model.remat,
     )
@@ -477,7 +497,7 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
     tokenizer, model_config, hf_path = _tokenizer_and_model_config(config)
     validate(config, model_config, mesh)
     check_fits(config, model_config)
-    learner_config = _learner_config(config)
+    learner_config = _learner_config(config, mesh)
     tx = _optimizer(config)
     lr_schedule = optimizer_lib.schedule(
         config.optim.lr, config.optim.warmup_steps, config.optim.first_step_zero_lr
@@ -715,7 +735,13 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
             )
             # -------------------------------------------------------- update
             t0 = time.time()
-            host_batch = learner_batch(roll, adv, settings.max_new_tokens)
+            host_batch = learner_batch(
+                roll,
+                adv,
+                learner_config,
+                limit=_learner_width(config),
+                divisor=sharding_lib.batch_divisor(mesh),
+            )
             batch = sharding_lib.shard_batch(
                 mesh, jax.tree.map(_process_rows, host_batch)
             )
@@ -746,6 +772,7 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
                     "time/sample_s": t_sample,
                     "time/score_s": t_score,
                     "time/learn_s": t_learn,
+                    "learner/token_efficiency": packing.token_efficiency(host_batch),
                     "throughput/gen_tokens_per_s": generated / max(t_sample, 1e-9),
                 }
             )

@@ -41,7 +41,7 @@ def test_chunked_logprobs_match_full_forward_shifted_and_same_gradient():
     w_bt = jnp.asarray(np.random.default_rng(2).normal(size=batch["tokens"].shape))
 
     def scores(params, chunk):
-        return grpo.token_logprobs(
+        return grpo.logprobs_and_entropy(
             CONFIG,
             params,
             batch["tokens"],
@@ -103,7 +103,7 @@ def test_on_policy_gradient_equals_reinforce_with_baseline():
     pg_only = grpo.LearnerConfig(kl_coef=0.0, entropy_coef=0.0, remat=False)
 
     def reinforce(params):
-        logp, _ = grpo.token_logprobs(
+        logp, _ = grpo.logprobs_and_entropy(
             CONFIG, params, batch["tokens"], batch["mask"], temperature=0.6
         )
         m = batch["loss_mask"]

@@ -672,6 +672,9 @@ def _slot_decode_step(
     # and goes to cache column prompt_width + j - 1.
     step_s = slots.step_s
     longest = jnp.max(jnp.where(slots.live_s, step_s, 0))
+    blocks = (prompt_width + longest + block - 1) // block
+    if block >= state.valid_sw.shape[1]:
+        block = blocks = None  # one block: the plain whole-cache attention
     logits_sv, caches = decoding.step(
         config,
         decode_weights,
@@ -681,7 +684,7 @@ def _slot_decode_step(
         prompt_width + step_s - 1,
         state.valid_sw,
         block=block,
-        blocks=(prompt_width + longest + block - 1) // block,
+        blocks=blocks,
     )
     tokens_s, logprobs_s = _choose(
         logits_sv, _slot_keys(key, row_offset, slots.row_s, step_s), settings
@@ -870,7 +873,9 @@ def continuous(
         Their buffers stay `pad_id` / 0 with length 0.
       refill_every: decode steps between refills (static, >= 1).
       block: cache slots per attention block (static); default
-        `ATTENTION_BLOCK`, or the whole cache when it is narrower.
+        `ATTENTION_BLOCK` (or the whole cache when it is narrower), and on
+        CPU the whole cache (one pass, no block loop). A block as wide as
+        the cache uses the plain one-softmax attention.
       slot_sharding: placement of the slots' caches and state (rows split
         over the mesh's batch axes, e.g. `sharding.batch_sharding(mesh)`);
         None lets the compiler choose.
@@ -901,8 +906,12 @@ def continuous(
         f"must be a positive integer, got {refill_every!r}",
     )
     b, t = np.shape(prompt_tokens_bt)
+    width = t + settings.max_new_tokens
     if block is None:
-        block = min(ATTENTION_BLOCK, t + settings.max_new_tokens)
+        # XLA:CPU runs a loop over small blocks far slower than one pass over
+        # the whole (host-memory) cache: one block there.
+        on_cpu = _platform(params) == "cpu"
+        block = width if on_cpu else min(ATTENTION_BLOCK, width)
     _check(block >= 1, "block", f"must be >= 1, got {block!r}")
     return _continuous_jit(
         config,

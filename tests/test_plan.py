@@ -156,13 +156,6 @@ def test_train_step_flops_agree_with_the_analytic_count():
     assert once < 0.5 * want
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the compiled decode step reads 13% more than weights + cache "
-    "(1.56 GB vs 1.38 GB per chip at 4 layers, 32 rows per chip): sampling's "
-    "traffic over the 152k vocabulary and a weight staged on chip twice; "
-    "open, see the plan's decode efficiency",
-)
 def test_decode_step_bytes_agree_with_weights_plus_filled_cache():
     """At real width (weights and cache far beyond on-chip memory), one decode
     step reads the compute-dtype weights and this chip's cache once."""

@@ -13,7 +13,8 @@ ratio, plus yardsticks measured here:
     CPU with few cores this bound, not bandwidth, can be the binding one;
   * the matmul floors: the same weight matmuls a decode step performs, alone
     in a jitted loop, once as dots on the learner's [in, out] weights and once
-    through `decoding.project` on the sampler's packed [out, in] weights.
+    through `decoding.project` on the sampler's packed [out, in] weights
+    (measured when `project` was written: the dots 2-4x slower on XLA:CPU).
 
     python benchmarks/sampler.py                       # fp32, the full shape
     python benchmarks/sampler.py --dtype bfloat16

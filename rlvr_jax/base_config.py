@@ -52,7 +52,7 @@ def base_config() -> config_dict.ConfigDict:
     c.rollout.top_p = 1.0
     c.rollout.top_k = 0  # 0 = off
     c.rollout.max_new_tokens = 3072  # response ≤ 3072; truncated ones are kept
-    c.rollout.chunk_size = 256  # responses generated per sampler call (memory)
+    c.rollout.chunk_size = 256  # decode slots: responses decoded at once (memory)
     c.rollout.cache_dtype = "bfloat16"
     # "replicated": a compute-dtype copy of the weights on every chip, read
     # locally by each decode step; "sharded": split like the params (gathered

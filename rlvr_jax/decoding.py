@@ -22,7 +22,7 @@ Matmuls (`project`). On accelerators a projection is an einsum. On CPU it is
 written as a broadcast multiply and a sum over the contiguous `D` axis of the
 [O, D] weight: XLA:CPU hands that to its reduction kernels, which stream the
 weight at close to memory bandwidth, while its dot kernels re-pack the whole
-weight on every call and run a decode-shaped [rows, D] x [D, O] product 2-4x
+weight on every call, which makes a decode-shaped [rows, D] x [D, O] product
 slower (`benchmarks/sampler.py` measures both).
 
 KV cache layout, per layer: keys [R, K, H, S] and values [R, K, S, H]. Those
@@ -215,8 +215,83 @@ def cache_from_prefill(
     return Cache(tuple(k), tuple(v)), rows(valid_bs)
 
 
+def _write(cache, new, column, axis: int):
+    """`new` (width 1 along `axis`) written at `column` of each row's cache.
+
+    `column` is a scalar (every row writes the same column, one slice
+    update) or int32 [R] (each row its own column, as continuous batching's
+    slots are at different positions).
+    """
+    if jnp.ndim(column) == 0:
+        start = [0] * cache.ndim
+        start[axis] = column
+        return jax.lax.dynamic_update_slice(cache, new, start)
+    return jax.vmap(
+        lambda c, x, i: jax.lax.dynamic_update_slice_in_dim(c, x, i, axis - 1)
+    )(cache, new, column)
+
+
+def _blocked_attention(config, q_rkgh, k_rkhs, v_rksh, mask_rs, block, blocks):
+    """Attention over the first `blocks` × `block` cache columns only.
+
+    An online softmax (running max, normaliser and weighted sum) over blocks
+    of `block` columns, so a step reads the filled part of the cache, not its
+    whole width; `blocks` is traced (a dynamic trip count). The scores are
+    masked, exponentiated and summed in fp32 as `model.attention_probs` does;
+    the weights meet the values in the compute dtype, normalised at the end.
+    """
+    r, k, g, h = q_rkgh.shape
+    dtype = jnp.dtype(config.dtype)
+
+    def body(i, carry):
+        max_rkg, sum_rkg, acc_rkgh = carry
+        start = i * block
+        k_blk = jax.lax.dynamic_slice_in_dim(k_rkhs, start, block, axis=3)
+        v_blk = jax.lax.dynamic_slice_in_dim(v_rksh, start, block, axis=2)
+        m_blk = jax.lax.dynamic_slice_in_dim(mask_rs, start, block, axis=1)
+        scores_rkgs = jnp.einsum(
+            "rkgh,rkhs->rkgs",
+            q_rkgh,
+            k_blk.astype(dtype),
+            preferred_element_type=jnp.float32,
+        ) / math.sqrt(h)
+        scores_rkgs = jnp.where(m_blk[:, None, None], scores_rkgs, model._MASK_VALUE)
+        new_max_rkg = jnp.maximum(max_rkg, scores_rkgs.max(-1))
+        weights_rkgs = jnp.exp(scores_rkgs - new_max_rkg[..., None])
+        rescale_rkg = jnp.exp(max_rkg - new_max_rkg)
+        out_rkgh = jnp.einsum(
+            "rkgs,rksh->rkgh",
+            weights_rkgs.astype(dtype),
+            v_blk.astype(dtype),
+            preferred_element_type=jnp.float32,
+        )
+        return (
+            new_max_rkg,
+            sum_rkg * rescale_rkg + weights_rkgs.sum(-1),
+            acc_rkgh * rescale_rkg[..., None] + out_rkgh,
+        )
+
+    init = (
+        jnp.full((r, k, g), -jnp.inf, jnp.float32),
+        jnp.zeros((r, k, g), jnp.float32),
+        jnp.zeros((r, k, g, h), jnp.float32),
+    )
+    _, sum_rkg, acc_rkgh = jax.lax.fori_loop(0, blocks, body, init)
+    return (acc_rkgh / sum_rkg[..., None]).astype(dtype)
+
+
 def _attention(
-    config, w: LayerWeights, x_rd, k_rkhs, v_rksh, sin_r1h, cos_r1h, mask_rs, slot
+    config,
+    w: LayerWeights,
+    x_rd,
+    k_rkhs,
+    v_rksh,
+    sin_r1h,
+    cos_r1h,
+    mask_rs,
+    slot,
+    block=None,
+    blocks=None,
 ):
     """Self-attention of one new position per row; writes it at `slot`."""
     r = x_rd.shape[0]
@@ -228,12 +303,13 @@ def _attention(
     v_rkh = qkv_ro[:, (n + k) * h :].reshape(r, k, h)
     q_rkgh = model.rope(q_r1nh, sin_r1h, cos_r1h).reshape(r, k, g, h)
     k_rkh = model.rope(k_r1kh, sin_r1h, cos_r1h)[:, 0]
-    k_rkhs = jax.lax.dynamic_update_slice(
-        k_rkhs, k_rkh[..., None].astype(k_rkhs.dtype), (0, 0, 0, slot)
-    )
-    v_rksh = jax.lax.dynamic_update_slice(
-        v_rksh, v_rkh[:, :, None].astype(v_rksh.dtype), (0, 0, slot, 0)
-    )
+    k_rkhs = _write(k_rkhs, k_rkh[..., None].astype(k_rkhs.dtype), slot, axis=3)
+    v_rksh = _write(v_rksh, v_rkh[:, :, None].astype(v_rksh.dtype), slot, axis=2)
+    if block is not None:
+        out_rkgh = _blocked_attention(
+            config, q_rkgh, k_rkhs, v_rksh, mask_rs, block, blocks
+        )
+        return project(out_rkgh.reshape(r, n * h), w.o_dm), k_rkhs, v_rksh
     scores_rkgs = jnp.einsum(
         "rkgh,rkhs->rkgs",
         q_rkgh,
@@ -255,6 +331,9 @@ def step(
     positions_r: jax.Array,
     slot: jax.Array,
     valid_rs: jax.Array,
+    *,
+    block: int | None = None,
+    blocks: jax.Array | None = None,
 ) -> tuple[jax.Array, Cache]:
     """One token per row through the model; returns (fp32 logits [R, V], cache).
 
@@ -264,17 +343,27 @@ def step(
       cache: the decode caches; this step's keys/values go to slot `slot`.
       tokens_r: int32 [R] the tokens to feed.
       positions_r: int32 [R] their RoPE positions.
-      slot: int32 scalar cache slot of this step (shared by all rows).
+      slot: int32 cache slot of this step: a scalar shared by all rows, or
+        [R], one per row (continuous batching).
       valid_rs: bool [R, S] slots holding real tokens; slots after `slot`
         are hidden by causality whatever they hold.
+      block: None reads the whole cache in one softmax. Otherwise attention
+        reads only the first `blocks` blocks of `block` slots
+        (`_blocked_attention`); S must be a multiple of `block` and every
+        slot up to the largest `slot` must lie in those blocks.
+      blocks: int32 scalar (traced) block count, with `block`.
     """
+    if block is not None and valid_rs.shape[1] % block:
+        raise ValueError(
+            f"block: cache width {valid_rs.shape[1]} is not a multiple of {block}"
+        )
     table_vd = weights.head_vd if weights.embed_vd is None else weights.embed_vd
     x_rd = jnp.take(table_vd, tokens_r, axis=0).astype(config.dtype)
     sin_r1h, cos_r1h = model.rope_tables(
         positions_r[:, None], config.head_dim, config.rope_theta
     )
     s = valid_rs.shape[1]
-    mask_rs = valid_rs & (jnp.arange(s) <= slot)[None]
+    mask_rs = valid_rs & (jnp.arange(s)[None] <= jnp.reshape(slot, (-1, 1)))
     new_k, new_v = [], []
     for w, k_rkhs, v_rksh in zip(weights.layers, cache.k, cache.v):
         attn_rd, k_rkhs, v_rksh = _attention(
@@ -287,6 +376,8 @@ def step(
             cos_r1h,
             mask_rs,
             slot,
+            block,
+            blocks,
         )
         new_k.append(k_rkhs)
         new_v.append(v_rksh)

@@ -9,8 +9,9 @@ no topology is given, every program one RL step runs, with the run's real
 shapes and shardings:
 
   prepare        the sampler's weights (cast, laid out) from the train params
-  sample         prefill + decode loop of one rollout chunk
-  decode_step    one iteration of that loop (its cost is counted per token)
+  sample         the step's rollout: every prompt prefilled once, then
+                 continuous batching through rollout.chunk_size slots
+  decode_step    one iteration of that loop (its cost is counted per step)
   ref_logprobs   the frozen reference policy's log-probs of the step's batch
   train_step     one optimizer update on the step's batch (micro-batched)
   eval_sample    prefill + greedy decode of one evaluation chunk
@@ -28,7 +29,8 @@ program at depth 1 and 2 (cost is linear in depth, so depth L costs
 c1 + (L - 1)(c2 - c1)); the learner's log-prob head runs as one chunk in those
 copies (same FLOPs as the chunked scan); a micro-batched program is costed as
 one micro-batch plus (M - 1) scan bodies; the decode loop as the sample
-program plus `max_new_tokens - 2` more `decode_step`s. Sampling time is
+program plus the rest of its ceil(R / S) × (max_new_tokens - 1) decode
+steps (`sample_cost`). Sampling time is
 therefore the worst case, every response running to `max_new_tokens`; the
 learner batch is the widest one (largest prompt bucket + max_new_tokens).
 
@@ -53,7 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlvr_jax import decoding, grpo
+from rlvr_jax import decoding, grpo, scheduler
 from rlvr_jax import model as model_lib
 from rlvr_jax import sampler as sampler_lib
 from rlvr_jax import sharding as sharding_lib
@@ -638,20 +640,34 @@ def _key(run: Run):
     return jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=_replicated(run))
 
 
-def compile_sample(run, model, weights, prompts: int, settings):
-    """Prefill + decode loop of one chunk of `prompts` prompts."""
+def compile_sample(run, model, weights, prompts: int, settings, slots=None):
+    """A rollout of `prompts` prompts through `slots` decode slots (default
+    prompts × n): `sampler.continuous`'s program, as `train.rollout` runs it."""
     tokens, mask = _prompts(run, prompts)
-    offset = _sds((), jnp.int32, _replicated(run))
+    scalar = _sds((), jnp.int32, _replicated(run))
+    width = run.shapes.prompt_width + settings.max_new_tokens
     return compile_or_oom(
-        sampler_lib._sample_jit.lower(
-            model, weights, tokens, mask, _key(run), offset, settings=settings
+        sampler_lib._continuous_jit.lower(
+            model,
+            weights,
+            tokens,
+            mask,
+            _key(run),
+            scalar,
+            scalar,
+            settings=settings,
+            slots=slots or prompts * settings.n,
+            refill_every=8,
+            block=min(sampler_lib.ATTENTION_BLOCK, width),
+            slot_sharding=_rows(run),
         ),
         run,
     )
 
 
 def compile_decode_step(run, model, weights, prompts: int, settings):
-    """One decode-loop iteration over a chunk's caches (the loop body)."""
+    """One decode step of `prompts` × n slots (the continuous loop's body),
+    attention over the whole cache: the worst case, every slot full length."""
     r = prompts * settings.n
     s = run.shapes.prompt_width + settings.max_new_tokens
     k, h = model.n_kv_heads, model.head_dim
@@ -662,27 +678,40 @@ def compile_decode_step(run, model, weights, prompts: int, settings):
         v=tuple(_sds((r, k, s, h), cache_dtype, rows) for _ in range(model.n_layers)),
     )
     n = settings.max_new_tokens
-    state = sampler_lib._LoopState(
-        step=_sds((), jnp.int32, _replicated(run)),
-        last_r=_sds((r,), jnp.int32, rows),
+    state = sampler_lib._SlotState(
+        caches=caches,
+        valid_sw=_sds((r, s), bool, rows),
+        prompt_len_s=_sds((r,), jnp.int32, rows),
+        last_s=_sds((r,), jnp.int32, rows),
         tokens_rn=_sds((r, n), jnp.int32, rows),
         logprobs_rn=_sds((r, n), jnp.float32, rows),
         lengths_r=_sds((r,), jnp.int32, rows),
-        done_r=_sds((r,), bool, rows),
-        caches=caches,
+        ended_r=_sds((r,), bool, rows),
     )
-    keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), r))
-    keys = jax.ShapeDtypeStruct(keys.shape, keys.dtype, sharding=rows)
-    fn = jax.jit(sampler_lib._decode_step, static_argnums=(0, 6), donate_argnums=2)
+    scalar = _sds((), jnp.int32, _replicated(run))
+    slots = scheduler.Slots(
+        row_s=_sds((r,), jnp.int32, rows),
+        step_s=_sds((r,), jnp.int32, rows),
+        live_s=_sds((r,), bool, rows),
+        next_row=scalar,
+        decode_steps=scalar,
+    )
+    fn = jax.jit(
+        sampler_lib._slot_decode_step,
+        static_argnames=("config", "settings", "prompt_width", "block"),
+        donate_argnums=2,
+    )
     return compile_or_oom(
         fn.lower(
             model,
             weights.decode,
             state,
-            keys,
-            _sds((r,), jnp.int32, rows),
-            _sds((r, s), bool, rows),
-            settings,
+            slots,
+            _key(run),
+            scalar,
+            settings=settings,
+            prompt_width=run.shapes.prompt_width,
+            block=s,
         ),
         run,
     )
@@ -846,24 +875,29 @@ def _log(verbose: bool, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def sample_cost(run: Run, prompts: int, settings, weights) -> tuple:
-    """(FLOPs, bytes, decode step program) of one sampler call, loop counted.
+def sample_cost(run: Run, prompts: int, settings, weights, slots=None) -> tuple:
+    """(FLOPs, bytes, decode step program) of one rollout, its loop counted.
 
-    The sample program at depth 1 and 2 counts the prefill and one decode
-    iteration; the loop runs `max_new_tokens - 1` iterations (the first
-    token comes from the prefill), so `max_new_tokens - 2` more steps are
-    added from the compiled decode step.
+    The rollout program at depth 1 and 2 counts the prefill, one refill and
+    one decode step. With every response full length (the worst case), the
+    R = prompts × n rows pass through the S slots in ceil(R / S) waves of
+    `max_new_tokens - 1` decode steps each (a row's first token comes from
+    the prefill), so all but one of those steps are added from the compiled
+    decode step. Refills (every 8 steps, a prompt-width copy of each slot's
+    cache) are counted once.
     """
     model = run.model
+    slots = slots or prompts * settings.n
 
     def build(m):
         w = sampler_weights(run, m, compile_prepare(run, m))
-        return compile_sample(run, m, w, prompts, settings)
+        return compile_sample(run, m, w, prompts, settings, slots)
 
     flops, nbytes = depth_cost(build, model)
-    step = compile_decode_step(run, model, weights, prompts, settings)
+    step = compile_decode_step(run, model, weights, slots // settings.n, settings)
     step_flops, step_bytes = cost(step)
-    more = settings.max_new_tokens - 2
+    waves = -(-prompts * settings.n // slots)
+    more = waves * (settings.max_new_tokens - 1) - 1
     return flops + more * step_flops, nbytes + more * step_bytes, step
 
 
@@ -930,19 +964,27 @@ def compile_programs(
     prepare_cost = cost(prepared) if costs else (0.0, 0.0)
     programs.append(_program("prepare", prepared, 1, *prepare_cost, chip, params_bytes))
 
-    def sampler_programs(name, prompts, settings, calls):
-        full = timed(name, compile_sample, run, model, weights, prompts, settings)
+    def sampler_programs(name, prompts, settings, calls, slots=None):
+        full = timed(
+            name, compile_sample, run, model, weights, prompts, settings, slots
+        )
         if not costs:
             return [_program(name, full, calls, 0.0, 0.0, chip)]
         flops, nbytes, step = timed(
-            f"{name} costs", sample_cost, run, prompts, settings, weights
+            f"{name} costs", sample_cost, run, prompts, settings, weights, slots
         )
         return [
             _program(name, full, calls, flops, nbytes, chip),
             _program(f"{name}.decode_step", step, 0, *cost(step), chip),
         ]
 
-    programs += sampler_programs("sample", sh.chunk_prompts, run.settings, sh.chunks)
+    # One rollout per step: every prompt prefilled, chunk_prompts × n slots.
+    n = run.settings.n
+    step_prompts = sh.responses // n
+    step_prompts += -step_prompts % sharding_lib.batch_divisor(run.mesh)
+    programs += sampler_programs(
+        "sample", step_prompts, run.settings, 1, sh.chunk_prompts * n
+    )
 
     # ---- learner: reference log-probs, train step (both micro-batched).
     if ref is not None:

@@ -1,28 +1,39 @@
-"""Batched generation: one prefill, then a single jitted `while_loop` decode.
+"""Batched generation: one prefill per prompt, then a jitted decode loop.
 
 The sampler and the learner share the model code and the same parameter
 pytree; there is no second inference engine. `prepare` casts the
 params to the compute dtype and lays them out for decoding (`decoding.pack`:
-fused, [out, in], per layer) once per rollout, in its own jitted call; then
-one call of `sample` per chunk of prompts runs entirely on device:
+fused, [out, in], per layer) once per rollout, in its own jitted call. Then
+everything runs on device, without a host round trip per token:
 
   1. prefill the left-padded prompt batch with the learner's forward
      (`model.hidden`, layers scanned); logits are only taken at the last
      position, so no [B, T, V] tensor is ever built;
-  2. move the prompt keys/values into per-layer caches of
-     `prompt width + max_new_tokens` slots, repeated `n` times along the batch
-     axis (one prefill per prompt, `n` samples each);
-  3. a `jax.lax.while_loop` over fixed-size token / log-prob buffers with a
-     per-row done mask; each step is `decoding.step` (the model's math for one
-     position per row, caches updated in place) and the loop stops as soon as
-     every row has emitted an EOS id or `max_new_tokens` tokens exist. No host
-     round trip happens per token.
+  2. the decode loop, a `jax.lax.while_loop` of `decoding.step` (the
+     model's math for one position per row, caches updated in place),
+     filling fixed-size token / log-prob buffers.
+
+`continuous` is the rollout path (`generate` and `train.rollout` use it):
+continuous batching over a fixed number of decode slots. Each slot serves
+one (prompt, sample) row at a time; when its row ends (EOS or
+max_new_tokens) it takes the next pending row, copying that prompt's
+prefilled keys/values into its cache and drawing the row's first token from
+the prompt's prefill logits (the n samples of a prompt share its prefill).
+The bookkeeping (which slot takes which row, when) is `scheduler`. Slots are
+at different positions, so each writes its own cache column, and attention
+reads the caches block by block only up to the longest live row.
+
+`sample` decodes one prompt batch as a whole (every row in the batch until
+the last one ends): the static-batch reference the tests hold `continuous`
+to, and a building block for benchmarks.
 
 Axis legend for tensor-name suffixes (extends the one in `model.py`):
   b  prompt rows                t  prompt positions (left-padded width)
   r  response rows, r = b * n (prompt-major: row i*n + j is sample j of prompt i)
   n  generated-token positions (max_new_tokens)
   v  vocabulary                 c  kept candidates (top-k)
+  s  decode slots (`continuous`; in `valid_rs`, cache positions)
+  w  a slot cache's width (prompt + response columns)
 
 Log-prob convention. `logprobs_rn[i, j]` is the log-probability of the sampled
 token under the *temperature-scaled full-vocabulary* distribution,
@@ -36,7 +47,7 @@ Positions after a row's EOS hold `pad_id` and log-prob 0.
 Randomness. Row `r` at decode step `j` draws with the key
 `fold_in(fold_in(key, row_offset + r), j)`: deterministic for a key,
 independent across rows, and independent of how a rollout is split into
-chunks or sharded over devices.
+chunks or slots, or sharded over devices.
 """
 
 from __future__ import annotations
@@ -51,7 +62,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlvr_jax import decoding, model
+from rlvr_jax import decoding, model, scheduler
 
 Params = Any
 
@@ -149,8 +160,10 @@ class Samples(NamedTuple):
         0 after the EOS.
       lengths_r: int32 [R] number of generated tokens, EOS included.
       truncated_r: bool [R] True when the row hit max_new_tokens without EOS.
-      steps: int32 scalar, tokens produced per row by the loop (the prefill's
-        first token included); below N when every row stopped early.
+      steps: int32 scalar, the longest row's length (the prefill's first
+        token included); below N when every row stopped early.
+      decode_steps: int32 scalar, decode-loop iterations executed (each one
+        a `decoding.step` over every row or slot).
     """
 
     tokens_rn: jax.Array
@@ -158,6 +171,7 @@ class Samples(NamedTuple):
     lengths_r: jax.Array
     truncated_r: jax.Array
     steps: jax.Array
+    decode_steps: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,6 +185,9 @@ class Rollout:
       lengths: int32 [R] response lengths including the EOS token.
       truncated: bool [R] True when a row stopped at max_new_tokens, not EOS.
       prompt_index: int32 [R] index into `prompts` of each row.
+      decode_steps: decode-loop iterations the rollout took.
+      slots: rows decoded at once; slot efficiency is
+        lengths.sum() / (slots * decode_steps).
     """
 
     tokens: np.ndarray
@@ -178,6 +195,8 @@ class Rollout:
     lengths: np.ndarray
     truncated: np.ndarray
     prompt_index: np.ndarray
+    decode_steps: int
+    slots: int
 
     @property
     def finish_reason(self) -> list[str]:
@@ -327,13 +346,13 @@ def prepare(
 ) -> SamplerWeights:
     """Casts and packs `params` for `sample`; a no-op on `SamplerWeights`.
 
-    Call it once per set of params and pass the result to every `sample` call
-    of a rollout: each chunk then skips the cast and the pack. The result
+    Call it once per set of params and pass the result to every sampler call
+    that uses them: each then skips the cast and the pack. The result
     holds one more copy of the weights (the packed one) for as long as it is
     kept. The pack runs in its own jitted call, so the decode loop reads the
-    packed weights as arguments of its executable; on XLA:CPU that loop runs
-    1.1-1.5x faster than one packing inside the same executable
-    (`benchmarks/pack_placement.py`).
+    packed weights as arguments of its executable, which XLA:CPU runs faster
+    than a pack inside the same executable (`benchmarks/pack_placement.py`
+    measures it).
 
     Off CPU the prefill reads `params` as they are (the model casts each
     weight at use): a prefill is compute-bound, so a compute-dtype copy for
@@ -513,6 +532,8 @@ def _sample(
         lengths_r=state.lengths_r,
         truncated_r=~state.done_r,
         steps=state.step,
+        # The first token comes from the prefill, not from a loop iteration.
+        decode_steps=state.step - 1,
     )
 
 
@@ -587,6 +608,327 @@ def sample(
     )
 
 
+# ------------------------------------------------------ continuous batching
+ATTENTION_BLOCK = 128  # cache slots per attention block (see `continuous`)
+
+
+class _SlotState(NamedTuple):
+    """The continuous loop's payload (s = slots, w = cache width)."""
+
+    caches: decoding.Cache  # [S, K, H, W] keys, [S, K, W, H] values
+    valid_sw: jax.Array  # the slot's prompt mask, then every response slot
+    prompt_len_s: jax.Array  # real prompt tokens of the slot's row
+    last_s: jax.Array  # the slot's last token (fed to the next step)
+    tokens_rn: jax.Array
+    logprobs_rn: jax.Array
+    lengths_r: jax.Array
+    ended_r: jax.Array  # the row drew an EOS id
+
+
+def _slot_keys(key, row_offset, row_s, step_s) -> jax.Array:
+    """`fold_in(fold_in(key, row_offset + row), step)` per slot: the module's
+    randomness rule, so a row draws the same tokens in whichever slot."""
+    row_keys_s = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
+        key, row_offset + row_s
+    )
+    return jax.vmap(jax.random.fold_in)(row_keys_s, step_s)
+
+
+def _record_slots(slots, state, tokens_s, logprobs_s, produced_s, settings):
+    """Writes the `produced_s` slots' tokens at (row, step) of the buffers."""
+    # Slots that produced nothing write out of bounds: dropped.
+    row_s = jnp.where(produced_s, slots.row_s, state.tokens_rn.shape[0])
+    step_s = slots.step_s
+    eos_s = _is_eos(tokens_s, settings.eos_ids)
+    state = state._replace(
+        last_s=jnp.where(produced_s, tokens_s, state.last_s),
+        tokens_rn=state.tokens_rn.at[row_s, step_s].set(tokens_s, mode="drop"),
+        logprobs_rn=state.logprobs_rn.at[row_s, step_s].set(logprobs_s, mode="drop"),
+        lengths_r=state.lengths_r.at[row_s].set(step_s + 1, mode="drop"),
+        ended_r=state.ended_r.at[row_s].set(eos_s, mode="drop"),
+    )
+    slots = scheduler.record(slots, produced_s, eos_s, settings.max_new_tokens)
+    return slots, state
+
+
+def _slot_decode_step(
+    config,
+    decode_weights,
+    state: _SlotState,
+    slots: scheduler.Slots,
+    key,
+    row_offset,
+    *,
+    settings,
+    prompt_width,
+    block,
+):
+    """One decode step of every slot; live slots record their token.
+
+    The continuous loop's `advance` (its body's cost is counted per step by
+    `plan`). Attention reads `block`-slot blocks up to the longest live row.
+    """
+    # The token recorded at step j-1 has RoPE position prompt_len + j - 1
+    # and goes to cache column prompt_width + j - 1.
+    step_s = slots.step_s
+    longest = jnp.max(jnp.where(slots.live_s, step_s, 0))
+    blocks = (prompt_width + longest + block - 1) // block
+    if block >= state.valid_sw.shape[1]:
+        block = blocks = None  # one block: the plain whole-cache attention
+    logits_sv, caches = decoding.step(
+        config,
+        decode_weights,
+        state.caches,
+        state.last_s,
+        state.prompt_len_s + step_s - 1,
+        prompt_width + step_s - 1,
+        state.valid_sw,
+        block=block,
+        blocks=blocks,
+    )
+    tokens_s, logprobs_s = _choose(
+        logits_sv, _slot_keys(key, row_offset, slots.row_s, step_s), settings
+    )
+    state = state._replace(caches=caches)
+    return _record_slots(slots, state, tokens_s, logprobs_s, slots.live_s, settings)
+
+
+def _continuous(
+    config,
+    weights: SamplerWeights,
+    prompt_tokens_bt,
+    prompt_mask_bt,
+    key,
+    row_offset,
+    rows,
+    settings,
+    slots,
+    refill_every,
+    block,
+    slot_sharding,
+):
+    b, t = prompt_tokens_bt.shape
+    n, new = settings.n, settings.max_new_tokens
+    r = b * n
+    prompt_mask_bt = prompt_mask_bt.astype(bool)
+
+    # ---- prefill: once per prompt, through the learner's own forward; its
+    # n samples all start from these keys/values and last-position logits.
+    cache = model.init_cache(config, b, t, settings.cache_dtype)
+    x_btd, cache = model.hidden(
+        config,
+        weights.prefill,
+        prompt_tokens_bt,
+        model.positions_from_mask(prompt_mask_bt),
+        prompt_mask_bt,
+        cache,
+    )
+    logits_bv = model.head(config, weights.prefill, x_btd[:, -1:])[:, 0]
+    store, _ = decoding.cache_from_prefill(cache, 0, 1, settings.cache_dtype)
+    prompt_len_b = prompt_mask_bt.sum(-1, dtype=jnp.int32)
+
+    # ---- slot caches: the prompt's columns, then the response's, rounded up
+    # to whole attention blocks (never-written columns are never attended).
+    width = -(-(t + new) // block) * block
+    k, h = config.n_kv_heads, config.head_dim
+    dtype = jnp.dtype(settings.cache_dtype)
+
+    def placed(x):
+        if slot_sharding is None:
+            return x
+        return jax.lax.with_sharding_constraint(x, slot_sharding)
+
+    state = _SlotState(
+        caches=decoding.Cache(
+            k=tuple(placed(jnp.zeros((slots, k, h, width), dtype)) for _ in store.k),
+            v=tuple(placed(jnp.zeros((slots, k, width, h), dtype)) for _ in store.v),
+        ),
+        valid_sw=placed(jnp.ones((slots, width), bool)),
+        prompt_len_s=placed(jnp.ones((slots,), jnp.int32)),
+        last_s=placed(jnp.zeros((slots,), jnp.int32)),
+        tokens_rn=jnp.full((r, new), settings.pad_id, jnp.int32),
+        logprobs_rn=jnp.zeros((r, new), jnp.float32),
+        lengths_r=jnp.zeros((r,), jnp.int32),
+        ended_r=jnp.zeros((r,), bool),
+    )
+
+    def start(slots_, new_s, state):
+        """New rows: their prompt's cache and mask, and the first token."""
+        b_s = jnp.minimum(slots_.row_s // n, b - 1)
+
+        def fill(slot_x, store_x, axis):
+            prompt_x = jnp.take(store_x, b_s, axis=0)
+            head_x = jax.lax.slice_in_dim(slot_x, 0, t, axis=axis)
+            new_x = new_s.reshape((-1,) + (1,) * (slot_x.ndim - 1))
+            return jax.lax.dynamic_update_slice_in_dim(
+                slot_x, jnp.where(new_x, prompt_x, head_x), 0, axis
+            )
+
+        state = state._replace(
+            caches=decoding.Cache(
+                k=tuple(fill(a, p, 3) for a, p in zip(state.caches.k, store.k)),
+                v=tuple(fill(a, p, 2) for a, p in zip(state.caches.v, store.v)),
+            ),
+            valid_sw=fill(state.valid_sw, prompt_mask_bt, 1),
+            prompt_len_s=jnp.where(
+                new_s, jnp.take(prompt_len_b, b_s), state.prompt_len_s
+            ),
+        )
+        tokens_s, logprobs_s = _choose(
+            jnp.take(logits_bv, b_s, axis=0),
+            _slot_keys(key, row_offset, slots_.row_s, slots_.step_s),
+            settings,
+        )
+        return _record_slots(slots_, state, tokens_s, logprobs_s, new_s, settings)
+
+    def advance(slots_, state):
+        return _slot_decode_step(
+            config,
+            weights.decode,
+            state,
+            slots_,
+            key,
+            row_offset,
+            settings=settings,
+            prompt_width=t,
+            block=block,
+        )
+
+    done, state = scheduler.run(
+        scheduler.empty(slots, rows),
+        state,
+        rows=rows,
+        refill_every=refill_every,
+        start=start,
+        advance=advance,
+    )
+    return Samples(
+        tokens_rn=state.tokens_rn,
+        logprobs_rn=state.logprobs_rn,
+        lengths_r=state.lengths_r,
+        truncated_r=~state.ended_r,
+        steps=jnp.max(state.lengths_r),
+        decode_steps=done.decode_steps,
+    )
+
+
+_continuous_jit = jax.jit(
+    _continuous,
+    static_argnames=(
+        "config",
+        "settings",
+        "slots",
+        "refill_every",
+        "block",
+        "slot_sharding",
+    ),
+)
+
+
+def _shards(sharding: jax.sharding.Sharding | None) -> int:
+    """How many parts a sharding splits an array's leading axis into."""
+    if sharding is None:
+        return 1
+    big = math.prod(sharding.mesh.shape.values()) if hasattr(sharding, "mesh") else 1
+    return big // sharding.shard_shape((big,))[0]
+
+
+def continuous(
+    config: model.ModelConfig,
+    params: Params,
+    prompt_tokens_bt: jax.Array,
+    prompt_mask_bt: jax.Array,
+    key: jax.Array,
+    row_offset: int | jax.Array = 0,
+    *,
+    settings: SamplingSettings,
+    slots: int,
+    rows: int | jax.Array | None = None,
+    refill_every: int = 8,
+    block: int | None = None,
+    slot_sharding: jax.sharding.Sharding | None = None,
+) -> Samples:
+    """Continuous batching: every response of the prompts through `slots` slots.
+
+    The rollout's B * n rows (prompt-major) are decoded `slots` at a time:
+    each prompt is prefilled once (all B together); a free slot takes the
+    next row in row order, copies its prompt's keys/values into its cache,
+    draws the row's first token from the prompt's prefill logits, and
+    decodes until the row ends (EOS or max_new_tokens); then it takes the
+    next row (`scheduler`: refills every `refill_every` decode steps). One
+    jitted `while_loop`, no host round trip per token.
+
+    A row's tokens depend only on (key, row_offset + row, position), as in
+    `sample`: not on the slot count, the slot it ran in, or its neighbours.
+    Attention reads the caches block by block up to the longest live row
+    (`decoding.step`'s `block`), not their whole width.
+
+    Args:
+      config, params, prompt_tokens_bt, prompt_mask_bt, key, row_offset,
+        settings: as for `sample`.
+      slots: rows decoded at once (static); with `slot_sharding`, a multiple
+        of its number of shards.
+      rows: generate only the first `rows` rows (traced; default B * n):
+        the rest are padding prompts, e.g. added to split B over a mesh.
+        Their buffers stay `pad_id` / 0 with length 0.
+      refill_every: decode steps between refills (static, >= 1).
+      block: cache slots per attention block (static); default
+        `ATTENTION_BLOCK` (or the whole cache when it is narrower), and on
+        CPU the whole cache (one pass, no block loop). A block as wide as
+        the cache uses the plain one-softmax attention.
+      slot_sharding: placement of the slots' caches and state (rows split
+        over the mesh's batch axes, e.g. `sharding.batch_sharding(mesh)`);
+        None lets the compiler choose.
+
+    Returns:
+      `Samples` with R = B * n rows; `decode_steps` counts the loop's decode
+      steps, so Σ lengths / (slots * decode_steps) is its slot efficiency.
+
+    Raises:
+      ValueError: `slots` < 1 or not a multiple of the shards, `block` < 1,
+        `refill_every` < 1.
+    """
+    _check(
+        isinstance(slots, (int, np.integer)) and slots >= 1,
+        "slots",
+        f"must be a positive integer, got {slots!r}",
+    )
+    shards = _shards(slot_sharding)
+    _check(
+        slots % shards == 0,
+        "slots",
+        f"{slots} slots do not split over the {shards} devices of the mesh's "
+        "batch axes; use a multiple of that",
+    )
+    _check(
+        isinstance(refill_every, (int, np.integer)) and refill_every >= 1,
+        "refill_every",
+        f"must be a positive integer, got {refill_every!r}",
+    )
+    b, t = np.shape(prompt_tokens_bt)
+    width = t + settings.max_new_tokens
+    if block is None:
+        # XLA:CPU runs a loop over small blocks far slower than one pass over
+        # the whole (host-memory) cache: one block there.
+        on_cpu = _platform(params) == "cpu"
+        block = width if on_cpu else min(ATTENTION_BLOCK, width)
+    _check(block >= 1, "block", f"must be >= 1, got {block!r}")
+    return _continuous_jit(
+        config,
+        prepare(config, params),
+        prompt_tokens_bt,
+        prompt_mask_bt,
+        key,
+        jnp.asarray(row_offset, jnp.int32),
+        jnp.asarray(b * settings.n if rows is None else rows, jnp.int32),
+        settings=settings,
+        slots=int(slots),
+        refill_every=int(refill_every),
+        block=int(block),
+        slot_sharding=slot_sharding,
+    )
+
+
 # ----------------------------------------------------------------- generate
 def _check_prompts(config, prompts, max_new_tokens) -> None:
     _check(len(prompts) > 0, "prompts", "is empty")
@@ -641,14 +983,15 @@ def generate(
       eos_ids: stop token id(s); empty disables stopping.
       seed: the sampling seed.
       n: samples per prompt.
-      chunk_size: prompts per `sample` call (bounds the KV cache, which holds
-        chunk_size * n rows); None = all at once. The last chunk is padded
-        with dummy rows so every call has the same shape (one compilation).
+      chunk_size: prompts' worth of decode slots: `continuous` decodes
+        chunk_size * n rows at once (bounds the KV cache); None = all rows
+        at once. Every prompt is still prefilled once, up front.
       cache_dtype: KV-cache dtype.
       pad_id: token written after EOS.
       buckets: prompt widths (see `bucket_width`).
-      batch_sharding: optional sharding for the [B, T] prompt arrays (e.g.
-        NamedSharding(mesh, P("data"))); chunk_size must then divide evenly.
+      batch_sharding: optional sharding of the prompt rows and the decode
+        slots over devices (e.g. NamedSharding(mesh, P("data"))); prompts
+        and slots are padded up to a multiple of its shards.
 
     Returns:
       A `Rollout` with len(prompts) * n prompt-major rows.
@@ -674,35 +1017,38 @@ def generate(
     b = len(prompts)
     chunk = b if chunk_size is None else chunk_size
     _check(chunk >= 1, "chunk_size", f"must be >= 1, got {chunk_size!r}")
-    n_chunks = -(-b // chunk)
-    fill = n_chunks * chunk - b
+    shards = _shards(batch_sharding)
+    fill = -b % shards
     if fill:
-        # Dummy rows (copies of prompt 0) keep every call the same shape.
-        tokens_bt = np.concatenate([tokens_bt, np.repeat(tokens_bt[:1], fill, 0)])
-        mask_bt = np.concatenate([mask_bt, np.repeat(mask_bt[:1], fill, 0)])
-    key = jax.random.key(seed)
-    weights = prepare(config, params)
-    outputs = []
-    for c in range(n_chunks):
-        rows = slice(c * chunk, (c + 1) * chunk)
-        toks, mask = tokens_bt[rows], mask_bt[rows]
-        if batch_sharding is not None:
-            toks = jax.device_put(toks, batch_sharding)
-            mask = jax.device_put(mask, batch_sharding)
-        # Dispatch is asynchronous: chunks queue up without host syncs.
-        outputs.append(
-            sample(config, weights, toks, mask, key, c * chunk * n, settings=settings)
-        )
-    host = jax.device_get(outputs)
+        # Copies of the last prompt split the prefill over the mesh; their
+        # rows are never scheduled.
+        tokens_bt = np.concatenate([tokens_bt, np.repeat(tokens_bt[-1:], fill, 0)])
+        mask_bt = np.concatenate([mask_bt, np.repeat(mask_bt[-1:], fill, 0)])
+    if batch_sharding is not None:
+        tokens_bt = jax.device_put(tokens_bt, batch_sharding)
+        mask_bt = jax.device_put(mask_bt, batch_sharding)
     r = b * n
-
-    def cat(field):
-        return np.concatenate([getattr(o, field) for o in host])[:r]
-
+    slots = min(chunk, b) * n
+    slots += -slots % shards
+    out = jax.device_get(
+        continuous(
+            config,
+            params,
+            tokens_bt,
+            mask_bt,
+            jax.random.key(seed),
+            settings=settings,
+            slots=slots,
+            rows=r,
+            slot_sharding=batch_sharding,
+        )
+    )
     return Rollout(
-        tokens=cat("tokens_rn").astype(np.int32),
-        logprobs=cat("logprobs_rn").astype(np.float32),
-        lengths=cat("lengths_r").astype(np.int32),
-        truncated=cat("truncated_r").astype(bool),
+        tokens=np.asarray(out.tokens_rn[:r], np.int32),
+        logprobs=np.asarray(out.logprobs_rn[:r], np.float32),
+        lengths=np.asarray(out.lengths_r[:r], np.int32),
+        truncated=np.asarray(out.truncated_r[:r], bool),
         prompt_index=np.repeat(np.arange(b, dtype=np.int32), n),
+        decode_steps=int(out.decode_steps),
+        slots=slots,
     )

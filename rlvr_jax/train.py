@@ -184,53 +184,67 @@ def rollout(
     mesh,
     decode_sharding=None,
 ) -> dict[str, np.ndarray]:
-    """Samples `settings.n` responses per prompt, in chunks of prompts.
+    """Samples `settings.n` responses per prompt by continuous batching.
+
+    `chunk_rows` is the number of decode slots (rows decoded at once, the KV
+    cache's row count; config `rollout.chunk_size`), rounded up to split
+    over the mesh's batch axes and capped at the rollout's rows. Every
+    prompt is prefilled once; `sampler.continuous` streams the responses
+    through the slots. Multi-process: each process feeds its own prompts
+    (the prompt list is padded with copies of the last prompt to split over
+    the mesh; their rows are never generated), every process gets all rows.
 
     `decode_sharding` places the sampler's decode weights (see
     `sampler.prepare`). Returns host arrays: prompt tokens/mask [R, W]
     (repeated per sample), response tokens/logprobs [R, N], lengths [R],
-    truncated [R].
+    truncated [R]; and ints `decode_steps` (decode-loop iterations) and
+    `slots`, so slot efficiency = lengths.sum() / (slots * decode_steps).
     """
     tokens_bt, mask_bt = sampler_lib.pad_prompts(prompts, buckets)
     n = settings.n
-    per_chunk = max(1, chunk_rows // n)
+    b = len(prompts)
     divisor = sharding_lib.batch_divisor(mesh)
-    # Once for all chunks.
+    pad = -b % divisor  # the prompt batch must split over the mesh
+    fed_t = np.concatenate([tokens_bt, np.repeat(tokens_bt[-1:], pad, 0)])
+    fed_m = np.concatenate([mask_bt, np.repeat(mask_bt[-1:], pad, 0)])
+    placed = sharding_lib.shard_batch(
+        mesh, {"t": _process_rows(fed_t), "m": _process_rows(fed_m)}
+    )
+    slots = min(max(1, chunk_rows), b * n)
+    slots += -slots % divisor
     weights = sampler_lib.prepare(model_config, params, decode_sharding=decode_sharding)
-    parts = []
-    for start in range(0, len(prompts), per_chunk):
-        chunk_t = tokens_bt[start : start + per_chunk]
-        chunk_m = mask_bt[start : start + per_chunk]
-        rows = len(chunk_t)
-        pad = -rows % divisor  # the prompt batch must split over the mesh
-        if pad:
-            chunk_t = np.concatenate([chunk_t, np.repeat(chunk_t[-1:], pad, 0)])
-            chunk_m = np.concatenate([chunk_m, np.repeat(chunk_m[-1:], pad, 0)])
-        placed = sharding_lib.shard_batch(
-            mesh, {"t": _process_rows(chunk_t), "m": _process_rows(chunk_m)}
-        )
-        out = sampler_lib.sample(
-            model_config,
-            weights,
-            placed["t"],
-            placed["m"],
-            key,
-            start * n,
-            settings=settings,
-        )
-        out = _to_host(
-            {
-                "tokens": out.tokens_rn,
-                "logprobs": out.logprobs_rn,
-                "lengths": out.lengths_r,
-                "truncated": out.truncated_r,
-            }
-        )
-        parts.append({k: v[: rows * n] for k, v in out.items()})
-    result = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    out = sampler_lib.continuous(
+        model_config,
+        weights,
+        placed["t"],
+        placed["m"],
+        key,
+        settings=settings,
+        slots=slots,
+        rows=b * n,
+        slot_sharding=sharding_lib.batch_sharding(mesh),
+    )
+    result = _to_host(
+        {
+            "tokens": out.tokens_rn,
+            "logprobs": out.logprobs_rn,
+            "lengths": out.lengths_r,
+            "truncated": out.truncated_r,
+        }
+    )
+    result = {k: v[: b * n] for k, v in result.items()}
     result["prompt_tokens"] = np.repeat(tokens_bt, n, axis=0)
     result["prompt_mask"] = np.repeat(mask_bt, n, axis=0)
+    result["decode_steps"] = int(_local(out.decode_steps))
+    result["slots"] = slots
     return result
+
+
+def slot_efficiency(roll: dict) -> float:
+    """Generated tokens / (slots × decode steps): the share of the sampler's
+    (slot, step) cells that produced a token."""
+    cells = roll["slots"] * roll["decode_steps"]
+    return float(roll["lengths"].sum()) / max(cells, 1)
 
 
 def _process_rows(x: np.ndarray) -> np.ndarray:
@@ -774,6 +788,7 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
                     "time/learn_s": t_learn,
                     "learner/token_efficiency": packing.token_efficiency(host_batch),
                     "throughput/gen_tokens_per_s": generated / max(t_sample, 1e-9),
+                    "rollout/slot_efficiency": slot_efficiency(roll),
                 }
             )
             # ------------------------------------------------ eval and save

@@ -33,8 +33,13 @@ def fp32_model(request, hf_tiny_dir, tmp_path_factory):
     return config, params
 
 
-def _decode(config, params, tokens_bt, mask_bt, feed_bn, n, weights_dtype=None):
+def _decode(
+    config, params, tokens_bt, mask_bt, feed_bn, n, weights_dtype=None, block=None
+):
     """Prefill, then feed `feed_bn` (repeated n times) one token per step.
+
+    With `block`, each step passes per-row cache slots and reads the cache in
+    blocks of `block` slots, only as many as are filled.
 
     Returns fp32 logits [B * n, N] of each step, from `D.step`.
     """
@@ -46,19 +51,25 @@ def _decode(config, params, tokens_bt, mask_bt, feed_bn, n, weights_dtype=None):
     )
     caches, valid_rs = D.cache_from_prefill(cache, new, n, jnp.float32)
     weights = D.pack(config, params, weights_dtype)
-    step = jax.jit(D.step, static_argnums=0)
+    step = jax.jit(D.step, static_argnums=0, static_argnames="block")
     feed_rn = np.repeat(feed_bn, n, axis=0)
     length_r = np.repeat(mask_bt.sum(-1), n)
+    slot_kwargs = {}
     out = []
     for j in range(new):
+        slot = jnp.asarray(t + j, jnp.int32)
+        if block is not None:
+            slot = jnp.full(feed_rn.shape[:1], t + j, jnp.int32)
+            slot_kwargs = dict(block=block, blocks=jnp.int32(-(-(t + j + 1) // block)))
         logits_rv, caches = step(
             config,
             weights,
             caches,
             jnp.asarray(feed_rn[:, j], jnp.int32),
             jnp.asarray(length_r + j, jnp.int32),
-            jnp.asarray(t + j, jnp.int32),
+            slot,
             valid_rs,
+            **slot_kwargs,
         )
         out.append(np.asarray(logits_rv))
     return np.stack(out, axis=1), feed_rn
@@ -72,7 +83,23 @@ def test_step_logits_equal_teacher_forced_forward(fp32_model):
     new, n = 6, 2
     feed_bn = rng.integers(0, config.vocab_size, (3, new))
     got_rnv, feed_rn = _decode(config, params, tokens_bt, mask_bt, feed_bn, n)
+    _assert_teacher_forced(config, params, tokens_bt, mask_bt, feed_rn, n, got_rnv)
 
+
+def test_blocked_step_with_per_row_slots_equals_teacher_forced_forward(fp32_model):
+    """Per-row cache slots and attention over only the filled blocks (the
+    continuous sampler's step) give the teacher-forced logits too."""
+    config, params = fp32_model
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(1, config.vocab_size, k).tolist() for k in (7, 2, 12)]
+    tokens_bt, mask_bt = S.pad_prompts(prompts)
+    new, n = 8, 2  # 16 + 8 cache slots: six blocks of 4, three to six read
+    feed_bn = rng.integers(0, config.vocab_size, (3, new))
+    got_rnv, feed_rn = _decode(config, params, tokens_bt, mask_bt, feed_bn, n, block=4)
+    _assert_teacher_forced(config, params, tokens_bt, mask_bt, feed_rn, n, got_rnv)
+
+
+def _assert_teacher_forced(config, params, tokens_bt, mask_bt, feed_rn, n, got_rnv):
     # The same tokens in one left-padded forward: column t + j holds fed
     # token j, so its logits are what decode step j returns.
     t = tokens_bt.shape[1]

@@ -159,17 +159,6 @@ def test_train_step_flops_agree_with_the_analytic_count():
     assert once < 0.5 * want
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the compiled decode step reads 13% more than weights + cache "
-    "(1.56 GB vs 1.38 GB per chip at 4 layers, 32 rows per chip). Not "
-    "sampling (a greedy step reads the same bytes; the [R, V] logits stay on "
-    "chip) nor the embedding lookup (1 MB): XLA stages the whole key cache "
-    "of two layers on chip (67 MB each fits v5e's on-chip memory), writes the "
-    "new slot there and copies the buffer back (2 x 67 MB). Keys laid out "
-    "[R, K, S, H] as the values: the same staging (1.54 GB); caches written "
-    "after attention: more (1.82 GB). Open, with the attention rewrite",
-)
 def test_decode_step_bytes_agree_with_weights_plus_filled_cache():
     """At real width (weights and cache far beyond on-chip memory), one decode
     step reads the compute-dtype weights and this chip's cache once."""

@@ -580,3 +580,180 @@ def test_pad_prompts_left_pads_to_buckets():
     assert S.pad_prompts([[1] * 17])[0].shape == (1, 32)
     with pytest.raises(ValueError, match="^prompts:"):
         S.pad_prompts([[1] * 9], buckets=(4, 8))
+
+
+# ------------------------------------------------------- continuous batching
+_SLOTS = 8  # two prompts' worth of rows (n = 4)
+
+
+@pytest.fixture(scope="module")
+def sharpened(hf_model):
+    """The tiny model with a 2x embedding/head, so each row's own tokens decide
+    whether it ends soon (EOS ids are 1/8 of the vocabulary): sampled
+    response lengths then spread from 1 to the 48-token limit, median ~7.
+    8 prompts × 4 samples."""
+    config, params, _ = hf_model
+    params = {
+        **params,
+        "embed": {"embedding": 2.0 * params["embed"]["embedding"]},
+    }
+    prompts = _prompts(np.random.default_rng(13), config.vocab_size, range(2, 18, 2))
+    tokens_bt, mask_bt = S.pad_prompts(prompts)
+    return config, S.prepare(config, params), tokens_bt, mask_bt
+
+
+def _long_tail_settings(temperature):
+    return S.SamplingSettings(
+        max_new_tokens=48,
+        temperature=temperature,
+        eos_ids=tuple(range(3, 256, 8)),
+        n=4,
+        cache_dtype="float32",
+    )
+
+
+_runs: dict = {}
+
+
+def _run(sharpened, temperature, slots=None, **kwargs):
+    """One rollout of `sharpened`, memoised (each is a compilation): the
+    chunked reference (`sample` on two prompts per call) when slots is None,
+    else `continuous`."""
+    config, weights, tokens_bt, mask_bt = sharpened
+    settings = _long_tail_settings(temperature)
+    name = (temperature, slots, tuple(sorted(kwargs.items())))
+    if name in _runs:
+        return _runs[name]
+    key = jax.random.key(21)
+    if slots is None:
+        chunks = [
+            S.sample(
+                config,
+                weights,
+                tokens_bt[c : c + 2],
+                mask_bt[c : c + 2],
+                key,
+                row_offset=c * settings.n,
+                settings=settings,
+            )
+            for c in range(0, len(tokens_bt), 2)
+        ]
+        out = jax.tree.map(
+            lambda *x: np.concatenate([np.atleast_1d(a) for a in x]), *chunks
+        )
+        out = out._replace(decode_steps=int(out.decode_steps.sum()))
+    else:
+        out = jax.device_get(
+            S.continuous(
+                config,
+                weights,
+                tokens_bt,
+                mask_bt,
+                key,
+                settings=settings,
+                slots=slots,
+                **kwargs,
+            )
+        )
+    _runs[name] = out
+    return out
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_continuous_equals_chunked_with_fewer_decode_steps(sharpened, temperature):
+    chunked = _run(sharpened, temperature)
+    cont = _run(sharpened, temperature, _SLOTS, block=8)
+    lengths = np.asarray(chunked.lengths_r)
+    assert len(set(lengths.tolist())) > 2, lengths
+    # Measured agreement of the tokens: 100% on this model (an fp32 tie
+    # could flip a token; none does).
+    agreement = (np.asarray(cont.tokens_rn) == np.asarray(chunked.tokens_rn)).mean()
+    assert agreement == 1.0, agreement
+    np.testing.assert_array_equal(cont.lengths_r, chunked.lengths_r)
+    np.testing.assert_array_equal(cont.truncated_r, chunked.truncated_r)
+    # Prefill batch and blocked attention change fp32 rounding only.
+    np.testing.assert_allclose(cont.logprobs_rn, chunked.logprobs_rn, atol=1e-5)
+    # The same rows in the same number of slots, in no more decode steps;
+    # in far fewer on the sampled, long-tailed mix (most rows short, a few
+    # run to or near the limit). Greedy repeats each prompt's row n times.
+    steps = (int(cont.decode_steps), int(chunked.decode_steps))
+    assert steps[0] <= steps[1], steps
+    if temperature > 0:
+        assert np.median(lengths) * 3 <= lengths.max(), lengths
+        assert steps[0] < 0.8 * steps[1], steps
+    # Never fewer steps than the busiest slot needs.
+    assert _SLOTS * int(cont.decode_steps) >= (lengths - 1).sum()
+
+
+def test_a_rows_tokens_do_not_depend_on_the_slot_count(sharpened):
+    eight = _run(sharpened, 1.0, _SLOTS, block=8)
+    two = _run(sharpened, 1.0, 2, refill_every=1)  # whole-cache attention
+    np.testing.assert_array_equal(two.tokens_rn, eight.tokens_rn)
+    np.testing.assert_array_equal(two.lengths_r, eight.lengths_r)
+    np.testing.assert_allclose(two.logprobs_rn, eight.logprobs_rn, atol=1e-5)
+    assert int(two.decode_steps) > int(eight.decode_steps)
+
+
+@pytest.mark.parametrize(
+    "change,name",
+    [
+        (dict(slots=6), "slots"),  # 4 data shards
+        (dict(slots=0), "slots"),
+        (dict(refill_every=0), "refill_every"),
+        (dict(block=0), "block"),
+    ],
+)
+def test_continuous_bad_arguments_raise_value_error_naming_them(hf_model, change, name):
+    config, params, _ = hf_model
+    mesh = Mesh(np.array(jax.devices()[:4]), ("data",))
+    tokens_bt, mask_bt = S.pad_prompts([[1, 2, 3]] * 4)
+    kwargs = dict(
+        settings=_long_tail_settings(1.0),
+        slots=8,
+        slot_sharding=NamedSharding(mesh, P("data")),
+    )
+    kwargs.update(change)
+    with pytest.raises(ValueError, match=rf"^{name}:"):
+        S.continuous(config, params, tokens_bt, mask_bt, jax.random.key(0), **kwargs)
+
+
+def test_train_rollout_streams_rows_through_mesh_slots_like_generate(hf_model):
+    """`train.rollout` (the training/eval path) over an 8-device mesh: prompts
+    and slots padded to split over it, the same rows as `generate`."""
+    from rlvr_jax import sharding as SH
+    from rlvr_jax import train
+
+    config, params, _ = hf_model
+    prompts = _prompts(np.random.default_rng(14), config.vocab_size, (5, 8, 3))
+    settings = S.SamplingSettings(
+        max_new_tokens=8, temperature=0.9, eos_ids=(7, 11), n=2, cache_dtype="float32"
+    )
+    roll = train.rollout(
+        config,
+        params,
+        prompts,
+        settings,
+        jax.random.key(3),
+        buckets=None,
+        chunk_rows=4,
+        mesh=SH.make_mesh(data=4, fsdp=2),
+        decode_sharding=None,
+    )
+    assert roll["slots"] == 8  # 4 rounded up to the 8 batch shards
+    want = S.generate(
+        config,
+        params,
+        prompts,
+        seed=3,
+        **{k: getattr(settings, k) for k in ("max_new_tokens", "temperature", "n")},
+        eos_ids=settings.eos_ids,
+        cache_dtype="float32",
+    )
+    assert roll["tokens"].shape == (6, 8) and roll["prompt_tokens"].shape == (6, 16)
+    np.testing.assert_array_equal(roll["tokens"], want.tokens)
+    np.testing.assert_array_equal(roll["lengths"], want.lengths)
+    np.testing.assert_array_equal(roll["truncated"], want.truncated)
+    np.testing.assert_allclose(roll["logprobs"], want.logprobs, atol=1e-5)
+    assert roll["decode_steps"] >= want.lengths.max() - 1
+    efficiency = train.slot_efficiency(roll)
+    assert efficiency == want.lengths.sum() / (8 * roll["decode_steps"])

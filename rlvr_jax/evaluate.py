@@ -18,7 +18,7 @@ AIME25 and AMC23 at T=0.6 × 8, averaged (avg@8); 3072 new tokens; the
 benchmark reports avg@k (mean accuracy over its k samples per problem, the
 headline number) and pass@k (a problem counts when any sample is right).
 
-Generation is training's sampler path (`train.rollout`) on a mesh of every
+Generation is training's sampler path (`sampler.rollout`) on a mesh of every
 device of every process, batch split over all of them, weights replicated.
 Prompts are sorted by length and grouped by padded width; a group's sampling
 key derives from (seed, benchmark, the group's first row), and a row's key
@@ -56,7 +56,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from rlvr_jax import benchmarks, checkpoint, data, distributed, paper_data, train
+from rlvr_jax import benchmarks, checkpoint, data, distributed, paper_data
 from rlvr_jax import io as io_lib
 from rlvr_jax import metrics as metrics_lib
 from rlvr_jax import model as model_lib
@@ -147,7 +147,7 @@ def sample_records(config, model: Model, task: Task, mesh) -> list[dict]:
 
     Prompts are sorted by length and grouped by padded width (the smallest of
     `sampling.prompt_buckets` that fits; empty: the next power of two); each
-    group is one `train.rollout` over `mesh`, in chunks of
+    group is one `sampler.rollout` over `mesh`, in chunks of
     `sampling.chunk_rows` responses. Every process gets every record.
 
     Raises:
@@ -182,19 +182,19 @@ def sample_records(config, model: Model, task: Task, mesh) -> list[dict]:
     first = 0
     for w, group in itertools.groupby(order, key=width):
         chosen = list(group)
-        roll = train.rollout(
+        roll = sampler_lib.rollout(
             model.config,
             model.params,
             [ids[i] for i in chosen],
             settings,
             jax.random.key(_seed(config.seed, task.benchmark.name, first)),
             buckets=(w,),
-            chunk_rows=config.sampling.chunk_rows,
+            slots=config.sampling.chunk_rows,
             mesh=mesh,
             decode_sharding=sharding_lib.replicated(mesh),
         )
         first += len(chosen)
-        responses = train._decode(model.tokenizer, roll)
+        responses = tokenizer_lib.decode_responses(model.tokenizer, roll)
         for row, response in enumerate(responses):
             i, sample = chosen[row // n], row % n
             p = problems[i]
@@ -206,8 +206,8 @@ def sample_records(config, model: Model, task: Task, mesh) -> list[dict]:
                 "prompt": texts[i],
                 "response": response,
                 "gold": p.gold,
-                "length": int(roll["lengths"][row]),
-                "finish_reason": "length" if roll["truncated"][row] else "stop",
+                "length": int(roll.lengths[row]),
+                "finish_reason": "length" if roll.truncated[row] else "stop",
             }
     assert all(r is not None for r in records), "a sample was not generated"
     return records

@@ -258,7 +258,15 @@ def logprobs_and_entropy(
       (logp_bt, entropy_bt), fp32 [B, T].
     """
     x_btd, _ = M.hidden(
-        config, params, tokens_bt, positions_bt, mask_bt, segment_ids_bt=segment_ids_bt
+        config,
+        params,
+        tokens_bt,
+        positions_bt,
+        mask_bt,
+        segment_ids_bt=segment_ids_bt,
+        # FSDP: pin rows to the batch axes so weights are gathered, not
+        # activations (a no-op outside the learner's mesh context).
+        constrain=S.constrain_rows,
     )
     tokens_bt = jnp.asarray(tokens_bt, jnp.int32)
     b, t = tokens_bt.shape

@@ -31,13 +31,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
-from rlvr_jax.sharding import constrain_rows
 
 Params = Any
 
@@ -473,9 +472,16 @@ def swiglu(gate_btf: jax.Array, up_btf: jax.Array) -> jax.Array:
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)).
+
+    `constrain` (optional) is applied to the residual stream entering and
+    leaving the block: the caller's sharding constraint (the learner pins rows
+    to its batch axes so FSDP gathers weights, not activations). The model
+    itself knows no mesh.
+    """
 
     config: ModelConfig
+    constrain: Callable[[jax.Array], jax.Array] | None = None
 
     @nn.compact
     def __call__(
@@ -490,7 +496,8 @@ class DecoderLayer(nn.Module):
         index,
     ):
         cfg = self.config
-        x_btd = constrain_rows(x_btd)  # FSDP: gather weights, not activations
+        constrain = self.constrain or (lambda x: x)
+        x_btd = constrain(x_btd)
         cache = None if layer_cache is None else (*layer_cache, index)
         attn_btd, new_cache = Attention(cfg, name="attn")(
             RMSNorm(cfg, name="input_norm")(x_btd),
@@ -503,13 +510,14 @@ class DecoderLayer(nn.Module):
         )
         x_btd = x_btd + attn_btd
         x_btd = x_btd + MLP(cfg, name="mlp")(RMSNorm(cfg, name="post_attn_norm")(x_btd))
-        return constrain_rows(x_btd), new_cache
+        return constrain(x_btd), new_cache
 
 
 class Qwen2(nn.Module):
     """The decoder: embed → L × DecoderLayer (scanned) → final norm → head."""
 
     config: ModelConfig
+    constrain: Callable[[jax.Array], jax.Array] | None = None  # see DecoderLayer
 
     def setup(self):
         cfg = self.config
@@ -530,7 +538,7 @@ class Qwen2(nn.Module):
             in_axes=(0,) + (nn.broadcast,) * 6,
             length=cfg.n_layers,
             unroll=cfg.n_layers if cfg.unroll_layers else 1,
-        )(cfg)
+        )(cfg, self.constrain)
         self.final_norm = RMSNorm(cfg)
         if not cfg.tie_embeddings:
             self.lm_head_dv = self.param(
@@ -630,6 +638,7 @@ def hidden(
     mask_bt=None,
     cache=None,
     segment_ids_bt=None,
+    constrain=None,
 ):
     """Final hidden states [B, T, D] (compute dtype) and the updated cache.
 
@@ -637,11 +646,13 @@ def hidden(
     states in sequence chunks (see `head`) so the [B, T, V] fp32 logits never
     exist at once. For packed rows pass `segment_ids_bt` (int [B, T], 0 =
     padding) and per-segment `positions_bt`; `mask_bt` is then ignored.
+    `constrain` is applied to the residual stream around every layer (see
+    `DecoderLayer`).
     """
     if segment_ids_bt is not None and mask_bt is None:
         mask_bt = jnp.asarray(segment_ids_bt) != 0
     tokens_bt, positions_bt, mask_bt = _inputs(tokens_bt, positions_bt, mask_bt)
-    return Qwen2(config).apply(
+    return Qwen2(config, constrain).apply(
         {"params": params}, tokens_bt, positions_bt, mask_bt, cache, segment_ids_bt
     )
 

@@ -214,10 +214,39 @@ def token_efficiency(batch: dict[str, np.ndarray]) -> float:
     return float(np.mean(batch["mask"]))
 
 
-def from_rollout(
-    roll: dict[str, np.ndarray],
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(prompts, responses) token lists of a rollout's rows (padding dropped)."""
-    prompts = [t[m] for t, m in zip(roll["prompt_tokens"], roll["prompt_mask"])]
-    responses = [t[:n] for t, n in zip(roll["tokens"], roll["lengths"])]
+def from_rollout(roll) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(prompts, responses) token lists of a `sampler.Rollout`'s rows
+    (padding dropped)."""
+    prompts = [t[m] for t, m in zip(roll.prompt_tokens, roll.prompt_mask)]
+    responses = [t[:n] for t, n in zip(roll.tokens, roll.lengths)]
     return prompts, responses
+
+
+def learner_batch(
+    roll, advantages_r: np.ndarray, learner_config, *, limit: int, divisor: int
+) -> dict[str, np.ndarray]:
+    """The learner's batch from a `sampler.Rollout`: its sequences packed.
+
+    Prompt + response sequences are packed by first-fit decreasing into rows
+    of a power-of-two width ≤ `limit`, in whole micro-batches of the
+    learner's token budget (`grpo.LearnerConfig.max_tokens_per_micro_batch`)
+    split over `divisor` devices, with per-token loss weights for
+    `learner_config.agg`. The sampler's log-probs go in as old_logp only when
+    the learner does not recompute π_old itself. The plan depends only on
+    the (gathered) rollout, so every process builds the same batch and feeds
+    its own rows.
+    """
+    prompts, responses = from_rollout(roll)
+    logprobs = None
+    if not learner_config.recompute_old_logp:
+        logprobs = [lp[:n] for lp, n in zip(roll.logprobs, roll.lengths)]
+    return pack(
+        prompts,
+        responses,
+        advantages_r.astype(np.float32),
+        agg=learner_config.agg,
+        limit=limit,
+        max_tokens=learner_config.max_tokens_per_micro_batch,
+        divisor=divisor,
+        response_logprobs=logprobs,
+    )

@@ -378,3 +378,22 @@ def save_hf(
         json.dump(
             {"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2
         )
+
+
+def resolve_model_path(path: str) -> str:
+    """A local HF directory for `model.path` (a directory or a cached hub id)."""
+    if os.path.isdir(path):
+        return path
+    if path.count("/") == 1 and not path.startswith((".", "/")):
+        try:
+            from huggingface_hub import snapshot_download
+
+            return snapshot_download(path, local_files_only=True)
+        except Exception:  # noqa: BLE001 - any miss means "not cached"
+            pass
+    raise FileNotFoundError(
+        f"model.path={path!r} is neither a local directory nor a hub id in the "
+        "local Hugging Face cache. Fetch it on a machine with network access "
+        f"with `huggingface-cli download {path}` (or `hf download {path} "
+        "--local-dir DIR` and pass --config.model.path=DIR)."
+    )

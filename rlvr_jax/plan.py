@@ -454,7 +454,7 @@ def eval_example_count(config) -> tuple[int, str]:
 
 
 def shapes_for(config, mesh, eval_examples: int) -> Shapes:
-    """The step's sizes under `config` on `mesh` (as train.rollout pads them)."""
+    """The step's sizes under `config` on `mesh` (as sampler.rollout pads them)."""
     divisor = sharding_lib.batch_divisor(mesh)
     n = config.rollout.n
     per_chunk = max(1, config.rollout.chunk_size // n)
@@ -642,7 +642,7 @@ def _key(run: Run):
 
 def compile_sample(run, model, weights, prompts: int, settings, slots=None):
     """A rollout of `prompts` prompts through `slots` decode slots (default
-    prompts × n): `sampler.continuous`'s program, as `train.rollout` runs it."""
+    prompts × n): `sampler.continuous`'s program, as `sampler.rollout` runs it."""
     tokens, mask = _prompts(run, prompts)
     scalar = _sds((), jnp.int32, _replicated(run))
     width = run.shapes.prompt_width + settings.max_new_tokens

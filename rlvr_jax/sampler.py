@@ -13,7 +13,7 @@ everything runs on device, without a host round trip per token:
      model's math for one position per row, caches updated in place),
      filling fixed-size token / log-prob buffers.
 
-`continuous` is the rollout path (`generate` and `train.rollout` use it):
+`continuous` is the rollout path (`rollout`, and `generate` over it):
 continuous batching over a fixed number of decode slots. Each slot serves
 one (prompt, sample) row at a time; when its row ends (EOS or
 max_new_tokens) it takes the next pending row, copying that prompt's
@@ -62,7 +62,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlvr_jax import decoding, model, scheduler
+from rlvr_jax import decoding, model, scheduler, sharding
 
 Params = Any
 
@@ -176,7 +176,7 @@ class Samples(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class Rollout:
-    """Host-side result of `generate` (numpy arrays, prompt-major rows).
+    """Host-side result of `rollout` / `generate` (numpy arrays, prompt-major rows).
 
     Attributes:
       tokens: int32 [R, N] with R = len(prompts) * n; row i*n + j is sample j
@@ -185,9 +185,11 @@ class Rollout:
       lengths: int32 [R] response lengths including the EOS token.
       truncated: bool [R] True when a row stopped at max_new_tokens, not EOS.
       prompt_index: int32 [R] index into `prompts` of each row.
+      prompt_tokens: int32 [R, W] each row's left-padded prompt (the
+        learner's batch is built from these and the responses).
+      prompt_mask: bool [R, W] True on real prompt tokens.
       decode_steps: decode-loop iterations the rollout took.
-      slots: rows decoded at once; slot efficiency is
-        lengths.sum() / (slots * decode_steps).
+      slots: rows decoded at once.
     """
 
     tokens: np.ndarray
@@ -195,8 +197,17 @@ class Rollout:
     lengths: np.ndarray
     truncated: np.ndarray
     prompt_index: np.ndarray
+    prompt_tokens: np.ndarray
+    prompt_mask: np.ndarray
     decode_steps: int
     slots: int
+
+    @property
+    def slot_efficiency(self) -> float:
+        """Generated tokens / (slots × decode steps): the share of the
+        sampler's (slot, step) cells that produced a token."""
+        cells = self.slots * self.decode_steps
+        return float(self.lengths.sum()) / max(cells, 1)
 
     @property
     def finish_reason(self) -> list[str]:
@@ -952,6 +963,87 @@ def _check_prompts(config, prompts, max_new_tokens) -> None:
         )
 
 
+def rollout(
+    config: model.ModelConfig,
+    params: Params,
+    prompts: Sequence[Sequence[int]],
+    settings: SamplingSettings,
+    key: jax.Array,
+    *,
+    slots: int | None = None,
+    buckets: Sequence[int] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    decode_sharding: jax.sharding.Sharding | None = None,
+) -> Rollout:
+    """Samples `settings.n` responses per prompt by continuous batching: the
+    rollout path of training, in-training evaluation, `evaluate` and
+    `generate`.
+
+    Every prompt is prefilled once; `continuous` streams the responses
+    through `slots` decode slots (rows decoded at once, the KV cache's row
+    count; config `rollout.chunk_size`), rounded up to split over the mesh's
+    batch axes and capped at the rollout's rows (None: all rows at once).
+
+    With a `mesh`, prompts and slots are split over its batch axes
+    (`sharding.batch_sharding`). Multi-process: every process passes the
+    same prompts and feeds its own share (the prompt list is padded with
+    copies of the last prompt to split over the mesh; their rows are never
+    generated); every process gets all rows back. `decode_sharding` places
+    the decode weights (see `prepare`).
+
+    Returns:
+      A `Rollout` with len(prompts) * n prompt-major rows, including the
+      left-padded prompt tokens/mask [R, W] repeated per sample.
+    """
+    tokens_bt, mask_bt = pad_prompts(prompts, buckets, settings.pad_id)
+    n = settings.n
+    b = len(prompts)
+    divisor = 1 if mesh is None else sharding.batch_divisor(mesh)
+    pad = -b % divisor  # the prompt batch must split over the mesh
+    fed_t = np.concatenate([tokens_bt, np.repeat(tokens_bt[-1:], pad, 0)])
+    fed_m = np.concatenate([mask_bt, np.repeat(mask_bt[-1:], pad, 0)])
+    if mesh is None:
+        placed = {"t": fed_t, "m": fed_m}
+    else:
+        placed = sharding.shard_batch(
+            mesh,
+            {"t": sharding.process_rows(fed_t), "m": sharding.process_rows(fed_m)},
+        )
+    slots = b * n if slots is None else min(max(1, slots), b * n)
+    slots += -slots % divisor
+    out = continuous(
+        config,
+        prepare(config, params, decode_sharding=decode_sharding),
+        placed["t"],
+        placed["m"],
+        key,
+        settings=settings,
+        slots=slots,
+        rows=b * n,
+        slot_sharding=None if mesh is None else sharding.batch_sharding(mesh),
+    )
+    host = sharding.to_host(
+        {
+            "tokens": out.tokens_rn,
+            "logprobs": out.logprobs_rn,
+            "lengths": out.lengths_r,
+            "truncated": out.truncated_r,
+        }
+    )
+    r = b * n
+    return Rollout(
+        tokens=np.asarray(host["tokens"][:r], np.int32),
+        logprobs=np.asarray(host["logprobs"][:r], np.float32),
+        lengths=np.asarray(host["lengths"][:r], np.int32),
+        truncated=np.asarray(host["truncated"][:r], bool),
+        prompt_index=np.repeat(np.arange(b, dtype=np.int32), n),
+        prompt_tokens=np.repeat(tokens_bt, n, axis=0),
+        prompt_mask=np.repeat(mask_bt, n, axis=0),
+        decode_steps=int(sharding.local_value(out.decode_steps)),
+        slots=slots,
+    )
+
+
 def generate(
     config: model.ModelConfig,
     params: Params,
@@ -964,13 +1056,14 @@ def generate(
     eos_ids: int | Sequence[int],
     seed: int,
     n: int = 1,
-    chunk_size: int | None = None,
+    slots: int | None = None,
     cache_dtype: str = "bfloat16",
     pad_id: int = 0,
     buckets: Sequence[int] | None = None,
-    batch_sharding: jax.sharding.Sharding | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Rollout:
-    """Samples `n` responses per prompt; the convenience entry point.
+    """Samples `n` responses per prompt; the convenience entry point over
+    `rollout` (checks the prompts, builds the settings and the key).
 
     Args:
       config: the architecture.
@@ -983,15 +1076,14 @@ def generate(
       eos_ids: stop token id(s); empty disables stopping.
       seed: the sampling seed.
       n: samples per prompt.
-      chunk_size: prompts' worth of decode slots: `continuous` decodes
-        chunk_size * n rows at once (bounds the KV cache); None = all rows
-        at once. Every prompt is still prefilled once, up front.
+      slots: rows decoded at once (bounds the KV cache; finished rows are
+        refilled from the rest); None = all rows at once. Every prompt is
+        still prefilled once, up front.
       cache_dtype: KV-cache dtype.
       pad_id: token written after EOS.
       buckets: prompt widths (see `bucket_width`).
-      batch_sharding: optional sharding of the prompt rows and the decode
-        slots over devices (e.g. NamedSharding(mesh, P("data"))); prompts
-        and slots are padded up to a multiple of its shards.
+      mesh: optional device mesh; prompts and slots split over its batch
+        axes (padded up to a multiple of them).
 
     Returns:
       A `Rollout` with len(prompts) * n prompt-major rows.
@@ -999,7 +1091,7 @@ def generate(
     Raises:
       ValueError: naming the bad argument (empty prompt, prompt too long for
         the context, max_new_tokens <= 0, unknown EOS id, top_p outside
-        (0, 1], ...).
+        (0, 1], slots < 1, ...).
     """
     settings = SamplingSettings(
         max_new_tokens=max_new_tokens,
@@ -1013,42 +1105,14 @@ def generate(
     )
     settings.check_against(config)
     _check_prompts(config, prompts, max_new_tokens)
-    tokens_bt, mask_bt = pad_prompts(prompts, buckets, pad_id)
-    b = len(prompts)
-    chunk = b if chunk_size is None else chunk_size
-    _check(chunk >= 1, "chunk_size", f"must be >= 1, got {chunk_size!r}")
-    shards = _shards(batch_sharding)
-    fill = -b % shards
-    if fill:
-        # Copies of the last prompt split the prefill over the mesh; their
-        # rows are never scheduled.
-        tokens_bt = np.concatenate([tokens_bt, np.repeat(tokens_bt[-1:], fill, 0)])
-        mask_bt = np.concatenate([mask_bt, np.repeat(mask_bt[-1:], fill, 0)])
-    if batch_sharding is not None:
-        tokens_bt = jax.device_put(tokens_bt, batch_sharding)
-        mask_bt = jax.device_put(mask_bt, batch_sharding)
-    r = b * n
-    slots = min(chunk, b) * n
-    slots += -slots % shards
-    out = jax.device_get(
-        continuous(
-            config,
-            params,
-            tokens_bt,
-            mask_bt,
-            jax.random.key(seed),
-            settings=settings,
-            slots=slots,
-            rows=r,
-            slot_sharding=batch_sharding,
-        )
-    )
-    return Rollout(
-        tokens=np.asarray(out.tokens_rn[:r], np.int32),
-        logprobs=np.asarray(out.logprobs_rn[:r], np.float32),
-        lengths=np.asarray(out.lengths_r[:r], np.int32),
-        truncated=np.asarray(out.truncated_r[:r], bool),
-        prompt_index=np.repeat(np.arange(b, dtype=np.int32), n),
-        decode_steps=int(out.decode_steps),
+    _check(slots is None or slots >= 1, "slots", f"must be >= 1, got {slots!r}")
+    return rollout(
+        config,
+        params,
+        prompts,
+        settings,
+        jax.random.key(seed),
         slots=slots,
+        buckets=buckets,
+        mesh=mesh,
     )

@@ -222,3 +222,42 @@ def bytes_per_device(tree: Any) -> int:
         shard = leaf.sharding.shard_shape(leaf.shape)
         total += math.prod(shard) * np.dtype(leaf.dtype).itemsize
     return total
+
+
+# ------------------------------------------------------------- multi-process
+def process_rows(x: np.ndarray) -> np.ndarray:
+    """This process's share of a global batch (all of it on one process).
+
+    Every process holds the whole rollout on the host (scoring and advantages
+    are cheap), but feeds only its own rows to `shard_batch`.
+    """
+    count, index = jax.process_count(), jax.process_index()
+    rows = len(x) // count
+    return x[index * rows : (index + 1) * rows]
+
+
+def local_value(x: jax.Array) -> np.ndarray:
+    """A replicated array's value, read from this process's own copy."""
+    return np.asarray(x.addressable_data(0))
+
+
+def to_host(tree: Any) -> Any:
+    """Global device arrays as host numpy arrays, on every process."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def any_process(flag: bool) -> bool:
+    """Whether `flag` is set on any process; the same answer on every process.
+
+    A SIGTERM reaches one worker of a pod first (or only one): the processes
+    agree after each step, so all of them save the same step and stop.
+    """
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.process_allgather(np.asarray(flag)).any())

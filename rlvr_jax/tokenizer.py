@@ -120,3 +120,12 @@ def merged_eos_ids(model_eos_ids, tokenizer) -> tuple[int, ...]:
     turns end on `<|im_end|>`: sampling stops on either.
     """
     return tuple(dict.fromkeys((*model_eos_ids, *stop_token_ids(tokenizer))))
+
+
+def decode_responses(tokenizer, roll) -> list[str]:
+    """The text of each response row of a `sampler.Rollout` (its tokens up
+    to its length; special tokens such as the EOS dropped)."""
+    return tokenizer.batch_decode(
+        [row[:n] for row, n in zip(roll.tokens, roll.lengths, strict=True)],
+        skip_special_tokens=True,
+    )

@@ -22,6 +22,7 @@ import json
 import os
 import signal
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -51,25 +52,6 @@ class Preempted(Exception):
 
 
 # --------------------------------------------------------------- model source
-def resolve_model_path(path: str) -> str:
-    """A local HF directory for `model.path` (a directory or a cached hub id)."""
-    if os.path.isdir(path):
-        return path
-    if path.count("/") == 1 and not path.startswith((".", "/")):
-        try:
-            from huggingface_hub import snapshot_download
-
-            return snapshot_download(path, local_files_only=True)
-        except Exception:  # noqa: BLE001 - any miss means "not cached"
-            pass
-    raise FileNotFoundError(
-        f"model.path={path!r} is neither a local directory nor a hub id in the "
-        "local Hugging Face cache. Fetch it on a machine with network access "
-        f"with `huggingface-cli download {path}` (or `hf download {path} "
-        "--local-dir DIR` and pass --config.model.path=DIR)."
-    )
-
-
 def _tokenizer_and_model_config(config) -> tuple[Any, model_lib.ModelConfig, str]:
     """(tokenizer, ModelConfig, HF dir or "") from the model section."""
     m = config.model
@@ -83,7 +65,7 @@ def _tokenizer_and_model_config(config) -> tuple[Any, model_lib.ModelConfig, str
             vocab_size=len(tok), eos_token_ids=tokenizer_lib.stop_token_ids(tok)
         ).replace(**overrides)
         return tok, model_config, ""
-    path = resolve_model_path(m.path)
+    path = params_lib.resolve_model_path(m.path)
     tok = tokenizer_lib.load(path)
     model_config = params_lib.read_config(path, **overrides)
     eos = tokenizer_lib.merged_eos_ids(model_config.eos_token_ids, tok)
@@ -171,164 +153,16 @@ def _eval_name(path: str) -> str:
     return parent or os.path.splitext(os.path.basename(path))[0]
 
 
-# ------------------------------------------------------------------- rollout
-def rollout(
-    model_config,
-    params,
-    prompts,
-    settings,
-    key,
-    *,
-    buckets,
-    chunk_rows,
-    mesh,
-    decode_sharding=None,
-) -> dict[str, np.ndarray]:
-    """Samples `settings.n` responses per prompt by continuous batching.
-
-    `chunk_rows` is the number of decode slots (rows decoded at once, the KV
-    cache's row count; config `rollout.chunk_size`), rounded up to split
-    over the mesh's batch axes and capped at the rollout's rows. Every
-    prompt is prefilled once; `sampler.continuous` streams the responses
-    through the slots. Multi-process: each process feeds its own prompts
-    (the prompt list is padded with copies of the last prompt to split over
-    the mesh; their rows are never generated), every process gets all rows.
-
-    `decode_sharding` places the sampler's decode weights (see
-    `sampler.prepare`). Returns host arrays: prompt tokens/mask [R, W]
-    (repeated per sample), response tokens/logprobs [R, N], lengths [R],
-    truncated [R]; and ints `decode_steps` (decode-loop iterations) and
-    `slots`, so slot efficiency = lengths.sum() / (slots * decode_steps).
-    """
-    tokens_bt, mask_bt = sampler_lib.pad_prompts(prompts, buckets)
-    n = settings.n
-    b = len(prompts)
-    divisor = sharding_lib.batch_divisor(mesh)
-    pad = -b % divisor  # the prompt batch must split over the mesh
-    fed_t = np.concatenate([tokens_bt, np.repeat(tokens_bt[-1:], pad, 0)])
-    fed_m = np.concatenate([mask_bt, np.repeat(mask_bt[-1:], pad, 0)])
-    placed = sharding_lib.shard_batch(
-        mesh, {"t": _process_rows(fed_t), "m": _process_rows(fed_m)}
-    )
-    slots = min(max(1, chunk_rows), b * n)
-    slots += -slots % divisor
-    weights = sampler_lib.prepare(model_config, params, decode_sharding=decode_sharding)
-    out = sampler_lib.continuous(
-        model_config,
-        weights,
-        placed["t"],
-        placed["m"],
-        key,
-        settings=settings,
-        slots=slots,
-        rows=b * n,
-        slot_sharding=sharding_lib.batch_sharding(mesh),
-    )
-    result = _to_host(
-        {
-            "tokens": out.tokens_rn,
-            "logprobs": out.logprobs_rn,
-            "lengths": out.lengths_r,
-            "truncated": out.truncated_r,
-        }
-    )
-    result = {k: v[: b * n] for k, v in result.items()}
-    result["prompt_tokens"] = np.repeat(tokens_bt, n, axis=0)
-    result["prompt_mask"] = np.repeat(mask_bt, n, axis=0)
-    result["decode_steps"] = int(_local(out.decode_steps))
-    result["slots"] = slots
-    return result
-
-
-def slot_efficiency(roll: dict) -> float:
-    """Generated tokens / (slots × decode steps): the share of the sampler's
-    (slot, step) cells that produced a token."""
-    cells = roll["slots"] * roll["decode_steps"]
-    return float(roll["lengths"].sum()) / max(cells, 1)
-
-
-def _process_rows(x: np.ndarray) -> np.ndarray:
-    """This process's share of a global batch (all of it on one process).
-
-    Every process holds the whole rollout on the host (scoring and advantages
-    are cheap), but feeds only its own rows to `shard_batch`.
-    """
-    count, index = jax.process_count(), jax.process_index()
-    rows = len(x) // count
-    return x[index * rows : (index + 1) * rows]
-
-
-def _local(x: jax.Array):
-    """A replicated array's value, read from this process's own copy."""
-    return np.asarray(x.addressable_data(0))
-
-
-def _to_host(tree):
-    """Global device arrays as host numpy arrays, on every process."""
-    if jax.process_count() == 1:
-        return jax.device_get(tree)
-    from jax.experimental import multihost_utils
-
-    return multihost_utils.process_allgather(tree, tiled=True)
-
-
-def _any_process(flag: bool) -> bool:
-    """Whether `flag` is set on any process; the same answer on every process.
-
-    A SIGTERM reaches one worker of a pod first (or only one): the processes
-    agree after each step, so all of them save the same step and stop.
-    """
-    if jax.process_count() == 1:
-        return flag
-    from jax.experimental import multihost_utils
-
-    return bool(multihost_utils.process_allgather(np.asarray(flag)).any())
-
-
-def learner_batch(
-    roll: dict[str, np.ndarray],
-    advantages_r: np.ndarray,
-    learner_config: grpo.LearnerConfig,
-    *,
-    limit: int,
-    divisor: int,
-) -> dict[str, np.ndarray]:
-    """The learner's batch: the rollout's sequences packed into rows.
-
-    Prompt + response sequences are packed by first-fit decreasing into rows
-    of a power-of-two width ≤ `limit` (rlvr_jax/packing.py), in whole
-    micro-batches of the learner's token budget split over `divisor`
-    devices, with per-token loss weights for `learner_config.agg`. The
-    sampler's log-probs go in as old_logp only when the learner does not
-    recompute π_old itself. The plan depends only on the (gathered) rollout,
-    so every process builds the same batch and feeds its own rows.
-    """
-    prompts, responses = packing.from_rollout(roll)
-    logprobs = None
-    if not learner_config.recompute_old_logp:
-        logprobs = [lp[:n] for lp, n in zip(roll["logprobs"], roll["lengths"])]
-    return packing.pack(
-        prompts,
-        responses,
-        advantages_r.astype(np.float32),
-        agg=learner_config.agg,
-        limit=limit,
-        max_tokens=learner_config.max_tokens_per_micro_batch,
-        divisor=divisor,
-        response_logprobs=logprobs,
-    )
-
-
 # ------------------------------------------------------------------- metrics
 def _rollout_metrics(roll, rewards, examples, n, history) -> dict[str, float]:
-    lengths = roll["lengths"]
+    lengths = roll.lengths
     out = {
         "reward/mean": float(np.mean(rewards)),
         "reward/std": float(np.std(rewards)),
         "response_len/mean": float(lengths.mean()),
         "response_len/min": float(lengths.min()),
         "response_len/max": float(lengths.max()),
-        "response_len/truncated_frac": float(roll["truncated"].mean()),
+        "response_len/truncated_frac": float(roll.truncated.mean()),
     }
     # Accuracy per distinct example this step, appended to its history (the
     # historical-variance selection reads one value per time it was sampled).
@@ -644,10 +478,8 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
         timeout_s=config.log.checker_timeout_s,
     )
 
-    stop = {"sigterm": False}
-    previous_handler = signal.signal(
-        signal.SIGTERM, lambda *_: stop.__setitem__("sigterm", True)
-    )
+    sigterm = threading.Event()
+    previous_handler = signal.signal(signal.SIGTERM, lambda *_: sigterm.set())
 
     def save(step: int) -> None:
         meta = {
@@ -670,7 +502,7 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
         if jax.process_count() > 1:
             # fsdp shards live on every host: all processes gather the whole
             # tree (a collective, host memory of one fp32 copy), one writes.
-            params = _to_host(params)
+            params = sharding_lib.to_host(params)
         if jax.process_index() != 0:
             return
         out = epath.Path(workdir) / "hf" / f"step_{step}"
@@ -682,23 +514,23 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
         if not eval_examples:
             return {}
         t0 = time.time()
-        roll = rollout(
+        roll = sampler_lib.rollout(
             model_config,
             state.params,
             eval_prompts,
             eval_settings,
             jax.random.key(0),
             buckets=config.data.prompt_buckets,
-            chunk_rows=config.eval.chunk_size,
+            slots=config.eval.chunk_size,
             mesh=mesh,
             decode_sharding=decode_sharding,
         )
-        texts = _decode(tokenizer, roll)
+        texts = tokenizer_lib.decode_responses(tokenizer, roll)
         scored = pool.score(texts, [ex.ground_truth for ex in eval_examples])
         name = _eval_name(config.eval.path)
         return {
             f"eval/{name}/acc": float(np.mean(scored.rewards)),
-            f"eval/{name}/response_len": float(roll["lengths"].mean()),
+            f"eval/{name}/response_len": float(roll.lengths.mean()),
             "time/eval_s": time.time() - t0,
         }
 
@@ -717,21 +549,21 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
             # -------------------------------------------------------- sample
             batch_examples = batches.next()
             t0 = time.time()
-            roll = rollout(
+            roll = sampler_lib.rollout(
                 model_config,
                 state.params,
                 [prompt_ids[ex.index] for ex in batch_examples],
                 settings,
                 jax.random.fold_in(base_key, step),
                 buckets=config.data.prompt_buckets,
-                chunk_rows=config.rollout.chunk_size,
+                slots=config.rollout.chunk_size,
                 mesh=mesh,
                 decode_sharding=decode_sharding,
             )
             t_sample = time.time() - t0
             # --------------------------------------------------------- score
             t0 = time.time()
-            texts = _decode(tokenizer, roll)
+            texts = tokenizer_lib.decode_responses(tokenizer, roll)
             golds = [
                 ex.ground_truth for ex in batch_examples for _ in range(settings.n)
             ]
@@ -749,7 +581,7 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
             )
             # -------------------------------------------------------- update
             t0 = time.time()
-            host_batch = learner_batch(
+            host_batch = packing.learner_batch(
                 roll,
                 adv,
                 learner_config,
@@ -757,18 +589,20 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
                 divisor=sharding_lib.batch_divisor(mesh),
             )
             batch = sharding_lib.shard_batch(
-                mesh, jax.tree.map(_process_rows, host_batch)
+                mesh, jax.tree.map(sharding_lib.process_rows, host_batch)
             )
             if reference is not None:
                 batch["ref_logp"] = logprobs_fn(reference, batch)
-            applied = _local(state.step) - _local(state.skipped)
+            applied = sharding_lib.local_value(state.step) - sharding_lib.local_value(
+                state.skipped
+            )
             lr = float(lr_schedule(applied))
             state, learn = train_step(state, batch)
-            learn = jax.tree.map(_local, learn)
+            learn = jax.tree.map(sharding_lib.local_value, learn)
             t_learn = time.time() - t0
             step += 1
             # ----------------------------------------------------------- log
-            generated = int(roll["lengths"].sum())
+            generated = int(roll.lengths.sum())
             m = _rollout_metrics(roll, rewards, batch_examples, settings.n, history)
             m.update(
                 {
@@ -788,7 +622,7 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
                     "time/learn_s": t_learn,
                     "learner/token_efficiency": packing.token_efficiency(host_batch),
                     "throughput/gen_tokens_per_s": generated / max(t_sample, 1e-9),
-                    "rollout/slot_efficiency": slot_efficiency(roll),
+                    "rollout/slot_efficiency": roll.slot_efficiency,
                 }
             )
             # ------------------------------------------------ eval and save
@@ -800,7 +634,7 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
             last = m
             if step % config.checkpoint.every == 0 or step == config.train.steps:
                 save(step)
-            if _any_process(stop["sigterm"]):
+            if sharding_lib.any_process(sigterm.is_set()):
                 if step % config.checkpoint.every and step != config.train.steps:
                     save(step)
                 checkpointer.wait()
@@ -854,10 +688,3 @@ def _local_dir(out: epath.Path):
 def _save_tokenizer(tokenizer, out: epath.Path) -> None:
     with _local_dir(out) as local:
         tokenizer.save_pretrained(local)
-
-
-def _decode(tokenizer, roll) -> list[str]:
-    return tokenizer.batch_decode(
-        [row[:n] for row, n in zip(roll["tokens"], roll["lengths"], strict=True)],
-        skip_special_tokens=True,
-    )

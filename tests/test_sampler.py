@@ -373,7 +373,7 @@ def test_prefill_sharing_and_chunking_do_not_change_samples(hf_model):
     repeated = S.generate(
         config, params, [p for p in prompts for _ in range(3)], n=1, **kwargs
     )
-    chunked = S.generate(config, params, prompts, n=3, chunk_size=2, **kwargs)
+    chunked = S.generate(config, params, prompts, n=3, slots=6, **kwargs)
     for other in (repeated, chunked):
         np.testing.assert_array_equal(shared.tokens, other.tokens)
         np.testing.assert_array_equal(shared.lengths, other.lengths)
@@ -395,7 +395,7 @@ def test_prepared_weights_are_packed_once_and_sample_like_params(hf_model):
     )
     packs = mock.patch.object(S, "_pack_jit", wraps=S._pack_jit)
     with packs as pack:
-        chunked = S.generate(config, params, prompts, chunk_size=1, **kwargs)
+        chunked = S.generate(config, params, prompts, slots=2, **kwargs)
         assert pack.call_count == 1  # one pack serves all four chunks
         weights = S.prepare(config, params)
         assert pack.call_count == 2
@@ -556,7 +556,7 @@ def test_sharded_mesh_matches_single_device(hf_model):
         (dict(top_k=-1), "top_k"),
         (dict(temperature=-0.1), "temperature"),
         (dict(n=0), "n"),
-        (dict(chunk_size=0), "chunk_size"),
+        (dict(slots=0), "slots"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_them(hf_model, change, name):
@@ -717,29 +717,28 @@ def test_continuous_bad_arguments_raise_value_error_naming_them(hf_model, change
         S.continuous(config, params, tokens_bt, mask_bt, jax.random.key(0), **kwargs)
 
 
-def test_train_rollout_streams_rows_through_mesh_slots_like_generate(hf_model):
-    """`train.rollout` (the training/eval path) over an 8-device mesh: prompts
-    and slots padded to split over it, the same rows as `generate`."""
+def test_rollout_streams_rows_through_mesh_slots_like_generate(hf_model):
+    """`sampler.rollout` (the training/eval path) over an 8-device mesh:
+    prompts and slots padded to split over it, the same rows as `generate`."""
     from rlvr_jax import sharding as SH
-    from rlvr_jax import train
 
     config, params, _ = hf_model
     prompts = _prompts(np.random.default_rng(14), config.vocab_size, (5, 8, 3))
     settings = S.SamplingSettings(
         max_new_tokens=8, temperature=0.9, eos_ids=(7, 11), n=2, cache_dtype="float32"
     )
-    roll = train.rollout(
+    roll = S.rollout(
         config,
         params,
         prompts,
         settings,
         jax.random.key(3),
         buckets=None,
-        chunk_rows=4,
+        slots=4,
         mesh=SH.make_mesh(data=4, fsdp=2),
         decode_sharding=None,
     )
-    assert roll["slots"] == 8  # 4 rounded up to the 8 batch shards
+    assert roll.slots == 8  # 4 rounded up to the 8 batch shards
     want = S.generate(
         config,
         params,
@@ -749,11 +748,11 @@ def test_train_rollout_streams_rows_through_mesh_slots_like_generate(hf_model):
         eos_ids=settings.eos_ids,
         cache_dtype="float32",
     )
-    assert roll["tokens"].shape == (6, 8) and roll["prompt_tokens"].shape == (6, 16)
-    np.testing.assert_array_equal(roll["tokens"], want.tokens)
-    np.testing.assert_array_equal(roll["lengths"], want.lengths)
-    np.testing.assert_array_equal(roll["truncated"], want.truncated)
-    np.testing.assert_allclose(roll["logprobs"], want.logprobs, atol=1e-5)
-    assert roll["decode_steps"] >= want.lengths.max() - 1
-    efficiency = train.slot_efficiency(roll)
-    assert efficiency == want.lengths.sum() / (8 * roll["decode_steps"])
+    assert roll.tokens.shape == (6, 8) and roll.prompt_tokens.shape == (6, 16)
+    np.testing.assert_array_equal(roll.tokens, want.tokens)
+    np.testing.assert_array_equal(roll.lengths, want.lengths)
+    np.testing.assert_array_equal(roll.truncated, want.truncated)
+    np.testing.assert_allclose(roll.logprobs, want.logprobs, atol=1e-5)
+    assert roll.decode_steps >= want.lengths.max() - 1
+    efficiency = roll.slot_efficiency
+    assert efficiency == want.lengths.sum() / (8 * roll.decode_steps)

@@ -10,11 +10,11 @@ compilation cache; every subprocess has a timeout.
 
 The default suite runs the 2-processes-equal-1-process training test (~80 s
 on two cores, nearly all of it compiling: one 2-process and one 1-process
-run), the evaluation test (`python -m rlvr_jax.evaluate` on 2 processes × 2
-devices against 1 device, all three processes at once: ~65 s of CPU, ~35 s
-on two idle cores) and the fast settings checks. Marked slow, because each
-adds compiles of its own: the kill tests (~80 s and ~30 s), SIGTERM (~35 s)
-and the cross-topology resume (~5 min: seven runs on three topologies).
+run) and the fast settings checks. Marked slow, because each adds compiles
+of its own: the evaluation test (`python -m rlvr_jax.evaluate` on 2
+processes × 2 devices against 1 device, ~45 s), the kill tests (~80 s and
+~30 s), SIGTERM (~35 s) and the cross-topology resume (~5 min: seven runs
+on three topologies).
 """
 
 from __future__ import annotations
@@ -363,6 +363,9 @@ def _outputs(procs) -> list[str]:
     return outs
 
 
+# Slow: three evaluate processes (~45 s on two cores); the default suite keeps
+# the 2-process training test.
+@pytest.mark.slow
 def test_multi_host_evaluation_equals_single_device(cache_dir, tiny_model, tmp_path):
     """`python -m rlvr_jax.evaluate` on 2 processes × 2 devices writes the
     records and results of 1 process × 1 device; process 1 writes nothing."""

@@ -67,7 +67,8 @@ def real_lengths(rows: int, seed: int = 0) -> np.ndarray | None:
 def chunked_steps(lengths: np.ndarray, chunk: int) -> int:
     """Decode steps of `chunk`-row chunks: each runs to its longest row (its
     first token comes from the prefill, as in the sampler)."""
-    return sum(int(c.max()) - 1 for c in np.array_split(lengths, len(lengths) / chunk))
+    starts = range(0, len(lengths), chunk)
+    return sum(int(lengths[i : i + chunk].max()) - 1 for i in starts)
 
 
 def efficiency(lengths: np.ndarray, slots: int, steps: int) -> float:
@@ -100,18 +101,7 @@ def model_throughput(args) -> None:
     """Tiny-model tokens/s, chunked `sample` vs `continuous`, same prompts."""
     from rlvr_jax import model, sampler
 
-    config = model.ModelConfig(
-        vocab_size=512,
-        d_model=64,
-        n_layers=2,
-        n_heads=4,
-        n_kv_heads=2,
-        head_dim=16,
-        mlp_dim=128,
-        max_seq_len=1024,
-        dtype="float32",
-        param_dtype="float32",
-    )
+    config = model.ModelConfig.tiny(dtype="float32", param_dtype="float32")
     params = model.init_params(config, jax.random.key(0))
     # Sharpened head: each row's own tokens decide whether it stops soon.
     params = {**params, "embed": {"embedding": 8.0 * params["embed"]["embedding"]}}

@@ -12,18 +12,12 @@ Hugging Face directory; a directory of per-step HF exports (a sweep); a
 training workdir, its `checkpoints/` folder or one step folder (orbax; a sweep
 over `model.steps`: "all", "latest" or "0,20,40").
 
-Protocol (docs/recipe.md): MATH500, Minerva and OlympiadBench greedy × 1; AIME24,
-AIME25 and AMC23 at T=0.6 × 8, averaged (avg@8); 3072 new tokens; the
-"qwen25-math-cot" template; lenient eval-mode answer extraction. Every
-benchmark reports avg@k (mean accuracy over its k samples per problem, the
-headline number) and pass@k (a problem counts when any sample is right).
-
-Generation is training's sampler path (`sampler.rollout`) on a mesh of every
-device of every process, batch split over all of them, weights replicated.
-Prompts are sorted by length and grouped by padded width; a group's sampling
-key derives from (seed, benchmark, the group's first row), and a row's key
-from its index in the group, so the tokens do not depend on the number of
-devices or processes (`sampler`'s module docstring).
+Protocol: the registry's per benchmark (`rlvr_jax.benchmarks`, docs/recipe.md),
+avg@k and pass@k for each; `rlvr_jax.tasks` loads and checks every benchmark
+before a model is read. Generation is training's sampler (`sampler.rollout`)
+over every device of every process, weights replicated; a group's sampling key
+derives from (seed, benchmark, its first row), so tokens do not depend on the
+number of devices or processes.
 
 Several processes (a TPU pod, a GPU cluster) run the same command with the
 process flags of `rlvr_jax.distributed`; every process reads the model and
@@ -44,7 +38,6 @@ stopped.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import os
@@ -56,7 +49,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from rlvr_jax import benchmarks, checkpoint, data, distributed, paper_data
+from rlvr_jax import benchmarks, checkpoint, distributed
 from rlvr_jax import io as io_lib
 from rlvr_jax import metrics as metrics_lib
 from rlvr_jax import model as model_lib
@@ -64,14 +57,10 @@ from rlvr_jax import results as results_lib
 from rlvr_jax import reward as reward_lib
 from rlvr_jax import sampler as sampler_lib
 from rlvr_jax import sharding as sharding_lib
+from rlvr_jax import tasks as tasks_lib
 from rlvr_jax import tokenizer as tokenizer_lib
 from rlvr_jax.checkpoint import ModelSource
 from rlvr_jax.results import EvalError  # re-exported
-
-# Prompt templates. "qwen25-math-cot" is the paper's eval template: the chat
-# template with the bare problem as the only user turn. Any other string that
-# contains "{problem}" is used as raw prompt text (no chat template).
-TEMPLATES = ("qwen25-math-cot", "qwen25-math-cot-step")
 
 
 # ==================================================================== model
@@ -105,44 +94,14 @@ def load_model(config, source: ModelSource, mesh) -> Model:
     return Model(model_config, params, tok, eos)
 
 
-# ================================================================ prompting
-def render(tokenizer, template: str, problem: str) -> str:
-    """The prompt text of `problem` under `template` (see TEMPLATES)."""
-    if template == "qwen25-math-cot":
-        return data.render_prompt(tokenizer, [{"role": "user", "content": problem}])
-    if template == "qwen25-math-cot-step":  # the training prompt's suffix
-        content = problem + data.STEP_BY_STEP_SUFFIX
-        return data.render_prompt(tokenizer, [{"role": "user", "content": content}])
-    if "{problem}" in template:
-        return template.replace("{problem}", problem)
-    raise EvalError(
-        f"template {template!r}: want one of {TEMPLATES} or a string with {{problem}}"
-    )
-
-
 # =============================================================== generation
-@dataclasses.dataclass(frozen=True)
-class Protocol:
-    """How one benchmark is sampled (resolved from config and registry)."""
-
-    temperature: float
-    n: int
-    max_new_tokens: int
-    top_p: float
-    top_k: int
-
-    @property
-    def label(self) -> str:
-        return benchmarks.describe_protocol(self.temperature, self.n)
-
-
 def _seed(seed: int, name: str, first_row: int) -> int:
     """A sampling seed per (run seed, benchmark, group): distinct, reproducible."""
     entropy = [seed, zlib.crc32(name.encode()), first_row]
     return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
-def sample_records(config, model: Model, task: Task, mesh) -> list[dict]:
+def sample_records(config, model: Model, task: tasks_lib.Task, mesh) -> list[dict]:
     """Samples `task.protocol.n` responses per problem; unscored records.
 
     Prompts are sorted by length and grouped by padded width (the smallest of
@@ -154,7 +113,9 @@ def sample_records(config, model: Model, task: Task, mesh) -> list[dict]:
       EvalError: a prompt too long for the context, naming the problem.
     """
     problems, protocol = task.problems, task.protocol
-    texts = [render(model.tokenizer, config.template, p.problem) for p in problems]
+    texts = [
+        tasks_lib.render(model.tokenizer, config.template, p.problem) for p in problems
+    ]
     ids = model.tokenizer(texts, add_special_tokens=False)["input_ids"]
     limit = model.config.max_seq_len - protocol.max_new_tokens
     for p, row in zip(problems, ids):
@@ -229,85 +190,11 @@ def score(pool: reward_lib.RewardPool, records: list[dict]) -> tuple[int, int]:
     return result.timeouts, result.errors
 
 
-# ==================================================================== tasks
-@dataclasses.dataclass(frozen=True)
-class Task:
-    """One benchmark ready to run: its problems, protocol and data source."""
-
-    benchmark: benchmarks.Benchmark
-    problems: tuple[benchmarks.Problem, ...]
-    protocol: Protocol
-    data_source: str
-
-
-def _load_problems(config, name: str, path: str | None):
-    """A benchmark's problems (first `data.limit` of them) and their source.
-
-    An explicit `name=path` is read as jsonl whatever `data.format` says; the
-    format decides how `data.dir` is read.
-    """
-    d = config.data
-    if d.format not in ("jsonl", "tfds"):
-        raise EvalError(f"data.format={d.format!r}: want 'jsonl' or 'tfds'")
-    if path:
-        problems, source = benchmarks.load_jsonl(name, path), os.path.abspath(path)
-    elif d.format == "tfds":
-        from rlvr_jax import tfds_builders  # lazy: tensorflow_datasets is heavy
-
-        problems = tfds_builders.load_problems(name, d.tfds_dir or None, d.dir or None)
-        source = f"tfds:{name}"
-    else:
-        data_dir = os.path.abspath(d.dir) if d.dir else paper_data.eval_dir()
-        problems, source = benchmarks.load_jsonl(name, data_dir), data_dir
-    if d.limit:
-        # Whole groups, so a replicated file keeps all samples of a problem.
-        keep = set(sorted({p.group for p in problems})[: d.limit])
-        problems = [p for p in problems if p.group in keep]
-    return problems, source
-
-
-def load_tasks(config) -> list[Task]:
-    """Every configured benchmark, loaded and checked before any model is.
-
-    Raises:
-      BenchmarkError, EvalError: an unknown name, missing file, bad row or
-        template, naming which.
-    """
-    if config.template not in TEMPLATES and "{problem}" not in config.template:
-        raise EvalError(
-            f"template {config.template!r}: want one of {TEMPLATES} or a string "
-            "with {problem}"
-        )
-    s, tasks = config.sampling, []
-    for name, path in benchmarks.parse_spec(config.benchmarks):
-        bench = benchmarks.get(name)
-        problems, data_source = _load_problems(config, name, path)
-        protocol = Protocol(
-            temperature=bench.temperature if s.temperature < 0 else s.temperature,
-            n=bench.n_samples if s.n <= 0 else s.n,
-            max_new_tokens=s.max_new_tokens,
-            top_p=s.top_p,
-            top_k=s.top_k,
-        )
-        tasks.append(Task(bench, tuple(problems), protocol, data_source))
-    return tasks
-
-
 # ============================================================= the program
-def _from_process_0(flags: list[bool]) -> list[bool]:
-    """Process 0's values on every process (what it sees in the workdir rules)."""
-    if jax.process_count() == 1:
-        return flags
-    from jax.experimental import multihost_utils
-
-    said = multihost_utils.broadcast_one_to_all(np.asarray(flags, bool))
-    return [bool(x) for x in np.asarray(said)]
-
-
 def evaluate_source(
     config,
     source: ModelSource,
-    tasks: Sequence[Task],
+    tasks: Sequence[tasks_lib.Task],
     workdir: str,
     pool: reward_lib.RewardPool | None,
     mesh,
@@ -325,19 +212,8 @@ def evaluate_source(
     words = tuple(
         w.strip() for w in config.analysis.reflection_words.split(",") if w.strip()
     )
-    settings = [
-        {
-            "model": source.describe(),
-            "benchmark": task.benchmark.name,
-            "data": task.data_source,
-            "n_problems": len({p.group for p in task.problems}),
-            "template": config.template,
-            "seed": config.seed,
-            **dataclasses.asdict(task.protocol),
-        }
-        for task in tasks
-    ]
-    reuse = _from_process_0(
+    settings = [task.settings(config, source.describe()) for task in tasks]
+    reuse = sharding_lib.from_process_0(
         [
             not config.overwrite
             and results_lib.read_json(
@@ -424,21 +300,6 @@ def _run_settings(config) -> dict:
     return json.loads(json.dumps(settings))
 
 
-def _saved_results(config, source: ModelSource, workdir: str) -> dict | None:
-    """The source's results.json when it matches the settings (done), else None."""
-    if config.overwrite:
-        return None
-    r = results_lib.read_json(
-        os.path.join(workdir, "eval", source.tag, io_lib.RESULTS_FILE)
-    )
-    done = (
-        isinstance(r, dict)
-        and r.get("model") == source.describe()
-        and r.get("settings") == _run_settings(config)
-    )
-    return r if done else None
-
-
 def run(config, workdir: str, log: Callable[[str], None] = print) -> list[dict]:
     """Evaluates every model `config.model` designates; returns their results.
 
@@ -448,7 +309,7 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> list[dict]:
     summary. Multi-process: every process calls this; process 0 logs, writes
     and returns the results, the others return an empty list.
     """
-    tasks = load_tasks(config)
+    tasks = tasks_lib.load_tasks(config)
     try:
         sources = checkpoint.find_models(
             config.model.path or workdir, config.model.steps, config.model.step
@@ -456,8 +317,16 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> list[dict]:
     except (FileNotFoundError, ValueError) as e:
         raise EvalError(str(e)) from None
     lead = jax.process_index() == 0
-    saved = [_saved_results(config, s, workdir) if lead else None for s in sources]
-    done = _from_process_0([r is not None for r in saved])
+    run_settings = _run_settings(config)
+    saved = [
+        results_lib.finished(
+            os.path.join(workdir, "eval", s.tag), s.describe(), run_settings
+        )
+        if lead and not config.overwrite
+        else None
+        for s in sources
+    ]
+    done = sharding_lib.from_process_0([r is not None for r in saved])
     if not lead:
         log = lambda _: None  # noqa: E731
     else:

@@ -167,6 +167,18 @@ def read_json(path: str) -> Any | None:
         return None
 
 
+def finished(out_dir: str, model: str, settings: dict) -> dict | None:
+    """The results.json in `out_dir` when it was written for `model` under
+    `settings` (that model is done), else None."""
+    r = read_json(os.path.join(out_dir, io_lib.RESULTS_FILE))
+    done = (
+        isinstance(r, dict)
+        and r.get("model") == model
+        and r.get("settings") == settings
+    )
+    return r if done else None
+
+
 def write_results(out_dir: str, results: dict) -> None:
     """results.md and results.csv, then results.json (the "done" marker)."""
     io_lib.write_atomic(os.path.join(out_dir, "results.md"), markdown(results))

@@ -261,3 +261,17 @@ def any_process(flag: bool) -> bool:
     from jax.experimental import multihost_utils
 
     return bool(multihost_utils.process_allgather(np.asarray(flag)).any())
+
+
+def from_process_0(flags: list[bool]) -> list[bool]:
+    """Process 0's values on every process.
+
+    Evaluation decides from process 0's view of the workdir (which may be its
+    local disk) what is left to do; the other processes follow it.
+    """
+    if jax.process_count() == 1:
+        return flags
+    from jax.experimental import multihost_utils
+
+    said = multihost_utils.broadcast_one_to_all(np.asarray(flags, bool))
+    return [bool(x) for x in np.asarray(said)]

@@ -14,6 +14,7 @@ import pytest
 from rlvr_jax import benchmarks, checkpoint, evaluate, paper_data, reward
 from rlvr_jax import io as io_lib
 from rlvr_jax import results as results_lib
+from rlvr_jax import tasks as tasks_lib
 
 REPO = Path(__file__).resolve().parents[1]
 SIX = ("math500", "aime24", "aime25", "amc23", "minerva_math", "olympiadbench")
@@ -351,8 +352,8 @@ def test_cli_missing_step(tiny_model, eval_dir, tmp_path):
 def test_tfds_data_format_gives_the_same_tasks(eval_dir, tmp_path):
     pytest.importorskip("rlvr_jax.tfds_builders")
     common = {"benchmarks": "aime25,olympiadbench", "data.dir": eval_dir}
-    via_jsonl = evaluate.load_tasks(_config(**common))
-    via_tfds = evaluate.load_tasks(
+    via_jsonl = tasks_lib.load_tasks(_config(**common))
+    via_tfds = tasks_lib.load_tasks(
         _config(**common, **{"data.format": "tfds", "data.tfds_dir": str(tmp_path)})
     )
     assert [t.problems for t in via_tfds] == [t.problems for t in via_jsonl]
@@ -362,9 +363,9 @@ def test_tfds_data_format_gives_the_same_tasks(eval_dir, tmp_path):
 
 def test_unknown_template_and_data_format(eval_dir, tmp_path):
     with pytest.raises(evaluate.EvalError, match="template 'chatml'"):
-        evaluate.load_tasks(_config(**{"template": "chatml", "data.dir": eval_dir}))
+        tasks_lib.load_tasks(_config(**{"template": "chatml", "data.dir": eval_dir}))
     with pytest.raises(evaluate.EvalError, match="data.format='csv'"):
-        evaluate.load_tasks(_config(**{"data.format": "csv", "data.dir": eval_dir}))
+        tasks_lib.load_tasks(_config(**{"data.format": "csv", "data.dir": eval_dir}))
 
 
 def test_cli_console_is_progress_lines_only(tiny_model, tmp_path):

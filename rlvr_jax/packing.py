@@ -73,9 +73,15 @@ def bucket(n: int, minimum: int = 1) -> int:
     return -(-n >> shift) << shift
 
 
+def power_of_two(n: int, minimum: int) -> int:
+    """The smallest power of two ≥ max(n, minimum): the project's one rounding
+    for static widths (packed rows here, prompt buckets in the sampler)."""
+    return 1 << (max(n, minimum, 1) - 1).bit_length()
+
+
 def width_for(longest: int, limit: int) -> int:
     """Row width W: the next power of two ≥ the longest sequence, ≤ limit."""
-    return min(limit, max(8, 1 << max(0, longest - 1).bit_length()))
+    return min(limit, power_of_two(longest, 8))
 
 
 def rows_per_micro_batch(width: int, max_tokens: int, divisor: int = 1) -> int:

@@ -62,7 +62,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlvr_jax import decoding, model, scheduler, sharding
+from rlvr_jax import decoding, model, packing, scheduler, sharding
 
 Params = Any
 
@@ -224,7 +224,7 @@ def bucket_width(length: int, buckets: Sequence[int] | None = None) -> int:
     widths only.
     """
     if buckets is None:
-        return max(16, 1 << (length - 1).bit_length())
+        return packing.power_of_two(length, 16)
     fitting = [b for b in sorted(buckets) if b >= length]
     _check(
         bool(fitting),

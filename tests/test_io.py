@@ -85,6 +85,7 @@ def test_results_plot_and_checker_import_no_jax():
     code = (
         "import sys\n"
         "import rlvr_jax.results, rlvr_jax.plot, rlvr_jax.checker, rlvr_jax.io\n"
+        "import rlvr_jax.tasks  # evaluation tasks load before any model\n"
         "print(sorted({m.split('.')[0] for m in sys.modules}"
         " & {'jax', 'jaxlib', 'flax'}))\n"
     )

@@ -464,7 +464,7 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
     reference = _initial_params(config, model_config, hf_path, param_shardings)
     n_params = sum(x.size for x in jax.tree.leaves(reference))
     say(
-        f"model: {hf_path or 'random ' + config.model.preset} "
+        f"model: {config.checkpoint.resume_from or hf_path or 'random ' + config.model.preset} "
         f"({n_params / 1e6:.1f}M parameters, {model_config.dtype} compute), "
         f"mesh {dict(mesh.shape)}, {config.train.steps} steps of "
         f"{config.train.batch_size} prompts x {config.rollout.n} responses"

@@ -144,3 +144,42 @@ def test_lab_config_runs_a_few_steps_from_the_sft_checkpoint(name, sft_workdir):
     for domain in synthetic.DOMAINS:
         assert 0.0 <= rows[-1][f"eval/{domain}/acc"] <= 1.0
     assert np.isfinite(rows[-1]["loss/total"])
+
+
+# ----------------------------------------------------------------- report
+def _fake_run(path: Path, accs: list[tuple[float, float]], train: list[float]):
+    """A workdir whose log has eval accuracies (a, b) per 5 steps and train
+    accuracies per step."""
+    rows = []
+    for i, (a, b) in enumerate(accs):
+        rows.append({"step": 5 * i, "eval/arith/acc": a, "eval/count/acc": b})
+    for step, t in enumerate(train, start=1):
+        rows.append({"step": step, "train_acc/7": t})
+    path.mkdir(parents=True)
+    io.write_jsonl(path / "metrics.jsonl", sorted(rows, key=lambda r: r["step"]))
+
+
+def test_lab_report_table_and_figure(tmp_path):
+    from rlvr_jax import lab
+
+    _fake_run(tmp_path / "top_s0", [(0.1, 0.3), (0.5, 0.7)], [0.5, 0.95, 1.0, 1.0, 1.0])
+    _fake_run(tmp_path / "top_s1", [(0.1, 0.3), (0.3, 0.5)], [0.2, 0.4, 0.6, 0.8, 0.9])
+    _fake_run(tmp_path / "low_s0", [(0.1, 0.3), (0.1, 0.1)], [0.0] * 5)
+    runs = lab.parse_runs(f"top={tmp_path}/top_s*, low={tmp_path}/low_s*")
+    assert runs["top"] == [str(tmp_path / "top_s0"), str(tmp_path / "top_s1")]
+    png, md = lab.write_report(runs, str(tmp_path / "report"))
+    assert Path(png).read_bytes()[:4] == b"\x89PNG"
+    lines = Path(md).read_text().splitlines()
+    assert lines[0] == (
+        "| run | seeds | mean @0 | arith @end | count @end | mean @end "
+        "| best mean (step) | train acc ≥90% at step |"
+    )
+    # top: mean @end per seed 0.6 and 0.4 → 50 ± 10; arith 0.5, 0.3 → 40 ± 10.
+    assert lines[2] == (
+        "| top | 2 | 20.0 ± 0.0 | 40.0 ± 10.0 | 60.0 ± 10.0 | 50.0 ± 10.0 "
+        "| 50.0 (5) | 2, 5 |"
+    )
+    assert lines[3].startswith("| low | 1 | 20.0 ± 0.0 | 10.0 ± 0.0 | 10.0 ± 0.0 |")
+    assert lines[3].endswith("| 20.0 (0) | never |")
+    with pytest.raises(lab.plot.PlotError, match="no workdir matches"):
+        lab.parse_runs(f"x={tmp_path}/nothing_*")

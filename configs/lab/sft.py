@@ -12,7 +12,7 @@ from rlvr_jax import base_config as base
 
 def get_config(arg=None):
     c, rest = base.lab_config(arg)
-    c.train.steps = 300
+    c.train.steps = 700
     c.train.batch_size = 32
     c.optim.lr = 3e-3
     c.optim.warmup_steps = 20

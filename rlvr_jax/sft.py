@@ -17,6 +17,7 @@ config is a training config (`rlvr_jax.base_config`); SFT reads
   train.steps, train.batch_size, optim.*, seed
   rollout.max_new_tokens the response width (longer solutions are an error)
   eval.path, eval.every  held-out sets: loss on their solutions, greedy accuracy
+  eval.max_new_tokens    greedy answer length; 0 = the held-out loss only
   checkpoint.*, log.*
 
 A batch row is [left-padded prompt | solution + <|im_end|> | right padding];
@@ -238,7 +239,7 @@ def run(config, workdir: str) -> dict[str, float]:
         timeout_s=config.log.checker_timeout_s,
     )
     greedy = sampler_lib.SamplingSettings(
-        max_new_tokens=config.eval.max_new_tokens,
+        max_new_tokens=max(1, config.eval.max_new_tokens),  # unused when 0
         temperature=0.0,
         eos_ids=model_config.eos_token_ids,
         cache_dtype=config.rollout.cache_dtype,
@@ -264,6 +265,8 @@ def run(config, workdir: str) -> dict[str, float]:
             )
             for name, ps in eval_pairs.items()
         }
+        if not config.eval.max_new_tokens:  # 0: held-out loss only
+            return out
         out.update(
             train_lib.evaluate(
                 model_config,

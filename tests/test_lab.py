@@ -120,12 +120,12 @@ def sft_workdir(tmp_path_factory):
     config = lab_config("sft", f"tiny,data={root}/data")
     config.train.steps = config.eval.every = config.checkpoint.every = 1
     config.eval.max_examples = 2
-    config.eval.max_new_tokens = 4
+    config.eval.max_new_tokens = 0  # loss only: the RL runs need only the weights
     sft.run(config, str(root / "sft"))
     return root
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # ~40-90 s a config on 2 busy cores: five RL runs
 @pytest.mark.parametrize("name", RL_CONFIGS)
 def test_lab_config_runs_a_few_steps_from_the_sft_checkpoint(name, sft_workdir):
     root = sft_workdir

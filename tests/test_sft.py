@@ -41,16 +41,17 @@ def test_encode_pairs_appends_the_stop_token_and_rejects_long_solutions():
         sft.encode_pairs(tok, rows, 128, 5)
 
 
+@pytest.mark.slow  # 20 s on idle cores, minutes on busy ones (8 fake devices)
 def test_sft_lowers_heldout_loss_and_saves_a_loadable_checkpoint(tmp_path):
     config = base_config.apply_arg(
         base_config.lab_config(f"tiny,data={tmp_path}/data")[0], "steps=5"
     )
-    # Few held-out problems and short greedy answers: the loss is the point.
+    # Held-out loss only (no greedy decoding to compile): seconds, not minutes.
     config.train.batch_size = 16
     config.optim.lr = 3e-3
     config.eval.every = 5
     config.eval.max_examples = 4
-    config.eval.max_new_tokens = 4
+    config.eval.max_new_tokens = 0
     config.checkpoint.every = 5
     workdir = str(tmp_path / "sft")
     sft.run(config, workdir)
@@ -59,7 +60,7 @@ def test_sft_lowers_heldout_loss_and_saves_a_loadable_checkpoint(tmp_path):
     for domain in ("arith", "linear", "fraction", "count"):
         first, last = rows[0][f"eval/{domain}/loss"], rows[-1][f"eval/{domain}/loss"]
         assert last < first - 0.3, (domain, first, last)
-        assert 0.0 <= rows[-1][f"eval/{domain}/acc"] <= 1.0
+        assert f"eval/{domain}/acc" not in rows[-1]
     assert rows[-1]["loss/sft"] < rows[1]["loss/sft"]
     # What checkpoint.resume_from reads: the model config and the last step.
     model_config, _ = ckpt_lib.load_params(workdir)

@@ -43,6 +43,7 @@ from rlvr_jax import data as data_lib
 from rlvr_jax import grpo
 from rlvr_jax import io as io_lib
 from rlvr_jax import metrics as metrics_lib
+from rlvr_jax import model as model_lib
 from rlvr_jax import reward as reward_lib
 from rlvr_jax import sampler as sampler_lib
 from rlvr_jax import sharding as sharding_lib
@@ -200,7 +201,7 @@ def run(config, workdir: str) -> dict[str, float]:
 
     # ---------------------------------------------------- state, restore
     param_shardings = sharding_lib.tree_shardings(
-        train_lib.model_lib.abstract_params(model_config), mesh
+        model_lib.abstract_params(model_config), mesh
     )
     initial = train_lib._initial_params(config, model_config, hf_path, param_shardings)
     checkpointer = ckpt_lib.Checkpointer(

@@ -183,3 +183,15 @@ def test_lab_report_table_and_figure(tmp_path):
     assert lines[3].endswith("| 20.0 (0) | never |")
     with pytest.raises(lab.plot.PlotError, match="no workdir matches"):
         lab.parse_runs(f"x={tmp_path}/nothing_*")
+
+
+def test_the_planner_counts_every_eval_set(tmp_path):
+    from rlvr_jax import plan
+
+    a = _write_set(tmp_path / "a" / "test.jsonl", "1", 3)
+    b = _write_set(tmp_path / "b" / "test.jsonl", "0", 5)
+    config = base_config.base_config()
+    config.eval.path = f"{a},{b}"
+    assert plan.eval_example_count(config) == (8, f"{a},{b}")
+    config.eval.max_examples = 4
+    assert plan.eval_example_count(config)[0] == 7

@@ -99,7 +99,8 @@ def base_config() -> config_dict.ConfigDict:
     c.mesh.tensor = 1
 
     c.eval = config_dict.ConfigDict()
-    # "math500" (packaged veRL MATH500), a veRL file, "builtin" or "" = none
+    # "math500" (packaged veRL MATH500), a veRL file, "builtin" or "" = none;
+    # several, comma-separated, each logged as eval/<name>/acc
     c.eval.path = "math500"
     c.eval.every = 20  # steps; also before the first step
     c.eval.max_examples = 0  # 0 = all
@@ -169,3 +170,122 @@ def make_tiny(c: config_dict.ConfigDict) -> None:
     c.checkpoint.every = 3
     c.checkpoint.keep = 2
     c.log.checker_workers = 2
+
+
+# The laptop lab (configs/lab/): synthetic data written here when absent,
+# and the SFT run the RL configs start from.
+LAB_DATA = "/tmp/rlvr_jax_lab/data"
+LAB_SFT = "/tmp/rlvr_jax_lab/sft"
+LAB_TRAIN, LAB_TEST = 300, 50  # synthetic problems per domain and split
+LAB_RL_POOL = 32  # problems per domain in the lab's RL pool (the first ones)
+
+
+def pop_arg(arg: str | None, key: str, default=None):
+    """(value, the rest of `arg`) for a config-specific `key=value` token.
+
+    A bare `key` token gives True (a flag); absent gives `default` (False for
+    a flag when `default` is None).
+    """
+    tokens = [t for t in (arg or "").split(",") if t]
+    value = False if default is None else default
+    rest = []
+    for t in tokens:
+        if t == key:
+            value = True
+        elif t.startswith(key + "="):
+            value = t[len(key) + 1 :]
+        else:
+            rest.append(t)
+    return value, ",".join(rest)
+
+
+def lab_config(arg: str | None) -> tuple[config_dict.ConfigDict, str]:
+    """The laptop lab's shared base and the rest of `arg`.
+
+    The model is always the `tiny` random Qwen2 (2 layers, d_model 64,
+    0.1M parameters): 2 shared CPU cores afford no more. `arg` is
+    comma-separated: `tiny` (a few steps and 10 held-out problems per domain,
+    for tests), `data=DIR` (where the synthetic files live, default LAB_DATA),
+    then anything `apply_arg` takes. The synthetic files
+    (`rlvr_jax.synthetic.write`, seed 0, 300 train + 50 test problems per
+    domain) are written into DIR if it does not hold them yet.
+
+    Sizes (the tiny tokenizer: one token per character): prompts ≤ 112
+    tokens (bucket 128, with the chat template's system prompt), solutions
+    ≤ 56 tokens with their stop token (responses ≤ 64).
+    """
+    from rlvr_jax import synthetic
+
+    small, rest = pop_arg(arg, "tiny")
+    data_dir, rest = pop_arg(rest, "data", LAB_DATA)
+    root = synthetic.write(data_dir, seed=0, n_train=LAB_TRAIN, n_test=LAB_TEST)
+    c = base_config()
+    make_tiny(c)
+    c.model.remat = False  # a 0.1M model's activations are small
+    c.data.train_path = f"{root}/train.jsonl"
+    c.data.max_prompt_len = 128
+    c.data.prompt_buckets = (128,)
+    c.rollout.max_new_tokens = 64
+    c.rollout.temperature = 1.0
+    c.rollout.chunk_size = 128
+    c.eval.path = synthetic.eval_paths(root)
+    c.eval.max_new_tokens = 64
+    c.eval.chunk_size = 200
+    c.eval.max_examples = 10 if small else 0
+    c.checkpoint.async_save = False
+    c.log.tensorboard = False
+    return c, rest
+
+
+def lab_rl_config(arg: str | None) -> tuple[config_dict.ConfigDict, str]:
+    """`lab_config` plus the settings every lab RL run shares.
+
+    Extra argument: `sft=DIR`, the SFT workdir to start from (default
+    LAB_SFT). GRPO as in the paper (KL 0.001, entropy 0.001, n = 8, one
+    update per step) at a laptop's scale: 16 prompts a step, lr 1e-3, 40
+    steps, greedy evaluation of all four held-out sets every 5 steps.
+    """
+    c, rest = lab_config(arg)
+    sft, rest = pop_arg(rest, "sft", LAB_SFT)
+    small = c.eval.max_examples > 0
+    c.checkpoint.resume_from = sft
+    c.data.replicate = 0
+    c.train.batch_size = 16
+    c.train.micro_batch_size = 128
+    c.train.steps = 3 if small else 40
+    c.rollout.n = 8
+    c.rollout.temperature = 1.0
+    c.optim.lr = 1e-3
+    c.eval.every = 3 if small else 5
+    c.checkpoint.every = 3 if small else 20
+    c.checkpoint.keep = 1
+    return c, rest
+
+
+def lab_rl_pool(domains=("arith", "linear", "fraction", "count")) -> tuple[int, ...]:
+    """Indices of the lab's RL pool: the first LAB_RL_POOL problems per domain.
+
+    Ids follow `synthetic.write`: each domain's 300 training problems in
+    DOMAINS order.
+    """
+    from rlvr_jax import synthetic
+
+    return tuple(
+        synthetic.DOMAINS.index(d) * LAB_TRAIN + i
+        for d in domains
+        for i in range(LAB_RL_POOL)
+    )
+
+
+def lab_one_shot_config(arg: str | None) -> config_dict.ConfigDict:
+    """A lab 1-shot run: `index=I`, one pool example replicated to the batch
+    (16 copies, each its own GRPO group of 8); then `apply_arg`'s arguments."""
+    c, rest = lab_rl_config(arg)
+    index, rest = pop_arg(rest, "index", "")
+    if index == "":
+        raise ValueError(
+            "a 1-shot lab config needs index=I (an example id of the pool)"
+        )
+    c.data.indices = (int(index),)
+    c.data.replicate = c.train.batch_size
+    return apply_arg(c, rest)

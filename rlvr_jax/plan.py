@@ -433,6 +433,12 @@ def eval_example_count(config) -> tuple[int, str]:
         return 0, "eval.every = 0"
     from rlvr_jax import data as data_lib
 
+    if "," in e.path:  # several sets, evaluated together (train.eval_sets)
+        paths = [p.strip() for p in e.path.split(",") if p.strip()]
+        counts = [len(data_lib.load_examples(p)) for p in paths]
+        if e.max_examples:
+            counts = [min(c, e.max_examples) for c in counts]
+        return sum(counts), e.path
     if e.path == "builtin":
         count, source = len(data_lib.builtin_task()), "the built-in task"
     else:

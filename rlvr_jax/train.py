@@ -18,6 +18,7 @@ from a checkpoint replays exactly the batches and samples it would have drawn.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -134,23 +135,76 @@ def _train_examples(config) -> list[data_lib.Example]:
     return examples
 
 
-def _eval_examples(config) -> list[data_lib.Example]:
-    if not config.eval.path:
-        return []
-    if config.eval.path == "builtin":
-        examples = data_lib.builtin_task()
-    else:
-        examples = data_lib.load_examples(config.eval.path)
-    if config.eval.max_examples:
-        examples = examples[: config.eval.max_examples]
-    return examples
-
-
 def _eval_name(path: str) -> str:
     if path == "builtin" or path in paper_data.FILES:
         return path
     parent = os.path.basename(os.path.dirname(os.path.abspath(path)))
     return parent or os.path.splitext(os.path.basename(path))[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSet:
+    """One held-out set of `eval.path`: its metric name, examples, prompt ids."""
+
+    name: str
+    examples: list[data_lib.Example]
+    prompts: list[list[int]]
+
+
+def eval_sets(config, tokenizer) -> list[EvalSet]:
+    """The sets `eval.path` names (comma-separated), each logged on its own.
+
+    Raises:
+      ValueError: when two sets would log under the same name.
+    """
+    sets = []
+    for path in filter(None, (p.strip() for p in config.eval.path.split(","))):
+        if path == "builtin":
+            examples = data_lib.builtin_task()
+        else:
+            examples = data_lib.load_examples(path)
+        if config.eval.max_examples:
+            examples = examples[: config.eval.max_examples]
+        prompts = data_lib.encode_prompts(
+            tokenizer, examples, config.data.max_prompt_len
+        )
+        sets.append(EvalSet(_eval_name(path), examples, prompts))
+    names = [s.name for s in sets]
+    if len(set(names)) != len(names):
+        raise ValueError(
+            f"eval.path={config.eval.path!r}: two sets share a metric name "
+            f"({names}); a file is named by its parent directory"
+        )
+    return sets
+
+
+def evaluate(
+    model_config, params, sets, settings, tokenizer, pool, **rollout_kwargs
+) -> dict[str, float]:
+    """Greedy accuracy and mean response length of every set, in one rollout.
+
+    `settings` are the greedy eval sampling settings; `rollout_kwargs` go to
+    `sampler.rollout` (buckets, slots, mesh, decode_sharding). The sets share
+    one sampler call so that a few small sets cost one set's compile.
+    """
+    if not sets:
+        return {}
+    t0 = time.time()
+    prompts = [p for s in sets for p in s.prompts]
+    roll = sampler_lib.rollout(
+        model_config, params, prompts, settings, jax.random.key(0), **rollout_kwargs
+    )
+    texts = tokenizer_lib.decode_responses(tokenizer, roll)
+    golds = [ex.ground_truth for s in sets for ex in s.examples]
+    rewards = np.asarray(pool.score(texts, golds).rewards, np.float32)
+    out, start = {}, 0
+    for s in sets:
+        end = start + len(s.examples)
+        out[f"eval/{s.name}/acc"] = float(np.mean(rewards[start:end]))
+        out[f"eval/{s.name}/response_len"] = float(roll.lengths[start:end].mean())
+        start = end
+    out["time/eval_s"] = time.time() - t0
+    return out
 
 
 # ------------------------------------------------------------------- metrics
@@ -391,17 +445,14 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
             strict=True,
         )
     )
-    eval_examples = _eval_examples(config)
-    eval_prompts = data_lib.encode_prompts(
-        tokenizer, eval_examples, config.data.max_prompt_len
-    )
+    sets = eval_sets(config, tokenizer)
     say(
         f"data: {len(examples)} rows of {len(distinct)} distinct example(s) from "
         f"{config.data.train_path or 'the built-in task'}; eval: "
         + (
-            f"{_eval_name(config.eval.path)} ({len(eval_examples)} problems, "
-            f"every {config.eval.every} steps)"
-            if eval_examples
+            ", ".join(f"{s.name} ({len(s.examples)} problems)" for s in sets)
+            + f", every {config.eval.every} steps"
+            if sets
             else "none"
         )
     )
@@ -413,7 +464,7 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
     reference = _initial_params(config, model_config, hf_path, param_shardings)
     n_params = sum(x.size for x in jax.tree.leaves(reference))
     say(
-        f"model: {hf_path or 'random ' + config.model.preset} "
+        f"model: {config.checkpoint.resume_from or hf_path or 'random ' + config.model.preset} "
         f"({n_params / 1e6:.1f}M parameters, {model_config.dtype} compute), "
         f"mesh {dict(mesh.shape)}, {config.train.steps} steps of "
         f"{config.train.batch_size} prompts x {config.rollout.n} responses"
@@ -510,35 +561,25 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
             params_lib.save_hf(local, model_config, params)
             tokenizer.save_pretrained(local)
 
-    def evaluate(step: int) -> dict[str, float]:
-        if not eval_examples:
-            return {}
-        t0 = time.time()
-        roll = sampler_lib.rollout(
+    def run_eval() -> dict[str, float]:
+        return evaluate(
             model_config,
             state.params,
-            eval_prompts,
+            sets,
             eval_settings,
-            jax.random.key(0),
+            tokenizer,
+            pool,
             buckets=config.data.prompt_buckets,
             slots=config.eval.chunk_size,
             mesh=mesh,
             decode_sharding=decode_sharding,
         )
-        texts = tokenizer_lib.decode_responses(tokenizer, roll)
-        scored = pool.score(texts, [ex.ground_truth for ex in eval_examples])
-        name = _eval_name(config.eval.path)
-        return {
-            f"eval/{name}/acc": float(np.mean(scored.rewards)),
-            f"eval/{name}/response_len": float(roll.lengths.mean()),
-            "time/eval_s": time.time() - t0,
-        }
 
     last: dict[str, float] = {}
     try:
         step = start
         if not restored:
-            metrics0 = evaluate(0)
+            metrics0 = run_eval()
             if metrics0:
                 writer.write(0, metrics0)
                 progress.update(0, metrics0)
@@ -627,7 +668,7 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
             )
             # ------------------------------------------------ eval and save
             if config.eval.every and step % config.eval.every == 0:
-                m.update(evaluate(step))
+                m.update(run_eval())
             m["time/step_s"] = time.time() - t_step
             writer.write(step, m)
             progress.update(step, m)

@@ -112,3 +112,16 @@ def test_paper_run_on_a_small_qwen2(kernel_env, tmp_path):
     assert "text/markdown" in everything and "image/png" in everything
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     assert "train_acc/124" in rows[-1]  # π1 of the packaged pool
+
+
+@pytest.mark.slow  # four runs (SFT, full pool, two 1-shot) with their compiles
+def test_lab_notebook_runs_sft_rl_selection_and_report(kernel_env, tmp_path):
+    texts = execute(
+        "lab.ipynb", ROOT=str(tmp_path / "lab"), SFT_STEPS=2, RL_STEPS=2, TINY=True
+    )
+    everything = "\n".join(texts)
+    for shown in ("Compute ", "Solve ", "Count "):  # a problem of each domain
+        assert shown in everything
+    assert "top example" in everything
+    assert "image/png" in everything and "text/markdown" in everything
+    assert "| full pool | 1 |" in everything and "| 1-shot top | 1 |" in everything

@@ -1,0 +1,25 @@
+"""The lab's warm start: SFT of a small random Qwen2 on the synthetic pool.
+
+  python -m rlvr_jax.sft --config=configs/lab/sft.py --workdir=/tmp/lab/sft
+  python -m rlvr_jax.sft --config=configs/lab/sft.py:tiny --workdir=/tmp/lab/sft_t
+
+Every RL config under configs/lab/ starts from this run's last checkpoint
+(`checkpoint.resume_from`). Arguments: see `base_config.lab_config`.
+"""
+
+from rlvr_jax import base_config as base
+
+
+def get_config(arg=None):
+    c, rest = base.lab_config(arg)
+    c.train.steps = 700
+    c.train.batch_size = 32
+    c.optim.lr = 3e-3
+    c.optim.warmup_steps = 20
+    c.optim.weight_decay = 0.0
+    c.eval.every = 100
+    c.checkpoint.every = 100
+    c.checkpoint.keep = 1
+    if "tiny" in (arg or ""):
+        c.train.steps, c.eval.every, c.checkpoint.every = 4, 4, 4
+    return base.apply_arg(c, rest)

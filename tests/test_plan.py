@@ -327,6 +327,12 @@ def test_7b_on_v5e_16_fits():
 
 
 def _load(path):
-    from ml_collections import config_flags
+    """`get_config()` of a config file of this repository (path from its root)."""
+    import importlib.util
+    import pathlib
 
-    return config_flags.load_config_file(path)
+    root = pathlib.Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("plan_config", root / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()

@@ -18,8 +18,7 @@ continuous batching over a fixed number of decode slots. Each slot serves
 one (prompt, sample) row at a time; when its row ends (EOS or
 max_new_tokens) it takes the next pending row, copying that prompt's
 prefilled keys/values into its cache and drawing the row's first token from
-the prompt's prefill logits (the n samples of a prompt share its prefill;
-prompts are prefilled a wave of slots at a time, `prefill_group`).
+the prompt's prefill logits (the n samples of a prompt share its prefill).
 The bookkeeping (which slot takes which row, when) is `scheduler`. Slots are
 at different positions, so each writes its own cache column, and attention
 reads the caches block by block only up to the longest live row.
@@ -53,7 +52,6 @@ chunks or slots, or sharded over devices.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import math
@@ -706,89 +704,6 @@ def _slot_decode_step(
     return _record_slots(slots, state, tokens_s, logprobs_s, slots.live_s, settings)
 
 
-def _prefill(
-    config, params, prompt_tokens_bt, prompt_mask_bt, cache_dtype, row_sharding=None
-):
-    """(prompt store, last-position logits fp32 [B, V]) of a prompt batch.
-
-    The store holds each prompt's keys/values in the decode layout
-    (`decoding.cache_from_prefill`, one row per prompt). With a
-    `row_sharding` over a mesh, the residual stream's rows are pinned to the
-    mesh's batch axes (`sharding.constrain_rows`, as the learner does):
-    otherwise, with params split over 'fsdp', the compiler may keep the
-    weights in place and hand every chip every prompt's activations.
-    """
-    b, t = prompt_tokens_bt.shape
-    mesh = getattr(row_sharding, "mesh", None)
-    context = (
-        contextlib.nullcontext()
-        if mesh is None
-        else jax.sharding.use_abstract_mesh(mesh.abstract_mesh)
-    )
-    with context:
-        cache = model.init_cache(config, b, t, cache_dtype)
-        x_btd, cache = model.hidden(
-            config,
-            params,
-            prompt_tokens_bt,
-            model.positions_from_mask(prompt_mask_bt),
-            prompt_mask_bt,
-            cache,
-            constrain=sharding.constrain_rows,
-        )
-        logits_bv = model.head(config, params, x_btd[:, -1:])[:, 0]
-    store, _ = decoding.cache_from_prefill(cache, 0, 1, cache_dtype)
-    return store, logits_bv
-
-
-def _grouped_prefill(
-    config, params, prompt_tokens_bt, prompt_mask_bt, cache_dtype, group, sharding
-):
-    """`_prefill` of B prompts in B / `group` calls of `group` prompts each.
-
-    A `lax.scan` over the groups: the prefill's activations are those of
-    `group` prompts, whatever B is; its outputs (the store and the logits,
-    which the rollout keeps anyway) are stacked. Group g holds prompts g,
-    g + G, g + 2G, ... (G = B / group groups), so that with prompts split
-    contiguously over the mesh (`sharding`) every group is spread over all
-    devices. Each prompt's result depends on its own row only: grouping
-    changes no token (only, as any batch size, fp32 rounding).
-    """
-    b, t = prompt_tokens_bt.shape
-    if group is None or group >= b:
-        return _prefill(
-            config, params, prompt_tokens_bt, prompt_mask_bt, cache_dtype, sharding
-        )
-    if b % group:
-        raise ValueError(f"prefill_prompts: {group} does not divide {b} prompts")
-    groups = b // group
-
-    def split(x_b):  # [B, ...] -> [G, group, ...], group g = rows g::G
-        x = x_b.reshape(group, groups, *x_b.shape[1:]).swapaxes(0, 1)
-        if sharding is not None and hasattr(sharding, "mesh"):
-            spec = jax.sharding.PartitionSpec(None, *sharding.spec)
-            x = jax.lax.with_sharding_constraint(
-                x, jax.sharding.NamedSharding(sharding.mesh, spec)
-            )
-        return x
-
-    def merge(x_g):  # the inverse of `split`
-        x_b = x_g.swapaxes(0, 1).reshape(b, *x_g.shape[2:])
-        if sharding is not None:
-            x_b = jax.lax.with_sharding_constraint(x_b, sharding)
-        return x_b
-
-    def body(_, prompts):
-        if sharding is not None:
-            # The scan's slices lose the rows' sharding: without this every
-            # chip would prefill the whole group.
-            prompts = jax.lax.with_sharding_constraint(prompts, sharding)
-        return None, _prefill(config, params, *prompts, cache_dtype, sharding)
-
-    _, out = jax.lax.scan(body, None, (split(prompt_tokens_bt), split(prompt_mask_bt)))
-    return jax.tree.map(merge, out)
-
-
 def _continuous(
     config,
     weights: SamplerWeights,
@@ -802,7 +717,6 @@ def _continuous(
     refill_every,
     block,
     slot_sharding,
-    prefill_prompts=None,
 ):
     b, t = prompt_tokens_bt.shape
     n, new = settings.n, settings.max_new_tokens
@@ -811,17 +725,17 @@ def _continuous(
 
     # ---- prefill: once per prompt, through the learner's own forward; its
     # n samples all start from these keys/values and last-position logits.
-    # In groups of `prefill_prompts`, so its activations do not grow with
-    # the rollout's prompt count.
-    store, logits_bv = _grouped_prefill(
+    cache = model.init_cache(config, b, t, settings.cache_dtype)
+    x_btd, cache = model.hidden(
         config,
         weights.prefill,
         prompt_tokens_bt,
+        model.positions_from_mask(prompt_mask_bt),
         prompt_mask_bt,
-        settings.cache_dtype,
-        prefill_prompts,
-        slot_sharding,
+        cache,
     )
+    logits_bv = model.head(config, weights.prefill, x_btd[:, -1:])[:, 0]
+    store, _ = decoding.cache_from_prefill(cache, 0, 1, settings.cache_dtype)
     prompt_len_b = prompt_mask_bt.sum(-1, dtype=jnp.int32)
 
     # ---- slot caches: the prompt's columns, then the response's, rounded up
@@ -918,7 +832,6 @@ _continuous_jit = jax.jit(
         "refill_every",
         "block",
         "slot_sharding",
-        "prefill_prompts",
     ),
 )
 
@@ -945,13 +858,11 @@ def continuous(
     refill_every: int = 8,
     block: int | None = None,
     slot_sharding: jax.sharding.Sharding | None = None,
-    prefill_prompts: int | None = None,
 ) -> Samples:
     """Continuous batching: every response of the prompts through `slots` slots.
 
     The rollout's B * n rows (prompt-major) are decoded `slots` at a time:
-    each prompt is prefilled once (all B together, or `prefill_prompts` at a
-    time, before decoding starts); a free slot takes the
+    each prompt is prefilled once (all B together); a free slot takes the
     next row in row order, copies its prompt's keys/values into its cache,
     draws the row's first token from the prompt's prefill logits, and
     decodes until the row ends (EOS or max_new_tokens); then it takes the
@@ -979,9 +890,6 @@ def continuous(
       slot_sharding: placement of the slots' caches and state (rows split
         over the mesh's batch axes, e.g. `sharding.batch_sharding(mesh)`);
         None lets the compiler choose.
-      prefill_prompts: prompts prefilled per call (static; a divisor of B):
-        bounds the prefill's activations (`prefill_group` chooses it from
-        the slots); None prefills all B at once.
 
     Returns:
       `Samples` with R = B * n rows; `decode_steps` counts the loop's decode
@@ -989,7 +897,7 @@ def continuous(
 
     Raises:
       ValueError: `slots` < 1 or not a multiple of the shards, `block` < 1,
-        `refill_every` < 1, `prefill_prompts` not a divisor of B.
+        `refill_every` < 1.
     """
     _check(
         isinstance(slots, (int, np.integer)) and slots >= 1,
@@ -1009,11 +917,6 @@ def continuous(
         f"must be a positive integer, got {refill_every!r}",
     )
     b, t = np.shape(prompt_tokens_bt)
-    _check(
-        prefill_prompts is None or (prefill_prompts >= 1 and b % prefill_prompts == 0),
-        "prefill_prompts",
-        f"{prefill_prompts!r} does not divide the {b} prompts",
-    )
     width = t + settings.max_new_tokens
     if block is None:
         # XLA:CPU runs a loop over small blocks far slower than one pass over
@@ -1034,26 +937,10 @@ def continuous(
         refill_every=int(refill_every),
         block=int(block),
         slot_sharding=slot_sharding,
-        prefill_prompts=None if prefill_prompts is None else int(prefill_prompts),
     )
 
 
-def prefill_group(prompts: int, slots: int, n: int, divisor: int) -> tuple[int, int]:
-    """(prompts per prefill call, prompts fed) of a rollout through `slots` slots.
-
-    A call prefills the prompts one wave of slots starts from, ceil(slots /
-    n), rounded up to split over the `divisor` devices of the mesh's batch
-    axes and capped at `prompts`: the prefill's activations then scale with
-    the slots, as the slot caches do, not with the rollout. The prompts fed
-    are `prompts` padded up to a multiple of that (`rollout` pads with
-    copies of the last prompt, whose rows are never generated).
-    """
-    fed = prompts + -prompts % divisor
-    group = -(-slots // n)
-    group = min(fed, group + -group % divisor)
-    return group, fed + -fed % group
-
-
+# ----------------------------------------------------------------- generate
 def _check_prompts(config, prompts, max_new_tokens) -> None:
     _check(len(prompts) > 0, "prompts", "is empty")
     limit = config.max_seq_len - max_new_tokens
@@ -1092,8 +979,7 @@ def rollout(
     rollout path of training, in-training evaluation, `evaluate` and
     `generate`.
 
-    Every prompt is prefilled once, a wave of slots' prompts per call
-    (`prefill_group`); `continuous` streams the responses
+    Every prompt is prefilled once; `continuous` streams the responses
     through `slots` decode slots (rows decoded at once, the KV cache's row
     count; config `rollout.chunk_size`), rounded up to split over the mesh's
     batch axes and capped at the rollout's rows (None: all rows at once).
@@ -1101,8 +987,7 @@ def rollout(
     With a `mesh`, prompts and slots are split over its batch axes
     (`sharding.batch_sharding`). Multi-process: every process passes the
     same prompts and feeds its own share (the prompt list is padded with
-    copies of the last prompt to split over the mesh and into prefill
-    groups; their rows are never
+    copies of the last prompt to split over the mesh; their rows are never
     generated); every process gets all rows back. `decode_sharding` places
     the decode weights (see `prepare`).
 
@@ -1114,11 +999,7 @@ def rollout(
     n = settings.n
     b = len(prompts)
     divisor = 1 if mesh is None else sharding.batch_divisor(mesh)
-    slots = b * n if slots is None else min(max(1, slots), b * n)
-    slots += -slots % divisor
-    # The prompt batch must split over the mesh and into prefill groups.
-    group, fed = prefill_group(b, slots, n, divisor)
-    pad = fed - b
+    pad = -b % divisor  # the prompt batch must split over the mesh
     fed_t = np.concatenate([tokens_bt, np.repeat(tokens_bt[-1:], pad, 0)])
     fed_m = np.concatenate([mask_bt, np.repeat(mask_bt[-1:], pad, 0)])
     if mesh is None:
@@ -1128,6 +1009,8 @@ def rollout(
             mesh,
             {"t": sharding.process_rows(fed_t), "m": sharding.process_rows(fed_m)},
         )
+    slots = b * n if slots is None else min(max(1, slots), b * n)
+    slots += -slots % divisor
     out = continuous(
         config,
         prepare(config, params, decode_sharding=decode_sharding),
@@ -1138,7 +1021,6 @@ def rollout(
         slots=slots,
         rows=b * n,
         slot_sharding=None if mesh is None else sharding.batch_sharding(mesh),
-        prefill_prompts=group,
     )
     host = sharding.to_host(
         {

@@ -694,33 +694,6 @@ def test_a_rows_tokens_do_not_depend_on_the_slot_count(sharpened):
     assert int(two.decode_steps) > int(eight.decode_steps)
 
 
-def test_prefilling_in_groups_does_not_change_samples(sharpened):
-    """Prompts prefilled two at a time (four groups, each one prompt's rows
-    per slot wave, as `rollout` chooses) draw what one prefill of all eight
-    does."""
-    config = sharpened[0]
-    whole = _run(sharpened, 1.0, _SLOTS, block=8)
-    groups = _run(sharpened, 1.0, _SLOTS, block=8, prefill_prompts=2)
-    np.testing.assert_array_equal(groups.tokens_rn, whole.tokens_rn)
-    np.testing.assert_array_equal(groups.lengths_r, whole.lengths_r)
-    # The prefill batch changes fp32 rounding only.
-    np.testing.assert_allclose(groups.logprobs_rn, whole.logprobs_rn, atol=1e-5)
-    assert S.prefill_group(8, _SLOTS, 4, 1) == (2, 8)
-    assert S.prefill_group(5, 6, 3, 1) == (2, 6)  # padded to whole groups
-    assert S.prefill_group(5, 8, 1, 4) == (8, 8)  # split over 4 shards
-    with pytest.raises(ValueError, match="^prefill_prompts:"):
-        S.continuous(
-            config,
-            sharpened[1],
-            sharpened[2],
-            sharpened[3],
-            jax.random.key(0),
-            settings=_long_tail_settings(1.0),
-            slots=_SLOTS,
-            prefill_prompts=3,
-        )
-
-
 @pytest.mark.parametrize(
     "change,name",
     [

@@ -9,9 +9,8 @@ no topology is given, every program one RL step runs, with the run's real
 shapes and shardings:
 
   prepare        the sampler's weights (cast, laid out) from the train params
-  sample         the step's rollout: every prompt prefilled once (a wave
-                 of slots' prompts per call), then continuous batching
-                 through rollout.chunk_size slots
+  sample         the step's rollout: every prompt prefilled once, then
+                 continuous batching through rollout.chunk_size slots
   decode_step    one iteration of that loop (its cost is counted per step)
   ref_logprobs   the frozen reference policy's log-probs of the step's batch
   train_step     one optimizer update on the step's batch (micro-batched)
@@ -644,23 +643,10 @@ def _key(run: Run):
     return jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=_replicated(run))
 
 
-def compile_sample(
-    run, model, weights, prompts: int, settings, slots=None, grouped=True
-):
+def compile_sample(run, model, weights, prompts: int, settings, slots=None):
     """A rollout of `prompts` prompts through `slots` decode slots (default
-    prompts × n): `sampler.continuous`'s program, as `sampler.rollout` runs it
-    (prompts padded to whole prefill groups, `sampler.prefill_group`).
-
-    grouped=False prefills all of them in one call (same FLOPs and bytes, no
-    loop over groups whose body cost analysis would count once).
-    """
-    slots = slots or prompts * settings.n
-    group, fed = sampler_lib.prefill_group(
-        prompts, slots, settings.n, sharding_lib.batch_divisor(run.mesh)
-    )
-    if not grouped:
-        group = None
-    tokens, mask = _prompts(run, fed)
+    prompts × n): `sampler.continuous`'s program, as `sampler.rollout` runs it."""
+    tokens, mask = _prompts(run, prompts)
     scalar = _sds((), jnp.int32, _replicated(run))
     width = run.shapes.prompt_width + settings.max_new_tokens
     return compile_or_oom(
@@ -673,11 +659,10 @@ def compile_sample(
             scalar,
             scalar,
             settings=settings,
-            slots=slots,
+            slots=slots or prompts * settings.n,
             refill_every=8,
             block=min(sampler_lib.ATTENTION_BLOCK, width),
             slot_sharding=_rows(run),
-            prefill_prompts=group,
         ),
         run,
     )
@@ -897,10 +882,9 @@ def sample_cost(run: Run, prompts: int, settings, weights, slots=None) -> tuple:
     """(FLOPs, bytes, decode step program, its (FLOPs, bytes)) of one rollout,
     its loop counted.
 
-    The rollout program at depth 1 and 2, its prompts prefilled in one call,
-    counts the prefill, one refill and one decode step. With every response
-    full length (the worst case), the R = prompts × n rows pass through the
-    S slots in ceil(R / S) waves of `max_new_tokens - 1` decode steps each
+    The rollout program at depth 1 and 2 counts the prefill, one refill and
+    one decode step. With every response full length (the worst case), the
+    R = prompts × n rows pass through the S slots in ceil(R / S) waves of `max_new_tokens - 1` decode steps each
     (a row's first token comes from the prefill), so all but one of those
     steps are added from the compiled decode step over the whole cache.
     Its bytes are at least the weights and the cache it attends over
@@ -914,7 +898,7 @@ def sample_cost(run: Run, prompts: int, settings, weights, slots=None) -> tuple:
 
     def build(m):
         w = sampler_weights(run, m, compile_prepare(run, m))
-        return compile_sample(run, m, w, prompts, settings, slots, grouped=False)
+        return compile_sample(run, m, w, prompts, settings, slots)
 
     flops, nbytes = depth_cost(build, model)
     step = compile_decode_step(run, model, weights, slots // settings.n, settings)
@@ -1023,10 +1007,10 @@ def compile_programs(
             decode.counted_hbm_bytes = counted
         return [_program(name, full, calls, flops, nbytes, chip), decode]
 
-    # One rollout per step: every prompt prefilled (chunk_prompts at a
-    # time), chunk_prompts × n slots.
+    # One rollout per step: every prompt prefilled, chunk_prompts × n slots.
     n = run.settings.n
     step_prompts = sh.responses // n
+    step_prompts += -step_prompts % sharding_lib.batch_divisor(run.mesh)
     programs += sampler_programs(
         "sample", step_prompts, run.settings, 1, sh.chunk_prompts * n
     )

@@ -888,8 +888,9 @@ def sample_cost(run: Run, prompts: int, settings, weights, slots=None) -> tuple:
     (a row's first token comes from the prefill), so all but one of those
     steps are added from the compiled decode step over the whole cache.
     Its bytes are at least the weights and the cache it attends over
-    (`decode_min_bytes`): where the compiler's count is lower (it does not
-    count what the step stages through on-chip memory), that floor is used.
+    (`decode_min_bytes`): where the compiler's count is lower (it appears
+    not to count what the step stages through on-chip memory: π1 on v5e:2x4
+    counts 5.1 GB for 6.85 GB), that floor is used.
     Refills (every 8 steps, a prompt-width copy of each slot's cache) are
     counted once.
     """

@@ -313,10 +313,14 @@ def test_pi1_on_v5e_8_fits():
     strict=True,
     reason="7B on v5e:4x4 (decode weights auto: sharded; blockwise learner "
     "attention) peaks at 20.2 GB per chip of 17.2: the sampling program takes "
-    "15.4 GB (12.5 GB of temporaries: all 128 prompts prefilled at once next "
-    "to 256 slot caches) beside 4.8 GB of train state and reference, and the "
-    "train step 11.5 GB of temporaries beside 5.7 GB of state (18.2 GB "
-    "resident); open",
+    "15.4 GB (12.5 GB of temporaries) beside 4.8 GB of train state and "
+    "reference, and the train step 11.5 GB of temporaries beside 5.7 GB of "
+    "state (18.2 GB resident). Prefilling in groups did not help (sample "
+    "temporaries 14.6 GB). Compiled at depth 2, the sampler holds every "
+    "prompt's keys/values on every chip (the refill's take from the prompt "
+    "store: whole bf16[128, 4, 128, 1024] buffers per layer), and the "
+    "learner's untied-head gradient alone needs 4.2 GB of temporaries (about "
+    "two whole fp32 copies of the [3584, 152064] weight); open",
 )
 def test_7b_on_v5e_16_fits():
     config = _load("configs/pi1.py")

@@ -309,6 +309,15 @@ def test_pi1_on_v5e_8_fits():
 
 
 @pytest.mark.slow
+def test_pi1_on_v4_8_fits():
+    """v4:2x2x1 (4 chips of 32 GiB, one host): peak 20.9 GB, the sampling
+    phase."""
+    config = _load("configs/pi1.py")
+    p = plan_lib.plan(config, "v4:2x2x1", search=False, costs=False)
+    assert p.fits, plan_lib.format_plan(p)
+
+
+@pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
     reason="7B on v5e:4x4 (decode weights auto: sharded; blockwise learner "

@@ -339,6 +339,17 @@ def test_7b_on_v5e_16_fits():
     assert p.fits, plan_lib.format_plan(p)
 
 
+@pytest.mark.slow
+def test_7b_on_v4_32_fits():
+    """v4:2x2x4 (16 chips of 32 GiB over 4 hosts): peak 21.5 GB, the sampling
+    phase (decode weights auto: sharded)."""
+    config = _load("configs/pi1.py")
+    with config.unlocked():
+        config.model.path = "Qwen/Qwen2.5-7B"
+    p = plan_lib.plan(config, "v4:2x2x4", search=False, costs=False)
+    assert p.fits, plan_lib.format_plan(p)
+
+
 def _load(path):
     """`get_config()` of a config file of this repository (path from its root)."""
     import importlib.util

@@ -8,7 +8,9 @@ CPU host, through libtpu) and prints three figures:
   decode eff.     HBM-roofline efficiency of decoding: the bytes a decode step
                   must read (the compute-dtype weights once, this chip's KV
                   cache filled to the average length of a full rollout) over
-                  the bytes the compiled step reads (goal: >= 60%)
+                  the bytes the compiled step reads (goal: >= 60%); n/a
+                  when the compiler counts fewer bytes than the weights and
+                  the whole cache, which no step can read less than
   learner MFU     model FLOPs (6·N·tokens + attention) of the train step over
                   its roofline time × the chips' bf16 peak
 
@@ -23,6 +25,7 @@ chip really does.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import pathlib
 import sys
@@ -51,10 +54,14 @@ def main() -> None:
         f"{'decode eff.':>13}{'learner MFU':>13}"
     )
     for topology, p in rows:
+        # NaN: the compiler's decode byte count was below the least a step
+        # reads, so no efficiency is known (the plan's note says so).
+        eff = p.decode_efficiency
+        decode = "n/a" if math.isnan(eff) else f"{100 * eff:.0f}%"
         print(
             f"{topology:<10}{'yes' if p.fits else 'no':<6}"
             f"{p.peak_bytes_per_chip / 1e9:9.2f}{p.step_seconds:9.1f}"
-            f"{100 * p.decode_efficiency:12.0f}%{100 * p.mfu:12.0f}%"
+            f"{decode:>13}{100 * p.mfu:12.0f}%"
         )
 
 

@@ -786,10 +786,23 @@ def train_step(
         learner_config=learner_config,
         mesh=mesh,
     )
+    new_state, update_metrics = apply_update(state, grads, metrics["loss"], tx)
+    metrics.update(update_metrics)
+    return new_state, metrics
+
+
+def apply_update(
+    state: TrainState, grads: Params, loss: jax.Array, tx: optax.GradientTransformation
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """The optimizer step of `train_step` on accumulated `grads`.
+
+    Returns (new_state, metrics: grad_norm, skipped, skipped_total); a
+    non-finite `loss` or gradient norm leaves params and opt_state unchanged.
+    """
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     keep = lambda new, old: jnp.where(ok, new, old)
     skipped = state.skipped + (~ok).astype(jnp.int32)
     new_state = TrainState(
@@ -798,7 +811,7 @@ def train_step(
         step=state.step + 1,
         skipped=skipped,
     )
-    metrics.update(
+    metrics = dict(
         grad_norm=grad_norm, skipped=(~ok).astype(jnp.int32), skipped_total=skipped
     )
     return new_state, metrics

@@ -28,7 +28,7 @@ without loops (`CostModel`): the layer scan is unrolled in copies of a
 program at depth 1 and 2 (cost is linear in depth, so depth L costs
 c1 + (L - 1)(c2 - c1)); the learner's log-prob head runs as one chunk in those
 copies (same FLOPs as the chunked scan); a micro-batched program is costed as
-one micro-batch plus (M - 1) scan bodies; the decode loop as the sample
+M scan bodies plus the optimizer update; the decode loop as the sample
 program plus the rest of its ceil(R / S) × (max_new_tokens - 1) decode
 steps (`sample_cost`). Sampling time is
 therefore the worst case, every response running to `max_new_tokens`; the
@@ -175,6 +175,9 @@ class Program:
     seconds: float = 0.0
     resident_args: int = 0
     oom: bool = False  # the compiler refused it: temp is what it needed
+    # The compiler's HBM byte count where `hbm_bytes` is a floor above it
+    # (a decode step: see `sample_cost`); None where hbm_bytes is the count.
+    counted_hbm_bytes: float | None = None
 
     @property
     def total(self) -> int:
@@ -882,15 +885,20 @@ def _log(verbose: bool, message: str) -> None:
 
 
 def sample_cost(run: Run, prompts: int, settings, weights, slots=None) -> tuple:
-    """(FLOPs, bytes, decode step program) of one rollout, its loop counted.
+    """(FLOPs, bytes, decode step program, its (FLOPs, bytes)) of one rollout,
+    its loop counted.
 
     The rollout program at depth 1 and 2 counts the prefill, one refill and
     one decode step. With every response full length (the worst case), the
-    R = prompts × n rows pass through the S slots in ceil(R / S) waves of
-    `max_new_tokens - 1` decode steps each (a row's first token comes from
-    the prefill), so all but one of those steps are added from the compiled
-    decode step. Refills (every 8 steps, a prompt-width copy of each slot's
-    cache) are counted once.
+    R = prompts × n rows pass through the S slots in ceil(R / S) waves of `max_new_tokens - 1` decode steps each
+    (a row's first token comes from the prefill), so all but one of those
+    steps are added from the compiled decode step over the whole cache.
+    Its bytes are at least the weights and the cache it attends over
+    (`decode_min_bytes`): where the compiler's count is lower (it appears
+    not to count what the step stages through on-chip memory: π1 on v5e:2x4
+    counts 5.1 GB for 6.85 GB), that floor is used.
+    Refills (every 8 steps, a prompt-width copy of each slot's cache) are
+    counted once.
     """
     model = run.model
     slots = slots or prompts * settings.n
@@ -901,10 +909,19 @@ def sample_cost(run: Run, prompts: int, settings, weights, slots=None) -> tuple:
 
     flops, nbytes = depth_cost(build, model)
     step = compile_decode_step(run, model, weights, slots // settings.n, settings)
-    step_flops, step_bytes = cost(step)
+    step_flops, counted = cost(step)
+    width = run.shapes.prompt_width + settings.max_new_tokens
+    step_bytes = max(
+        counted, decode_min_bytes(run, slots // settings.n, settings, width)
+    )
     waves = -(-prompts * settings.n // slots)
     more = waves * (settings.max_new_tokens - 1) - 1
-    return flops + more * step_flops, nbytes + more * step_bytes, step
+    return (
+        flops + more * step_flops,
+        nbytes + more * step_bytes,
+        step,
+        (step_flops, step_bytes, counted),
+    )
 
 
 def _cost_learner(run: Run) -> grpo.LearnerConfig:
@@ -923,19 +940,31 @@ def ref_logprobs_cost(run: Run) -> tuple[float, float]:
     return n_micro * flops, n_micro * nbytes
 
 
+def compile_update(run, model):
+    """The train step's optimizer update on accumulated grads
+    (`grpo.apply_update`), state donated as in the train step."""
+    state = grpo.sharded_abstract_state(model, run.tx, run.mesh)
+    grads = abstract_params(run, model)
+    loss = _sds((), jnp.float32, _replicated(run))
+    fn = jax.jit(
+        lambda state, grads, loss: grpo.apply_update(state, grads, loss, run.tx),
+        donate_argnums=0,
+    )
+    return compile_or_oom(fn.lower(state, grads, loss), run)
+
+
 def train_step_cost(run: Run) -> tuple[float, float]:
-    """(FLOPs, bytes) of the train step: the step on one micro-batch (update
-    included) plus M - 1 micro-batch scan bodies, each costed by depth."""
+    """(FLOPs, bytes) of the train step: M micro-batch scan bodies and the
+    optimizer update, each costed by depth (the step is exactly those: the
+    whole program would count its scan body once)."""
     sh = run.shapes
     cfg = _cost_learner(run)
-    flops, nbytes = depth_cost(
-        lambda m: compile_train_step(run, m, cfg, sh.micro_batch), run.model
-    )
     body_flops, body_bytes = depth_cost(
         lambda m: compile_micro_step(run, m, cfg, sh.micro_batch), run.model
     )
-    more = sh.responses // sh.micro_batch - 1
-    return flops + more * body_flops, nbytes + more * body_bytes
+    flops, nbytes = depth_cost(lambda m: compile_update(run, m), run.model)
+    micro = sh.responses // sh.micro_batch
+    return flops + micro * body_flops, nbytes + micro * body_bytes
 
 
 def compile_programs(
@@ -976,13 +1005,14 @@ def compile_programs(
         )
         if not costs:
             return [_program(name, full, calls, 0.0, 0.0, chip)]
-        flops, nbytes, step = timed(
+        flops, nbytes, step, step_cost = timed(
             f"{name} costs", sample_cost, run, prompts, settings, weights, slots
         )
-        return [
-            _program(name, full, calls, flops, nbytes, chip),
-            _program(f"{name}.decode_step", step, 0, *cost(step), chip),
-        ]
+        step_flops, step_bytes, counted = step_cost
+        decode = _program(f"{name}.decode_step", step, 0, step_flops, step_bytes, chip)
+        if counted < step_bytes:
+            decode.counted_hbm_bytes = counted
+        return [_program(name, full, calls, flops, nbytes, chip), decode]
 
     # One rollout per step: every prompt prefilled, chunk_prompts × n slots.
     n = run.settings.n
@@ -1091,7 +1121,14 @@ def decode_min_bytes(run: Run, prompts: int, settings, filled: int) -> float:
 
 
 def decode_efficiency(run: Run, step: Program) -> float:
-    """Minimum over compiled decode bytes, averaged over a full-length rollout."""
+    """Minimum over compiled decode bytes, averaged over a full-length rollout.
+
+    NaN when the compiler's count fell below the weights and the whole cache
+    (`Program.counted_hbm_bytes`): the step's bytes are then a floor, not
+    a measurement, and a ratio to them would say nothing.
+    """
+    if step.counted_hbm_bytes is not None:
+        return float("nan")
     sh = run.shapes
     n = sh.new_tokens
     # The cache fill grows linearly: the mean over steps is the midpoint.
@@ -1155,6 +1192,14 @@ def plan(
         notes.append(f"rollout.decode_weights=auto: {layout} on this chip")
     programs = compile_programs(run, chip, verbose, costs)
     for p in programs:
+        if p.counted_hbm_bytes is not None:
+            notes.append(
+                f"{p.name}: the compiler counts {p.counted_hbm_bytes / GB:.1f} GB "
+                "of HBM traffic per step, less than the weights and the cache it "
+                f"attends over ({p.hbm_bytes / GB:.1f} GB; what it stages through "
+                "on-chip memory is not counted): times use the latter, and the "
+                "decode efficiency is not known"
+            )
         if p.oom:
             notes.append(
                 f"{p.name}: the compiler ran out of HBM; it needs "
@@ -1366,7 +1411,12 @@ def format_plan(p: Plan) -> str:
         )
         lines.append(
             f"learner MFU (model FLOPs over roofline time): {100 * p.mfu:.0f}%; "
-            f"decode HBM-roofline efficiency: {100 * p.decode_efficiency:.0f}%"
+            "decode HBM-roofline efficiency: "
+            + (
+                "n/a (see the note)"
+                if math.isnan(p.decode_efficiency)
+                else f"{100 * p.decode_efficiency:.0f}%"
+            )
         )
     else:
         lines.append("(cost programs not compiled: no time estimates)")

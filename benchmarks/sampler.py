@@ -126,7 +126,7 @@ def matmul_floor(config, jax_params, batch: int, repeats: int) -> float:
     [in, out] weights, with no attention or sampling: what this backend's dot
     kernels can do.
     """
-    p = sampler.decode_params(config, jax_params)
+    p = sampler.compute_dtype_params(config, jax_params)
     n_out = lambda w: w.reshape(w.shape[0], w.shape[1], -1)  # [L, in, out]
     layers = p["layers"]
     stacked = {

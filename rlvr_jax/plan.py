@@ -454,7 +454,7 @@ def eval_example_count(config) -> tuple[int, str]:
         if source:
             count, source = len(data_lib.load_examples(source)), e.path
         else:
-            # The paper's run validates on MATH500 (RECIPE.md).
+            # The paper's run validates on MATH500 (docs/recipe.md).
             count = 500
             source = f"eval.path={e.path!r} not found here: MATH500's 500 assumed"
     if e.max_examples:
@@ -594,7 +594,7 @@ def reference_params(run: Run, model: model_lib.ModelConfig):
     if run.config.loss.kl_coef == 0:
         return None
     params = abstract_params(run, model)
-    cast = jax.eval_shape(lambda p: sampler_lib.decode_params(model, p), params)
+    cast = jax.eval_shape(lambda p: sampler_lib.compute_dtype_params(model, p), params)
     return _with_shardings(cast, jax.tree.map(lambda a: a.sharding, params))
 
 

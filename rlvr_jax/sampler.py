@@ -313,7 +313,7 @@ def _is_eos(tokens_r: jax.Array, eos_ids: tuple[int, ...]) -> jax.Array:
 
 
 # ------------------------------------------------------------------- decode
-def decode_params(config: model.ModelConfig, params: Params) -> Params:
+def compute_dtype_params(config: model.ModelConfig, params: Params) -> Params:
     """Casts matmul weights to the compute dtype once, ahead of the prefill.
 
     The model casts each fp32 weight to `config.dtype` at every use; casting
@@ -340,7 +340,7 @@ class SamplerWeights(NamedTuple):
     Attributes:
       prefill: the parameter pytree read by the prompt prefill
         (`model.hidden`): on CPU a copy with the matmul weights in the compute
-        dtype (`decode_params`); elsewhere the caller's params themselves.
+        dtype (`compute_dtype_params`); elsewhere the caller's params themselves.
       decode: `decoding.pack` output, read by the decode loop.
     """
 
@@ -383,7 +383,7 @@ def prepare(
     platform = platform or _platform(params)
     on_cpu = platform == "cpu"
     return SamplerWeights(
-        prefill=decode_params(config, params) if on_cpu else params,
+        prefill=compute_dtype_params(config, params) if on_cpu else params,
         decode=_pack_jit(
             config, params, "float32" if on_cpu else config.dtype, decode_sharding
         ),

@@ -501,7 +501,7 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
     else:
         # The model casts every matmul weight to the compute dtype at use, so
         # a compute-dtype copy gives the same log-probs in half the memory.
-        reference = sampler_lib.decode_params(model_config, reference)
+        reference = sampler_lib.compute_dtype_params(model_config, reference)
     decode_sharding = decode_weights_sharding(config, mesh, model_config)
     train_step = grpo.jit_train_step(model_config, learner_config, tx, mesh)
     logprobs_fn = grpo.jit_logprobs(model_config, learner_config, mesh)

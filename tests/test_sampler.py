@@ -452,10 +452,10 @@ def test_decode_is_traced_once_for_repeated_shapes(hf_model):
         assert loop.call_count == 2
 
 
-def test_decode_params_cast_is_bit_identical(hf_model):
+def test_compute_dtype_params_cast_is_bit_identical(hf_model):
     config, params, _ = hf_model
     config = config.replace(dtype="bfloat16")  # fp32 params, bf16 compute
-    cast = S.decode_params(config, params)
+    cast = S.compute_dtype_params(config, params)
     assert cast["layers"]["attn"]["q_kernel"].dtype == jnp.bfloat16
     assert cast["embed"]["embedding"].dtype == jnp.bfloat16
     assert cast["final_norm"]["scale"].dtype == jnp.float32

@@ -330,7 +330,7 @@ def test_reference_weights_in_compute_dtype_give_identical_logprobs():
     ref = random_params(config, seed=4)
     from rlvr_jax import sampler
 
-    cast = sampler.decode_params(config, ref)
+    cast = sampler.compute_dtype_params(config, ref)
     nbytes = lambda tree: sum(x.nbytes for x in jax.tree.leaves(tree))
     assert nbytes(cast) < 0.55 * nbytes(ref)  # half, but for fp32 norm scales
     mesh = S.make_mesh(devices=jax.devices()[:1])

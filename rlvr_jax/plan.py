@@ -430,36 +430,38 @@ def model_config_for(config) -> model_lib.ModelConfig:
 
 
 def eval_example_count(config) -> tuple[int, str]:
-    """(examples evaluated each time, where the number comes from)."""
+    """(examples evaluated each time, where the number comes from).
+
+    `eval.path` may name several sets, comma-separated (`train.eval_sets`):
+    they are sampled together, so their counts add up.
+    """
     e = config.eval
     if not e.every:
         return 0, "eval.every = 0"
+    paths = [p.strip() for p in e.path.split(",") if p.strip()] or [e.path]
+    total, sources = 0, []
+    for path in paths:
+        count, source = _eval_set_count(path)
+        total += min(count, e.max_examples) if e.max_examples else count
+        sources.append(source)
+    return total, ",".join(sources)
+
+
+def _eval_set_count(path: str) -> tuple[int, str]:
+    """(examples, source) of one evaluation set, read as the run reads it."""
     from rlvr_jax import data as data_lib
 
-    if "," in e.path:  # several sets, evaluated together (train.eval_sets)
-        paths = [p.strip() for p in e.path.split(",") if p.strip()]
-        counts = [len(data_lib.load_examples(p)) for p in paths]
-        if e.max_examples:
-            counts = [min(c, e.max_examples) for c in counts]
-        return sum(counts), e.path
-    if e.path == "builtin":
-        count, source = len(data_lib.builtin_task()), "the built-in task"
-    else:
-        try:
-            # A path, a packaged name (math500) or a cached hub id, as the run
-            # reads it.
-            source = data_lib.resolve_source(e.path) if e.path else ""
-        except FileNotFoundError:
-            source = ""
-        if source:
-            count, source = len(data_lib.load_examples(source)), e.path
-        else:
-            # The paper's run validates on MATH500 (docs/recipe.md).
-            count = 500
-            source = f"eval.path={e.path!r} not found here: MATH500's 500 assumed"
-    if e.max_examples:
-        count = min(count, e.max_examples)
-    return count, source
+    if path == "builtin":
+        return len(data_lib.builtin_task()), "the built-in task"
+    try:
+        # A path, a packaged name (math500) or a cached hub id.
+        source = data_lib.resolve_source(path) if path else ""
+    except FileNotFoundError:
+        source = ""
+    if source:
+        return len(data_lib.load_examples(source)), path
+    # The paper's run validates on MATH500 (docs/recipe.md).
+    return 500, f"eval.path={path!r} not found here: MATH500's 500 assumed"
 
 
 def shapes_for(config, mesh, eval_examples: int) -> Shapes:

@@ -33,7 +33,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import app, flags
 from etils import epath
 from ml_collections import config_flags
@@ -117,15 +116,9 @@ def sft_step(state: grpo.TrainState, batch, *, model_config, tx):
         return total / jnp.maximum(count, 1.0)
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    grad_norm = optax.tree.norm(grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_state = grpo.TrainState(
-        params=optax.apply_updates(state.params, updates),
-        opt_state=opt_state,
-        step=state.step + 1,
-        skipped=state.skipped,
-    )
-    return new_state, {"loss": loss, "grad_norm": grad_norm}
+    # The RL learner's update, so a non-finite step is skipped here too.
+    new_state, metrics = grpo.apply_update(state, grads, loss, tx)
+    return new_state, {"loss": loss, **metrics}
 
 
 def jit_sft_step(model_config, tx, mesh):

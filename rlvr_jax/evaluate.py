@@ -359,16 +359,22 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> list[dict]:
 
 
 # ===================================================================== CLI
+def cli(config, workdir: str) -> None:
+    """`run`, with a bad input ending the program on one `error: ...` line
+    (no traceback): what the command line does after its flags."""
+    try:
+        run(config, workdir)
+    except (EvalError, benchmarks.BenchmarkError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+
 def main(argv: Sequence[str]) -> None:
     from absl import flags
 
     del argv
     metrics_lib.quiet_library_logs()
     distributed.setup()  # before any device is touched
-    try:
-        run(flags.FLAGS.config, flags.FLAGS.workdir)
-    except (EvalError, benchmarks.BenchmarkError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}") from None
+    cli(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":

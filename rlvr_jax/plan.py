@@ -1324,7 +1324,10 @@ def fitting_overrides(
     hbm = result.hbm_bytes_per_chip
 
     def attempt(changes: dict, largest: dict, depth: int = 0) -> dict | None:
-        shrink = {k: v for k, v in largest.items() if v < _get(config, k)}
+        current = {k: changes.get(k, _get(config, k)) for k in largest}
+        shrink = {k: v for k, v in largest.items() if v < current[k]}
+        if depth and not shrink:
+            return None  # nothing left to shrink: a re-plan would repeat
         changes = {**changes, **shrink}
         if not changes or depth > 3:
             return None
@@ -1340,8 +1343,6 @@ def fitting_overrides(
         )
         if p.fits:
             return changes
-        if p.largest == {k: changes.get(k, _get(config, k)) for k in p.largest}:
-            return None  # nothing left to shrink
         return attempt(changes, p.largest, depth + 1)
 
     layouts = [{}]

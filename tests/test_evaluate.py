@@ -321,32 +321,41 @@ def test_cli_unknown_benchmark(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def _cli_error(config, workdir) -> str:
+    """The one line `evaluate.cli` ends the program with (the subprocess test
+    above shows it reaches stderr without a traceback)."""
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.cli(config, str(workdir))
+    message = exit_info.value.code
+    assert isinstance(message, str) and message.startswith("error: "), message
+    return message
+
+
 def test_cli_missing_benchmark_file(tmp_path):
-    proc = _cli(f"--workdir={tmp_path}", f"--config.data.dir={tmp_path}")
-    assert proc.returncode != 0
-    assert f"benchmark file not found: {tmp_path}/math500/test.jsonl" in proc.stderr
+    message = _cli_error(_config(**{"data.dir": str(tmp_path)}), tmp_path)
+    assert f"benchmark file not found: {tmp_path}/math500/test.jsonl" in message
 
 
 def test_cli_malformed_row(tmp_path):
     bad = tmp_path / "aime25.jsonl"
     bad.write_text('{"problem": "1+1?", "answer": "2"}\n{"problem": "2+2?"}\n')
-    proc = _cli(f"--workdir={tmp_path}", f"--config.benchmarks=aime25={bad}")
-    assert proc.returncode != 0
-    assert f"{bad}:2: aime25 row has no gold answer" in proc.stderr
+    message = _cli_error(_config(benchmarks=f"aime25={bad}"), tmp_path)
+    assert f"{bad}:2: aime25 row has no gold answer" in message
 
 
 def test_cli_missing_step(tiny_model, eval_dir, tmp_path):
     os.makedirs(tmp_path / "hf")
     os.symlink(tiny_model, tmp_path / "hf" / "step_0")
-    proc = _cli(
-        f"--workdir={tmp_path}",
-        f"--config.model.path={tmp_path / 'hf'}",
-        "--config.model.steps=5",
-        f"--config.data.dir={eval_dir}",
+    config = _config(
+        **{
+            "model.path": str(tmp_path / "hf"),
+            "model.steps": "5",
+            "data.dir": eval_dir,
+        }
     )
-    assert proc.returncode != 0
-    assert "checkpoint step(s) [5] do not exist" in proc.stderr
-    assert "available steps: [0]" in proc.stderr
+    message = _cli_error(config, tmp_path)
+    assert "checkpoint step(s) [5] do not exist" in message
+    assert "available steps: [0]" in message
 
 
 def test_tfds_data_format_gives_the_same_tasks(eval_dir, tmp_path):

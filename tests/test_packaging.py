@@ -9,6 +9,7 @@ culprit without one.
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.metadata
 import re
 import shutil
@@ -72,8 +73,14 @@ def _third_party_imports(path: Path) -> tuple[set[str], set[str]]:
     return top, nested
 
 
+@functools.cache
+def _module_distributions() -> dict[str, list[str]]:
+    # Scanning every installed distribution takes about a second: once.
+    return importlib.metadata.packages_distributions()
+
+
 def _distributions(module: str) -> set[str]:
-    mapping = importlib.metadata.packages_distributions()
+    mapping = _module_distributions()
     return {_normalise(d) for d in mapping.get(module, [module])}
 
 

@@ -14,7 +14,9 @@ ratio, plus yardsticks measured here:
   * the matmul floors: the same weight matmuls a decode step performs, alone
     in a jitted loop, once as dots on the learner's [in, out] weights and once
     through `decoding.project` on the sampler's packed [out, in] weights
-    (measured when `project` was written: the dots 2-4x slower on XLA:CPU).
+    (both dots now; `project` was a multiply-reduce on CPU, 2-4x faster than
+    the dots there, until XLA:CPU was found to compile it wrongly inside a
+    many-row decode step: see `rlvr_jax/decoding.py`).
 
     python benchmarks/sampler.py                       # fp32, the full shape
     python benchmarks/sampler.py --dtype bfloat16

@@ -18,12 +18,13 @@ cache layout differ. `tests/test_decoding.py` checks its logits against a
 teacher-forced `model.forward`, and `tests/test_sampler.py` the sampler built
 on it against `transformers`.
 
-Matmuls (`project`). On accelerators a projection is an einsum. On CPU it is
-written as a broadcast multiply and a sum over the contiguous `D` axis of the
-[O, D] weight: XLA:CPU hands that to its reduction kernels, which stream the
-weight at close to memory bandwidth, while its dot kernels re-pack the whole
-weight on every call, which makes a decode-shaped [rows, D] x [D, O] product
-slower (`benchmarks/sampler.py` measures both).
+Matmuls (`project`) are einsums on every platform (fp32 operands on CPU, see
+`project`). On CPU a decode-shaped product once ran as a broadcast multiply and a sum over the contiguous `D`
+axis (XLA:CPU's reduction kernels stream the weight faster than its dot
+kernels re-pack it), but XLA:CPU compiled that form wrongly inside a full
+decode step with more rows than some other dimension of the program (rows
+past it got another row's values); `tests/test_decoding.py` checks that a
+row's logits do not depend on how many rows share its step.
 
 KV cache layout, per layer: keys [R, K, H, S] and values [R, K, S, H]. Those
 are the operand layouts the two attention contractions read in place (the
@@ -160,9 +161,10 @@ def project(x_rd: jax.Array, w_od: jax.Array, out_dtype=None) -> jax.Array:
     """x @ w.T for a few rows: [R, D] x [O, D] -> [R, O].
 
     Accumulates in fp32 and returns `out_dtype` (default: x's dtype), as the
-    model's einsums do. The CPU lowering is a multiply and a reduction over
-    the contiguous axis of `w` (see the module docstring); elsewhere it is an
-    einsum.
+    model's einsums do. On CPU the operands are upcast first: XLA:CPU's bf16
+    dot does not multiply exactly in fp32, and the CPU sampler stores bf16
+    weights as fp32 (`sampler.decode_weights_dtype`), which must not change
+    a value.
     """
     out_dtype = jnp.dtype(out_dtype or x_rd.dtype)
 
@@ -171,13 +173,10 @@ def project(x_rd: jax.Array, w_od: jax.Array, out_dtype=None) -> jax.Array:
             "rd,od->ro", x_rd, w_od, preferred_element_type=jnp.float32
         ).astype(out_dtype)
 
-    def streamed(x_rd, w_od):
-        # fp32 products of the compute-dtype values, fp32 sums: the same
-        # arithmetic as XLA:CPU's dot (which upcasts bf16 operands too).
-        prod_rod = w_od.astype(jnp.float32)[None] * x_rd.astype(jnp.float32)[:, None]
-        return jnp.sum(prod_rod, axis=-1).astype(out_dtype)
+    def fp32(x_rd, w_od):
+        return einsum(x_rd.astype(jnp.float32), w_od.astype(jnp.float32))
 
-    return jax.lax.platform_dependent(x_rd, w_od, cpu=streamed, default=einsum)
+    return jax.lax.platform_dependent(x_rd, w_od, cpu=fp32, default=einsum)
 
 
 def repeat_rows(x, n: int, axis: int = 0):

@@ -201,16 +201,64 @@ def test_project_equals_einsum_in_fp32_and_bf16():
     )
 
 
+def test_a_rows_logits_do_not_depend_on_the_rows_beside_it():
+    """300 rows in one step, then the last 100 alone: the same logits.
+
+    XLA:CPU once compiled a decode step wrongly when its rows outnumbered
+    the vocabulary (the cache width here too): rows from 256 on got another
+    row's values, so greedy rollouts in 200-300 slots decoded garbage.
+    """
+    config = M.ModelConfig.tiny(
+        dtype="float32", vocab_size=256, d_model=128, mlp_dim=256
+    )
+    weights = D.pack(config, M.init_params(config, jax.random.PRNGKey(0)))
+    rng = np.random.default_rng(0)
+    rows, width, lo = 300, 256, 200
+    k, h = config.n_kv_heads, config.head_dim
+    cache = D.Cache(
+        tuple(
+            jnp.asarray(rng.standard_normal((rows, k, h, width)), jnp.float32)
+            for _ in range(config.n_layers)
+        ),
+        tuple(
+            jnp.asarray(rng.standard_normal((rows, k, width, h)), jnp.float32)
+            for _ in range(config.n_layers)
+        ),
+    )
+    tokens_r = jnp.asarray(rng.integers(0, config.vocab_size, rows), jnp.int32)
+    positions_r = jnp.asarray(rng.integers(10, 200, rows), jnp.int32)
+    valid_rs = jnp.ones((rows, width), bool)
+
+    @jax.jit
+    def logits(cache, tokens_r, positions_r, valid_rs):
+        return D.step(
+            config, weights, cache, tokens_r, positions_r, positions_r + 20, valid_rs
+        )[0]
+
+    together = logits(cache, tokens_r, positions_r, valid_rs)
+    tail = jax.tree.map(lambda x: x[lo:], (cache, tokens_r, positions_r, valid_rs))
+    alone = logits(*tail)
+    np.testing.assert_allclose(
+        np.asarray(together)[lo:], np.asarray(alone), rtol=1e-5, atol=1e-5
+    )
+
+
 @pytest.mark.parametrize(
-    "platform,streamed", [("cpu", True), ("cuda", False), ("tpu", False)]
+    "platform,operand", [("cpu", "f32"), ("cuda", "bf16"), ("tpu", "bf16")]
 )
-def test_project_lowers_to_a_reduction_on_cpu_and_a_dot_elsewhere(platform, streamed):
-    x = jax.ShapeDtypeStruct((8, 64), jnp.float32)
-    w = jax.ShapeDtypeStruct((96, 64), jnp.float32)
+def test_project_is_a_dot_in_fp32_on_cpu_and_in_the_compute_dtype_elsewhere(
+    platform, operand
+):
+    x = jax.ShapeDtypeStruct((8, 64), jnp.bfloat16)
+    w = jax.ShapeDtypeStruct((96, 64), jnp.bfloat16)
     exported = jax.export.export(jax.jit(D.project), platforms=[platform])(x, w)
-    text = exported.mlir_module()
-    assert ("stablehlo.dot_general" in text) != streamed
-    assert ("stablehlo.reduce" in text) == streamed
+    dots = [
+        line
+        for line in exported.mlir_module().splitlines()
+        if "stablehlo.dot_general" in line
+    ]
+    assert len(dots) == 1
+    assert f"tensor<8x64x{operand}>, tensor<96x64x{operand}>" in dots[0]
 
 
 def test_cache_from_prefill_layout_rows_and_validity():

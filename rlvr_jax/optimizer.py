@@ -4,7 +4,9 @@ The reference recipe (docs/recipe.md) is AdamW with lr 1e-6 constant, betas
 (0.9, 0.999), eps 1e-8, weight decay 0.01 on every parameter and a global-norm
 clip of 1.0. Its learning-rate scheduler (veRL's constant-with-warmup,
 lr · min(1, s / max(1, W)) at update s) gives the very first update lr 0; that
-quirk is reproduced only when asked for (`first_step_zero_lr`).
+quirk is reproduced only when asked for (`first_step_zero_lr`). A cosine
+decay to zero (`decay_steps`) is there for short supervised runs (the laptop
+lab's warm start), not for the paper's recipe.
 
 The pre-clip global norm is not visible through an optax transformation, so
 `grpo.train_step` measures it (optax.tree.norm) before calling `update`.
@@ -20,24 +22,33 @@ from rlvr_jax.sharding import path_str
 
 
 def schedule(
-    lr: float, warmup_steps: int = 0, first_step_zero_lr: bool = False
+    lr: float,
+    warmup_steps: int = 0,
+    first_step_zero_lr: bool = False,
+    decay_steps: int = 0,
 ) -> optax.Schedule:
     """Learning rate η(s) of the s-th applied update (s = 0, 1, ...).
 
     Without the quirk: η(s) = lr · min(1, (s + 1) / W) for W = warmup_steps > 0
     (the first update already moves), and η(s) = lr when W = 0.
     With the quirk (veRL): η(s) = lr · min(1, s / max(1, W)), so η(0) = 0.
+    With D = decay_steps > 0, η(s) is further multiplied by the cosine factor
+    (1 + cos(π · min(s, D) / D)) / 2: 1 at the first update, near 0 at the
+    last of D updates, 0 after.
     """
 
     def fn(count):
         s = jnp.asarray(count, jnp.float32)
         if first_step_zero_lr:
-            frac = s / max(1, warmup_steps)
+            rate = lr * jnp.minimum(1.0, s / max(1, warmup_steps))
         elif warmup_steps > 0:
-            frac = (s + 1.0) / warmup_steps
+            rate = lr * jnp.minimum(1.0, (s + 1.0) / warmup_steps)
         else:
-            return jnp.full((), lr, jnp.float32)
-        return lr * jnp.minimum(1.0, frac)
+            rate = jnp.full((), lr, jnp.float32)
+        if decay_steps > 0:
+            done = jnp.minimum(s, decay_steps) / decay_steps
+            rate = rate * 0.5 * (1.0 + jnp.cos(jnp.pi * done))
+        return rate
 
     return fn
 
@@ -59,6 +70,7 @@ def adamw(
     weight_decay: float = 0.01,
     warmup_steps: int = 0,
     first_step_zero_lr: bool = False,
+    decay_steps: int = 0,
     decay_norms_and_biases: bool = True,
     grad_clip: float | None = 1.0,
 ) -> optax.GradientTransformation:
@@ -72,6 +84,7 @@ def adamw(
       weight_decay: λ.
       warmup_steps: linear warmup length W (see `schedule`).
       first_step_zero_lr: reproduce the reference's lr-0 first update.
+      decay_steps: cosine decay to 0 over this many updates; 0 = none.
       decay_norms_and_biases: True applies λ to every parameter (the
         reference); False exempts RMSNorm scales and biases.
       grad_clip: maximum global gradient norm; None disables clipping.
@@ -81,7 +94,7 @@ def adamw(
       takes the params' shardings, see sharding.tree_shardings).
     """
     tx = optax.adamw(
-        schedule(lr, warmup_steps, first_step_zero_lr),
+        schedule(lr, warmup_steps, first_step_zero_lr, decay_steps),
         b1=b1,
         b2=b2,
         eps=eps,

@@ -59,10 +59,13 @@ def _tokenizer_and_model_config(config) -> tuple[Any, model_lib.ModelConfig, str
     # model.remat is the learner's (LearnerConfig.remat), not the model's.
     overrides = dict(dtype=m.dtype, param_dtype=m.param_dtype)
     if m.preset:
-        if m.preset != "tiny":
-            raise ValueError(f"unknown model.preset {m.preset!r} (known: 'tiny')")
+        # Random-init presets share the character-level tiny tokenizer.
+        if m.preset not in ("tiny", "lab"):
+            raise ValueError(
+                f"unknown model.preset {m.preset!r} (known: 'tiny', 'lab')"
+            )
         tok = tokenizer_lib.build_tiny()
-        model_config = model_lib.ModelConfig.tiny(
+        model_config = getattr(model_lib.ModelConfig, m.preset)(
             vocab_size=len(tok), eos_token_ids=tokenizer_lib.stop_token_ids(tok)
         ).replace(**overrides)
         return tok, model_config, ""
@@ -378,6 +381,7 @@ def _optimizer(config):
         weight_decay=o.weight_decay,
         warmup_steps=o.warmup_steps,
         first_step_zero_lr=o.first_step_zero_lr,
+        decay_steps=o.decay_steps,
         decay_norms_and_biases=o.decay_norms_biases,
         grad_clip=o.grad_clip or None,
     )
@@ -402,7 +406,10 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
     learner_config = _learner_config(config, mesh)
     tx = _optimizer(config)
     lr_schedule = optimizer_lib.schedule(
-        config.optim.lr, config.optim.warmup_steps, config.optim.first_step_zero_lr
+        config.optim.lr,
+        config.optim.warmup_steps,
+        config.optim.first_step_zero_lr,
+        config.optim.decay_steps,
     )
     settings = sampler_lib.SamplingSettings(
         max_new_tokens=config.rollout.max_new_tokens,

@@ -27,6 +27,15 @@ def test_schedule(warmup, quirk, want):
     np.testing.assert_allclose(got, 2.0 * np.array(want), rtol=1e-7)
 
 
+def test_cosine_decay_multiplies_the_warmup_and_ends_at_zero():
+    fn = optimizer.schedule(2.0, warmup_steps=2, decay_steps=4)
+    got = [float(fn(s)) for s in range(6)]
+    # warmup (s+1)/2 capped at 1, times (1 + cos(π min(s, 4) / 4)) / 2
+    cosine = [1.0, (1 + np.sqrt(0.5)) / 2, 0.5, (1 - np.sqrt(0.5)) / 2, 0.0, 0.0]
+    want = 2.0 * np.array([0.5, 1, 1, 1, 1, 1]) * np.array(cosine)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
 def _tree(rng):
     return {
         "layers": {"w": rng.normal(size=(3, 4)), "q_bias": rng.normal(size=(4,))},

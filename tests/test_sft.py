@@ -7,6 +7,7 @@ import pytest
 
 from rlvr_jax import base_config, io, sft
 from rlvr_jax import checkpoint as ckpt_lib
+from rlvr_jax import model as model_lib
 from rlvr_jax import tokenizer as tokenizer_lib
 
 
@@ -64,4 +65,7 @@ def test_sft_lowers_heldout_loss_and_saves_a_loadable_checkpoint(tmp_path):
     assert rows[-1]["loss/sft"] < rows[1]["loss/sft"]
     # What checkpoint.resume_from reads: the model config and the last step.
     model_config, _ = ckpt_lib.load_params(workdir)
-    assert model_config.d_model == 64 and ckpt_lib.available_steps(workdir)[-1] == 5
+    assert (
+        model_config.d_model == model_lib.ModelConfig.lab().d_model
+        and ckpt_lib.available_steps(workdir)[-1] == 5
+    )

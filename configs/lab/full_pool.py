@@ -1,8 +1,8 @@
-"""Lab: RLVR on the whole RL pool (128 problems, 32 per domain), from the SFT model.
+"""Lab: RLVR on the whole RL pool (64 problems, 16 per domain), from the SFT model.
 
 The lab's DSR-sub: its accuracy history ranks the examples for the 1-shot
-runs (`python -m rlvr_jax.select --workdir=...`). 40 steps of 16 prompts ×
-8 responses: each example is sampled 5 times (5 history entries).
+runs (`python -m rlvr_jax.select --workdir=...`). 16 steps of 8 prompts ×
+8 responses: each example is sampled twice (2 history entries).
 
   python -m rlvr_jax.main --config=configs/lab/full_pool.py:seed=0 \
       --workdir=/tmp/rlvr_jax_lab/full_s0

@@ -1,7 +1,7 @@
 """Lab: RLVR on one domain's pool, evaluated on every domain (transfer).
 
 `domain=D` (arith, linear, fraction, count; default arith) trains on that
-domain's 32 RL-pool problems; the held-out sets of all four domains are
+domain's 16 RL-pool problems; the held-out sets of all four domains are
 evaluated, so the other three measure cross-domain transfer.
 
   python -m rlvr_jax.main --config=configs/lab/one_domain.py:domain=arith,seed=0 \

@@ -12,14 +12,16 @@ from rlvr_jax import base_config as base
 
 def get_config(arg=None):
     c, rest = base.lab_config(arg)
-    c.train.steps = 700
+    c.train.steps = 800
     c.train.batch_size = 32
     c.optim.lr = 3e-3
     c.optim.warmup_steps = 20
+    c.optim.decay_steps = 800
     c.optim.weight_decay = 0.0
-    c.eval.every = 100
-    c.checkpoint.every = 100
+    c.eval.every = 200
+    c.checkpoint.every = 200
     c.checkpoint.keep = 1
     if "tiny" in (arg or ""):
         c.train.steps, c.eval.every, c.checkpoint.every = 4, 4, 4
+        c.optim.decay_steps = 4
     return base.apply_arg(c, rest)

@@ -209,12 +209,7 @@ def _next_token_scores(config, params, x_bkd, next_bk, temperature, chunk):
         # The cast to the compute dtype happens inside `head`, so the head's
         # weight gradient is accumulated across chunks in fp32.
         logits_bcv = M.head(config, head_params, S.constrain_rows(x_bcd))
-        if config.tie_embeddings:
-            logits_bcv = S.constrain_rows(logits_bcv)
-        else:
-            # The untied head is split over its vocabulary (sharding.py):
-            # logits by vocabulary shard, so is its weight gradient.
-            logits_bcv = S.constrain_vocab(logits_bcv)
+        logits_bcv = S.constrain_rows(logits_bcv)
         return logprobs_from_logits(logits_bcv, next_bc, temperature)
 
     def body(_, xs):

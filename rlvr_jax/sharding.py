@@ -34,18 +34,13 @@ from jax.sharding import PartitionSpec as P
 
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
-# The axes an untied LM head's vocabulary is split over: all that split
-# parameters, so each chip holds, multiplies and differentiates only its own
-# vocabulary columns (`constrain_vocab`).
-VOCAB_AXES = ("fsdp", "tensor")
 
 # (regex on the '/'-joined leaf path, spec over the leaf's axes). The leading
 # `l` axis of scanned per-layer tensors is never sharded: the scan slices it.
 # Shapes in the comments use the model's axis legend (rlvr_jax/model.py).
 PARAM_RULES: tuple[tuple[str, P], ...] = (
     (r"(^|/)embed/embedding$", P("tensor", "fsdp")),  # [V, D]
-    # An untied head is split over its vocabulary (see `constrain_vocab`).
-    (r"(^|/)lm_head$", P(None, VOCAB_AXES)),  # [D, V]
+    (r"(^|/)lm_head$", P("fsdp", "tensor")),  # [D, V]
     (r"(^|/)attn/(q|k|v)_kernel$", P(None, "fsdp", "tensor", None)),  # [L,D,N|K,H]
     (r"(^|/)attn/(q|k|v)_bias$", P(None, "tensor", None)),  # [L, N|K, H]
     (r"(^|/)attn/o_kernel$", P(None, "tensor", None, "fsdp")),  # [L, N, H, D]
@@ -181,31 +176,6 @@ def constrain_rows(x: jax.Array) -> jax.Array:
     if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
         return x
     return jax.lax.with_sharding_constraint(x, fit_spec(P(BATCH_AXES), x.shape, mesh))
-
-
-def constrain_vocab(logits_btv: jax.Array) -> jax.Array:
-    """Pins logits [B, ..., V] to rows over 'data', vocabulary over `VOCAB_AXES`.
-
-    For an untied head (`PARAM_RULES` split it so): each chip multiplies the
-    rows of its 'data' group, gathered (small: [B, T, D]), by its own
-    vocabulary columns. Why: with rows split over 'fsdp' as well, each chip's
-    head gradient would be a partial sum over its rows of the whole [D, V]
-    matrix, held in fp32 before it is reduced (4.4 GB for a 7B model's head);
-    split by vocabulary it is the chip's own [D, V / n] block, no reduction.
-    Like `constrain_rows`: active only under a mesh with those axes, and
-    rows-split (`constrain_rows`) when the vocabulary does not divide.
-    """
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or not {"data", *VOCAB_AXES} <= set(mesh.axis_names):
-        return logits_btv
-    if logits_btv.shape[-1] % _axis_size(mesh, VOCAB_AXES):
-        return constrain_rows(logits_btv)
-    spec = [None] * logits_btv.ndim
-    spec[-1] = VOCAB_AXES
-    spec[0] = "data"
-    return jax.lax.with_sharding_constraint(
-        logits_btv, fit_spec(P(*spec), logits_btv.shape, mesh)
-    )
 
 
 def shard_batch(mesh: Mesh, local_batch: Any) -> Any:

@@ -542,10 +542,9 @@ def test_sharded_mesh_matches_single_device(hf_model):
 def test_untied_model_rollout_over_sharded_params_matches_single_device(
     tmp_path_factory,
 ):
-    """An untied model with its params placed by the partition rules (the
-    head split over its vocabulary, sharding.PARAM_RULES) samples over a
-    mesh exactly what one device samples: prefill split by prompt, the prompt
-    store split by position, sampling over a split vocabulary."""
+    """An untied model with its params placed by the partition rules
+    (sharding.PARAM_RULES) samples over a mesh exactly what one device
+    samples: the prefill split by prompt, the prompt store by position."""
     from rlvr_jax import sharding as SH
 
     path = hf_fixtures.make_checkpoint(
@@ -555,7 +554,7 @@ def test_untied_model_rollout_over_sharded_params_matches_single_device(
     assert not config.tie_embeddings
     mesh = SH.make_mesh(data=2, fsdp=4)
     placed = jax.device_put(params, SH.tree_shardings(params, mesh))
-    assert placed["lm_head"].sharding.spec == P(None, ("fsdp", "tensor"))
+    assert placed["lm_head"].sharding.spec == P("fsdp", "tensor")
     prompts = _prompts(np.random.default_rng(15), config.vocab_size, (6, 2, 9, 4))
     settings = S.SamplingSettings(
         max_new_tokens=8, temperature=0.9, eos_ids=(7, 11), n=2, cache_dtype="float32"

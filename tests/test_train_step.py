@@ -239,32 +239,6 @@ def test_sharded_step_matches_single_device():
     assert learner(8)[1]._cache_size() == 1  # no retrace between steps
 
 
-def test_untied_head_split_over_vocab_matches_single_device():
-    """An untied head is split over its vocabulary (sharding.constrain_vocab):
-    each chip computes its own columns' logits and weight gradient (the
-    gradient comes out split so, not as a whole [D, V] per chip); the
-    gradients are one device's."""
-    config = CONFIG.replace(tie_embeddings=False)
-    p = random_params(config, seed=3)
-    batch = with_old_and_ref(make_batch(13, LENS, LENS[::-1]), p, config=config)
-    cfg = STEP_CFG.replace(micro_batch_size=None)
-    run = {}
-    for n in (8, 1):
-        mesh = learner(n)[0]
-        placed = jax.device_put(p, S.tree_shardings(p, mesh))
-        fn = jax.jit(
-            functools.partial(
-                grpo.loss_and_grads, model_config=config, learner_config=cfg, mesh=mesh
-            )
-        )
-        sharded = S.shard_batch(mesh, batch)
-        run[n] = fn(placed, sharded)[0]
-    # Each of the 4 fsdp shards holds its own vocabulary columns, whole rows.
-    head = run[8]["lm_head"]
-    assert head.addressable_shards[0].data.shape == (config.d_model, VOCAB // 4)
-    assert rel_err(run[8], run[1]) <= 1e-5
-
-
 def test_non_finite_batch_skips_update_and_counts_it():
     mesh, step, _ = learner(1)
     good = with_old_and_ref(make_batch(20, LENS, LENS), params())

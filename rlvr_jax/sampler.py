@@ -946,6 +946,8 @@ def continuous(
         the cache uses the plain one-softmax attention.
       slot_sharding: placement of the slots' caches and state (rows split
         over the mesh's batch axes, e.g. `sharding.batch_sharding(mesh)`);
+        a `NamedSharding` also keeps the prefill's prompts split so and
+        splits the prompt store over its positions (`_split_positions`).
         None lets the compiler choose.
 
     Returns:

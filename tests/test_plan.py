@@ -327,8 +327,8 @@ def test_pi1_on_v4_8_fits():
     "one row per chip already. Splitting the untied head over its vocabulary "
     "removed the 4.4 GB head gradient at depth 2 but raised the full-depth "
     "step's temporaries to 11.9 GB (its peak is in the layer stack); reverted. "
-    "Sampling: with the prefill split by prompt, 256 slots peak at 18.35 GB; "
-    "128 slots take 8.6 GB (5.7 GB of temporaries), 13.3 GB resident; open",
+    "With the prefill split by prompt and 128 slots, sampling takes 13.33 GB "
+    "(8.56 GB program, 5.68 GB of temporaries), evaluation 13.29 GB; open",
 )
 def test_7b_on_v5e_16_fits():
     config = _load("configs/pi1.py")

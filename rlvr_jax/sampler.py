@@ -725,6 +725,11 @@ def _continuous(
 
     # ---- prefill: once per prompt, through the learner's own forward; its
     # n samples all start from these keys/values and last-position logits.
+    # The prompts stay split as the slots are: with fsdp-sharded weights the
+    # compiler otherwise keeps the weights in place and runs every prompt on
+    # every chip, activations split over the model dimension (a 7B prefill
+    # of 128 prompts then holds whole [B, T, F] MLP activations per chip).
+    constrain_rows = _rows_constraint(slot_sharding)
     cache = model.init_cache(config, b, t, settings.cache_dtype)
     x_btd, cache = model.hidden(
         config,
@@ -733,9 +738,11 @@ def _continuous(
         model.positions_from_mask(prompt_mask_bt),
         prompt_mask_bt,
         cache,
+        constrain=constrain_rows,
     )
     logits_bv = model.head(config, weights.prefill, x_btd[:, -1:])[:, 0]
     store, _ = decoding.cache_from_prefill(cache, 0, 1, settings.cache_dtype)
+    store = _split_positions(store, slot_sharding)
     prompt_len_b = prompt_mask_bt.sum(-1, dtype=jnp.int32)
 
     # ---- slot caches: the prompt's columns, then the response's, rounded up
@@ -836,6 +843,56 @@ _continuous_jit = jax.jit(
 )
 
 
+def _rows_constraint(slot_sharding):
+    """Pins an array's leading (row) axis as `slot_sharding` splits the slots.
+
+    None (no-op) without a `NamedSharding`; an axis that does not divide is
+    left to the compiler (`sharding.fit_spec`).
+    """
+    if not isinstance(slot_sharding, jax.sharding.NamedSharding) or not len(
+        slot_sharding.spec
+    ):
+        return None
+    mesh, row_entry = slot_sharding.mesh, slot_sharding.spec[0]
+
+    def constrain(x):
+        spec = sharding.fit_spec(jax.sharding.PartitionSpec(row_entry), x.shape, mesh)
+        return jax.lax.with_sharding_constraint(
+            x, jax.sharding.NamedSharding(mesh, spec)
+        )
+
+    return constrain
+
+
+def _split_positions(store: decoding.Cache, slot_sharding) -> decoding.Cache:
+    """The prompt store split over its prompt positions, not its prompts.
+
+    A refill takes whole prompts (any prompt, into any slot): from a store
+    split by prompt the compiler gathers every prompt's keys/values onto
+    every chip (for a 7B model's 128 prompts, 134 MB per layer and cache).
+    Split by position, the take over the prompt axis is local and only the
+    taken rows move to their slots' chips. Unchanged without a mesh.
+    """
+    if not isinstance(slot_sharding, jax.sharding.NamedSharding) or not len(
+        slot_sharding.spec
+    ):
+        return store
+    mesh, entry = slot_sharding.mesh, slot_sharding.spec[0]
+
+    def split(x, axis):
+        spec = [None] * x.ndim
+        spec[axis] = entry
+        spec = sharding.fit_spec(jax.sharding.PartitionSpec(*spec), x.shape, mesh)
+        return jax.lax.with_sharding_constraint(
+            x, jax.sharding.NamedSharding(mesh, spec)
+        )
+
+    # Keys are [B, K, H, T], values [B, K, T, H] (`decoding.Cache`).
+    return decoding.Cache(
+        k=tuple(split(x, 3) for x in store.k), v=tuple(split(x, 2) for x in store.v)
+    )
+
+
 def _shards(sharding: jax.sharding.Sharding | None) -> int:
     """How many parts a sharding splits an array's leading axis into."""
     if sharding is None:
@@ -889,6 +946,8 @@ def continuous(
         the cache uses the plain one-softmax attention.
       slot_sharding: placement of the slots' caches and state (rows split
         over the mesh's batch axes, e.g. `sharding.batch_sharding(mesh)`);
+        a `NamedSharding` also keeps the prefill's prompts split so and
+        splits the prompt store over its positions (`_split_positions`).
         None lets the compiler choose.
 
     Returns:

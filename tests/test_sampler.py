@@ -539,6 +539,35 @@ def test_sharded_mesh_matches_single_device(hf_model):
     np.testing.assert_allclose(sharded.logprobs_rn, single.logprobs_rn, atol=1e-5)
 
 
+def test_untied_model_rollout_over_sharded_params_matches_single_device(
+    tmp_path_factory,
+):
+    """An untied model with its params placed by the partition rules
+    (sharding.PARAM_RULES) samples over a mesh exactly what one device
+    samples: the prefill split by prompt, the prompt store by position."""
+    from rlvr_jax import sharding as SH
+
+    path = hf_fixtures.make_checkpoint(
+        tmp_path_factory.mktemp("hf_untied"), seed=6, tie_word_embeddings=False
+    )
+    config, params = PR.load_hf(path, np.float32, compute_dtype="float32")
+    assert not config.tie_embeddings
+    mesh = SH.make_mesh(data=2, fsdp=4)
+    placed = jax.device_put(params, SH.tree_shardings(params, mesh))
+    assert placed["lm_head"].sharding.spec == P("fsdp", "tensor")
+    prompts = _prompts(np.random.default_rng(15), config.vocab_size, (6, 2, 9, 4))
+    settings = S.SamplingSettings(
+        max_new_tokens=8, temperature=0.9, eos_ids=(7, 11), n=2, cache_dtype="float32"
+    )
+    roll = S.rollout(
+        config, placed, prompts, settings, jax.random.key(4), slots=4, mesh=mesh
+    )
+    want = S.rollout(config, params, prompts, settings, jax.random.key(4), slots=4)
+    np.testing.assert_array_equal(roll.tokens, want.tokens)
+    np.testing.assert_array_equal(roll.lengths, want.lengths)
+    np.testing.assert_allclose(roll.logprobs, want.logprobs, atol=1e-5)
+
+
 # ------------------------------------------------------------------- errors
 @pytest.mark.parametrize(
     "change,name",

@@ -23,7 +23,11 @@ see `project`). On CPU a decode-shaped product once ran as a broadcast
 multiply and a sum over the contiguous `D` axis (XLA:CPU's reduction
 kernels stream the weight faster than its dot kernels re-pack it), but
 XLA:CPU compiled that form wrongly inside a full decode step with many rows
-(rows past the vocabulary size got another row's values);
+(rows past the vocabulary size got another row's values). The fault is
+XLA:CPU's YNNPACK fusion, on by default in the pinned jaxlib 0.10.2: with
+`XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=` (fusion off) the old
+form is right too; the learner's forward at 64 x 512 positions is the same
+with and without it.
 `tests/test_decoding.py` checks that a row's logits do not depend on how
 many rows share its step. The dot costs CPU decoding speed: `python
 benchmarks/sampler.py --layers 6 --new 32 --skip-hf` went from 62.6 to

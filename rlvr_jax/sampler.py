@@ -843,25 +843,27 @@ _continuous_jit = jax.jit(
 )
 
 
-def _rows_constraint(slot_sharding):
-    """Pins an array's leading (row) axis as `slot_sharding` splits the slots.
-
-    None (no-op) without a `NamedSharding`; an axis that does not divide is
-    left to the compiler (`sharding.fit_spec`).
-    """
+def _split_like_slots(x: jax.Array, axis: int, slot_sharding) -> jax.Array:
+    """`x` with `axis` split as `slot_sharding` splits the slots' (leading)
+    axis; unchanged without a `NamedSharding`. An axis that does not divide
+    is left to the compiler (`sharding.fit_spec`)."""
     if not isinstance(slot_sharding, jax.sharding.NamedSharding) or not len(
         slot_sharding.spec
     ):
+        return x
+    spec = [None] * x.ndim
+    spec[axis] = slot_sharding.spec[0]
+    mesh = slot_sharding.mesh
+    spec = sharding.fit_spec(jax.sharding.PartitionSpec(*spec), x.shape, mesh)
+    return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
+
+
+def _rows_constraint(slot_sharding):
+    """The model's `constrain` hook pinning rows as the slots are split
+    (None without a `NamedSharding`)."""
+    if not isinstance(slot_sharding, jax.sharding.NamedSharding):
         return None
-    mesh, row_entry = slot_sharding.mesh, slot_sharding.spec[0]
-
-    def constrain(x):
-        spec = sharding.fit_spec(jax.sharding.PartitionSpec(row_entry), x.shape, mesh)
-        return jax.lax.with_sharding_constraint(
-            x, jax.sharding.NamedSharding(mesh, spec)
-        )
-
-    return constrain
+    return lambda x: _split_like_slots(x, 0, slot_sharding)
 
 
 def _split_positions(store: decoding.Cache, slot_sharding) -> decoding.Cache:
@@ -873,23 +875,10 @@ def _split_positions(store: decoding.Cache, slot_sharding) -> decoding.Cache:
     Split by position, the take over the prompt axis is local and only the
     taken rows move to their slots' chips. Unchanged without a mesh.
     """
-    if not isinstance(slot_sharding, jax.sharding.NamedSharding) or not len(
-        slot_sharding.spec
-    ):
-        return store
-    mesh, entry = slot_sharding.mesh, slot_sharding.spec[0]
-
-    def split(x, axis):
-        spec = [None] * x.ndim
-        spec[axis] = entry
-        spec = sharding.fit_spec(jax.sharding.PartitionSpec(*spec), x.shape, mesh)
-        return jax.lax.with_sharding_constraint(
-            x, jax.sharding.NamedSharding(mesh, spec)
-        )
-
     # Keys are [B, K, H, T], values [B, K, T, H] (`decoding.Cache`).
     return decoding.Cache(
-        k=tuple(split(x, 3) for x in store.k), v=tuple(split(x, 2) for x in store.v)
+        k=tuple(_split_like_slots(x, 3, slot_sharding) for x in store.k),
+        v=tuple(_split_like_slots(x, 2, slot_sharding) for x in store.v),
     )
 
 

@@ -399,15 +399,11 @@ def model_config_for(config) -> model_lib.ModelConfig:
     m = config.model
     # model.remat is the learner's (LearnerConfig.remat), not the model's.
     overrides = dict(dtype=m.dtype, param_dtype=m.param_dtype)
-    if m.preset in ("tiny", "lab"):  # random init with the tiny tokenizer
-        from rlvr_jax import tokenizer as tokenizer_lib
-
-        tok = tokenizer_lib.build_tiny()
-        base = getattr(model_lib.ModelConfig, m.preset)(
-            vocab_size=len(tok), eos_token_ids=tokenizer_lib.stop_token_ids(tok)
-        )
-        return base.replace(**overrides)
     if m.preset:
+        from rlvr_jax import train
+
+        if m.preset in train.RANDOM_PRESETS:  # sized by their tokenizer
+            return train.random_preset(config)[1]
         return getattr(model_lib.ModelConfig, m.preset)(**overrides)
     if os.path.isdir(m.path):
         from rlvr_jax import params as params_lib

@@ -53,22 +53,29 @@ class Preempted(Exception):
 
 
 # --------------------------------------------------------------- model source
+RANDOM_PRESETS = ("tiny", "lab")  # random init, the character-level tokenizer
+
+
+def random_preset(config) -> tuple[Any, model_lib.ModelConfig]:
+    """(tokenizer, ModelConfig) of a random-init `model.preset`."""
+    m = config.model
+    if m.preset not in RANDOM_PRESETS:
+        raise ValueError(f"unknown model.preset {m.preset!r} (known: {RANDOM_PRESETS})")
+    tok = tokenizer_lib.build_tiny()
+    # model.remat is the learner's (LearnerConfig.remat), not the model's.
+    model_config = getattr(model_lib.ModelConfig, m.preset)(
+        vocab_size=len(tok), eos_token_ids=tokenizer_lib.stop_token_ids(tok)
+    ).replace(dtype=m.dtype, param_dtype=m.param_dtype)
+    return tok, model_config
+
+
 def _tokenizer_and_model_config(config) -> tuple[Any, model_lib.ModelConfig, str]:
     """(tokenizer, ModelConfig, HF dir or "") from the model section."""
     m = config.model
+    if m.preset:
+        return (*random_preset(config), "")
     # model.remat is the learner's (LearnerConfig.remat), not the model's.
     overrides = dict(dtype=m.dtype, param_dtype=m.param_dtype)
-    if m.preset:
-        # Random-init presets share the character-level tiny tokenizer.
-        if m.preset not in ("tiny", "lab"):
-            raise ValueError(
-                f"unknown model.preset {m.preset!r} (known: 'tiny', 'lab')"
-            )
-        tok = tokenizer_lib.build_tiny()
-        model_config = getattr(model_lib.ModelConfig, m.preset)(
-            vocab_size=len(tok), eos_token_ids=tokenizer_lib.stop_token_ids(tok)
-        ).replace(**overrides)
-        return tok, model_config, ""
     path = params_lib.resolve_model_path(m.path)
     tok = tokenizer_lib.load(path)
     model_config = params_lib.read_config(path, **overrides)

@@ -297,10 +297,10 @@ def test_bad_config_raises_before_touching_the_workdir(
         if value == "CORRUPT":
             value = _corrupt_checkpoint(tmp_path)
         config[section][field] = value
+    from rlvr_jax import train
+
     before = _tree_digest(trained_workdir)
     with pytest.raises(error, match=message):
-        from rlvr_jax import train
-
         train.run(config, str(trained_workdir))
     assert _tree_digest(trained_workdir) == before
 

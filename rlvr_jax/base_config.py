@@ -91,6 +91,14 @@ def base_config() -> config_dict.ConfigDict:
     # rows of the widest learner row over the data×fsdp devices.
     c.train.max_tokens_per_micro_batch = 0
     c.train.recompute_old_logp = True  # π_old from the learner (veRL); False: sampler
+    # Learner head positions per chunk: [rows, chunk, vocab] fp32 logits (and
+    # their gradient) exist one chunk at a time. Smaller: less memory, the
+    # same FLOPs in more steps.
+    c.train.logits_chunk = 512
+    # Keep the frozen KL reference in pinned host memory, on the chips only
+    # for its one log-prob pass a step: its HBM is free while sampling and
+    # updating (the plan suggests it when a run does not fit otherwise).
+    c.train.reference_on_host = False
 
     c.mesh = config_dict.ConfigDict()
     # Params, gradients and AdamW state split over every chip (fsdp): at

@@ -805,6 +805,7 @@ class Plan:
     largest: dict[str, int]
     mfu: float
     decode_efficiency: float
+    reference_on_host: bool = False  # train.reference_on_host (see resident_phases)
 
     @property
     def peak_bytes_per_chip(self) -> int:
@@ -1051,7 +1052,8 @@ def compile_programs(
 def resident_phases(run: Run, programs: list[Program]) -> dict[str, int]:
     """Bytes per chip that coexist in each phase of a step.
 
-    Always resident: the train state and the reference weights. Each phase
+    Always resident: the train state and the reference weights (with
+    `train.reference_on_host`, the reference only in its own pass). Each phase
     adds what its program holds beyond those (its other arguments, outputs
     and temporaries); sampling also holds the prepared sampler weights, which
     are the arguments of `sample`.
@@ -1061,8 +1063,18 @@ def resident_phases(run: Run, programs: list[Program]) -> dict[str, int]:
         grpo.sharded_abstract_state(model, run.tx, run.mesh)
     )
     ref = reference_params(run, model)
-    base = state + (0 if ref is None else sharding_lib.bytes_per_device(ref))
-    return {p.name: base + p.total - p.resident_args for p in programs if p.calls}
+    ref_bytes = 0 if ref is None else sharding_lib.bytes_per_device(ref)
+    on_host = ref_bytes if run.config.train.reference_on_host else 0
+    return {
+        p.name: state
+        + ref_bytes
+        - on_host
+        + p.total
+        - p.resident_args
+        + (on_host if p.name == "ref_logprobs" else 0)
+        for p in programs
+        if p.calls
+    }
 
 
 def _times(run: Run, programs: list[Program]) -> dict[str, float]:
@@ -1227,6 +1239,7 @@ def plan(
             if costs
             else 0.0
         ),
+        reference_on_host=bool(config.train.reference_on_host),
     )
     result.largest = largest_sizes(run, result)
     if not result.fits and search:
@@ -1313,9 +1326,10 @@ def fitting_overrides(
 
     Tries the largest chunk and micro-batch estimated to fit, then the
     estimates of that plan in turn (the estimate errs when shrinking, see
-    `largest_sizes`); then the same from params sharded over every chip
-    (mesh.fsdp = -1), then from sharded decode weights. Returns {} when
-    nothing fits.
+    `largest_sizes`); then the same with the KL reference kept in host memory
+    (no numeric change), from params sharded over every chip
+    (mesh.fsdp = -1), then from sharded decode weights, each adding to the
+    last. Returns {} when nothing fits.
     """
     hbm = result.hbm_bytes_per_chip
 
@@ -1342,8 +1356,17 @@ def fitting_overrides(
         return attempt(changes, p.largest, depth + 1)
 
     layouts = [{}]
+    if config.loss.kl_coef and not config.train.reference_on_host:
+        layouts.append({"train.reference_on_host": True})
+    if result.phases["train_step"] > hbm and config.train.logits_chunk >= 256:
+        # The update is over: halve its [rows, chunk, vocab] logits block
+        # (left when the micro-batch is one row per chip already).
+        chunk = config.train.logits_chunk // 2
+        layouts.append({**layouts[-1], "train.logits_chunk": chunk})
     if config.mesh.fsdp != -1:
-        layouts.append({"mesh.data": 1, "mesh.fsdp": -1, "mesh.tensor": 1})
+        layouts.append(
+            {**layouts[-1], "mesh.data": 1, "mesh.fsdp": -1, "mesh.tensor": 1}
+        )
     if config.rollout.decode_weights != "sharded":
         layouts.append({**layouts[-1], "rollout.decode_weights": "sharded"})
     for layout in layouts:
@@ -1389,9 +1412,12 @@ def format_plan(p: Plan) -> str:
             f"{_gb(q.total)}  {q.flops / 1e12:8.2f}  {q.hbm_bytes / GB:9.1f}  "
             f"{q.seconds:11.3f}  {q.calls:10.3g}"
         )
+    reference = (
+        "the reference in its own pass only" if p.reference_on_host else "reference"
+    )
     lines += [
         "",
-        "resident per chip by phase (train state + reference + the phase's own)",
+        f"resident per chip by phase (train state + {reference} + the phase's own)",
     ]
     for name, b in p.phases.items():
         lines.append(f"  {name:<18}{_gb(b)} GB")

@@ -178,6 +178,26 @@ def constrain_rows(x: jax.Array) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, fit_spec(P(BATCH_AXES), x.shape, mesh))
 
 
+def to_memory(tree: Any, kind: str) -> Any:
+    """`tree`'s arrays moved to memory `kind` ('device', 'pinned_host'),
+    each keeping its sharding.
+
+    Raises:
+      ValueError: a device of `tree` has no memory of that kind.
+    """
+    leaves = jax.tree.leaves(tree)
+    for device in {d for x in leaves for d in x.sharding.device_set}:
+        kinds = [m.kind for m in device.addressable_memories()]
+        if kind not in kinds:
+            raise ValueError(
+                f"{device.platform} device {device.id} has no {kind!r} memory "
+                f"(it has {kinds})"
+            )
+    return jax.device_put(
+        tree, jax.tree.map(lambda x: x.sharding.with_memory_kind(kind), tree)
+    )
+
+
 def shard_batch(mesh: Mesh, local_batch: Any) -> Any:
     """Places a pytree of host numpy arrays onto the mesh, rows split.
 

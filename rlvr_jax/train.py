@@ -375,6 +375,7 @@ def _learner_config(config, mesh=None) -> grpo.LearnerConfig:
         max_tokens_per_micro_batch=max_tokens,
         recompute_old_logp=config.train.recompute_old_logp,
         remat=config.model.remat,
+        logits_chunk=config.train.logits_chunk,
     )
 
 
@@ -516,6 +517,8 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
         # The model casts every matmul weight to the compute dtype at use, so
         # a compute-dtype copy gives the same log-probs in half the memory.
         reference = sampler_lib.compute_dtype_params(model_config, reference)
+        if config.train.reference_on_host:
+            reference = sharding_lib.to_memory(reference, "pinned_host")
     decode_sharding = decode_weights_sharding(config, mesh, model_config)
     train_step = grpo.jit_train_step(model_config, learner_config, tx, mesh)
     logprobs_fn = grpo.jit_logprobs(model_config, learner_config, mesh)
@@ -647,7 +650,11 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
                 mesh, jax.tree.map(sharding_lib.process_rows, host_batch)
             )
             if reference is not None:
-                batch["ref_logp"] = logprobs_fn(reference, batch)
+                ref = reference
+                if config.train.reference_on_host:  # on the chips for this pass only
+                    ref = sharding_lib.to_memory(reference, "device")
+                batch["ref_logp"] = logprobs_fn(ref, batch)
+                del ref
             applied = sharding_lib.local_value(state.step) - sharding_lib.local_value(
                 state.skipped
             )

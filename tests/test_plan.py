@@ -250,6 +250,17 @@ def test_a_run_that_does_not_fit_gets_an_override_that_fits(tiny_plan):
     assert f"suggested overrides: {line}" in plan_lib.format_plan(p)
 
 
+def test_a_reference_in_host_memory_leaves_every_phase_but_its_own(tiny_plan, tiny_run):
+    on_host = tiny_config(**{"train.reference_on_host": True})
+    run = plan_lib.make_run(on_host, tiny_run.mesh.devices.flat, 8, MODEL)
+    ref = S.bytes_per_device(plan_lib.reference_params(run, MODEL))
+    assert ref > 0
+    phases = plan_lib.resident_phases(run, tiny_plan.programs)
+    assert phases.keys() == tiny_plan.phases.keys()
+    for name, resident in tiny_plan.phases.items():
+        assert phases[name] == resident - (0 if name == "ref_logprobs" else ref), name
+
+
 def test_json_output_has_the_documented_fields(tiny_plan):
     out = tiny_plan.to_json()
     json.dumps(out)  # serialisable
@@ -327,27 +338,26 @@ def test_pi1_on_v4_8_fits():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="7B on v5e:4x4 (decode weights auto: sharded), with the "
-    "rollout.chunk_size=128 the plan estimates to fit the sampling phase: the "
-    "train step peaks at 18.2 GB per chip of 17.2 (11.5 GB of temporaries "
-    "beside 5.7 GB of train state and 1.0 GB of reference), at micro-batch 16, "
-    "one row per chip already. Splitting the untied head over its vocabulary "
-    "removed the 4.4 GB head gradient at depth 2 but raised the full-depth "
-    "step's temporaries to 11.9 GB (its peak is in the layer stack); reverted. "
-    "With the prefill split by prompt and 128 slots, sampling takes 13.33 GB "
-    "(8.56 GB program, 5.68 GB of temporaries), evaluation 13.29 GB; open",
-)
-def test_7b_on_v5e_16_fits():
+def test_7b_on_v5e_16_fits_with_the_overrides_the_plan_finds():
+    """The 7B preset on v5e:4x4 (decode weights auto: sharded) does not fit
+    as configured: sampling 256 slots and the train step (18.2 GB at one row
+    per chip) are over. The search finds rollout chunks of 128, the KL
+    reference in host memory and a learner head chunk of 256: peak 17.10 of
+    17.18 GB, the train step (about 20 minutes on 2 cores: six plans)."""
     config = _load("configs/pi1.py")
     with config.unlocked():
         config.model.path = "Qwen/Qwen2.5-7B"
-        # The plan's estimate of the largest rollout chunk that fits
-        # ("largest sizes estimated to fit" of the run as configured).
-        config.rollout.chunk_size = 128
-    p = plan_lib.plan(config, "v5e:4x4", search=False, costs=False)
-    assert p.fits, plan_lib.format_plan(p)
+    p = plan_lib.plan(config, "v5e:4x4", costs=False)
+    assert not p.fits
+    assert p.overrides == {
+        "train.reference_on_host": True,
+        "train.logits_chunk": 256,
+        "rollout.chunk_size": 128,
+    }, plan_lib.format_plan(p)
+    fixed = plan_lib.plan(
+        plan_lib._override(config, p.overrides), "v5e:4x4", search=False, costs=False
+    )
+    assert fixed.fits, plan_lib.format_plan(fixed)
 
 
 @pytest.mark.slow

@@ -129,3 +129,19 @@ def test_init_train_state_from_rng_is_sharded_and_matches_init_params():
             np.asarray(got), np.asarray(ref), rtol=1e-6, atol=1e-9
         )
     assert int(state.step) == 0 and int(state.skipped) == 0
+
+
+def test_to_memory_moves_arrays_between_memories_and_keeps_shardings():
+    mesh = S.make_mesh(data=2, fsdp=4)
+    sharding = jax.NamedSharding(mesh, P("fsdp", "data"))
+    x = jax.device_put(np.arange(64.0).reshape(8, 8), sharding)
+    tree = {"w": x, "b": jax.device_put(np.ones(4), S.replicated(mesh))}
+    host = S.to_memory(tree, "pinned_host")
+    back = S.to_memory(host, "device")
+    for moved, kind in ((host, "pinned_host"), (back, "device")):
+        for name in tree:
+            assert moved[name].sharding.memory_kind == kind
+            assert moved[name].sharding.spec == tree[name].sharding.spec
+            np.testing.assert_array_equal(moved[name], tree[name])
+    with pytest.raises(ValueError, match="no 'hbm' memory"):
+        S.to_memory(tree, "hbm")

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -326,6 +327,8 @@ def test_pi1_config_with_only_a_model_path_trains_on_the_packaged_pi1(env, tmp_p
             f"--config={PI1}",
             f"--workdir={wd}",
             f"--config.model.path={model_dir}",
+            # The KL reference parked in host memory between its passes.
+            "--config.train.reference_on_host=True",
             *(f"--config.{k}={v}" for k, v in sizes.items()),
         ],
         env=env,
@@ -339,6 +342,38 @@ def test_pi1_config_with_only_a_model_path_trains_on_the_packaged_pi1(env, tmp_p
     assert [r["step"] for r in rows] == [0, 1]
     assert "eval/math500/acc" in rows[0]
     assert "train_acc/124" in rows[1]  # π1, from the packaged pool
+    # Before any update the policy is the reference: the log-probs of the
+    # reference brought back from host memory match the policy's exactly.
+    assert rows[1]["loss/kl"] == 0.0
     history = json.loads((wd / "accuracy_history.json").read_text())
     assert list(history) == ["124"]
     assert (wd / "hf" / "step_1" / "model.safetensors").exists()
+
+
+@pytest.mark.slow  # two runs in this process, ~45 s
+def test_reference_kept_in_host_memory_gives_the_same_run(tmp_path, monkeypatch):
+    """`train.reference_on_host` parks the KL reference in pinned host memory
+    and brings it to the chips for its pass only; nothing else changes."""
+    from rlvr_jax import sharding as sharding_lib
+    from rlvr_jax import train
+
+    moves = []
+    to_memory = sharding_lib.to_memory
+
+    def spy(tree, kind):
+        moves.append(kind)
+        out = to_memory(tree, kind)
+        assert {x.sharding.memory_kind for x in jax.tree.leaves(out)} == {kind}
+        return out
+
+    monkeypatch.setattr(sharding_lib, "to_memory", spy)
+    rows = {}
+    for on_host in (False, True):
+        config = _pi1_config("tiny,steps=2")
+        config.train.reference_on_host = on_host
+        train.run(config, str(tmp_path / str(on_host)))
+        rows[on_host] = stable_rows(str(tmp_path / str(on_host)))
+    assert moves == ["pinned_host", "device", "device"]  # parked, then 2 steps
+    assert rows[True] == rows[False]
+    kl = [r["loss/kl"] for r in rows[True] if "loss/kl" in r]
+    assert len(kl) == 2 and kl[-1] > 0  # the reference was read (after an update)

@@ -282,6 +282,8 @@ def validate(config, model_config: model_lib.ModelConfig, mesh) -> None:
         )
     if t.steps < 0:
         raise ValueError(f"train.steps must be >= 0, got {t.steps}")
+    if t.logits_chunk <= 0:
+        raise ValueError(f"train.logits_chunk must be positive, got {t.logits_chunk}")
 
 
 def check_fits(config, model_config) -> None:

@@ -286,8 +286,9 @@ def test_bad_input_fails_clearly_and_leaves_workdir_intact(
         ({"rollout.max_new_tokens": 4000}, ValueError, "exceeds the model's context"),
         ({"data.indices": (124,)}, ValueError, "data.train_path is empty"),
         ({"checkpoint.resume_from": "CORRUPT"}, ValueError, "unreadable"),
+        ({"train.logits_chunk": 0}, ValueError, "logits_chunk must be positive"),
     ],
-    ids=["mesh_split", "context", "indices_without_pool", "bad_checkpoint"],
+    ids=["mesh_split", "context", "indices_without_pool", "bad_checkpoint", "chunk"],
 )
 def test_bad_config_raises_before_touching_the_workdir(
     trained_workdir, tmp_path, changes, error, message

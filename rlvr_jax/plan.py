@@ -55,7 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlvr_jax import decoding, grpo, scheduler
+from rlvr_jax import decoding, grpo, packing, scheduler
 from rlvr_jax import model as model_lib
 from rlvr_jax import sampler as sampler_lib
 from rlvr_jax import sharding as sharding_lib
@@ -369,7 +369,10 @@ class Shapes:
       new_tokens: rollout.max_new_tokens.
       chunk_prompts: prompts per sampler call (padded to split over the mesh).
       chunks: sampler calls per step.
-      micro_batch: rows per gradient-accumulation slice.
+      micro_batch: rows per gradient-accumulation slice (from
+        train.max_tokens_per_micro_batch when that is set, as the learner
+        splits them); learner_rows: the learner batch's rows, `responses`
+        rounded up to whole micro-batches (a token budget need not divide it).
       eval_prompts: prompts per evaluation call; eval_chunks: calls per
         evaluation; eval_new_tokens: its max_new_tokens.
     """
@@ -380,6 +383,7 @@ class Shapes:
     chunk_prompts: int
     chunks: int
     micro_batch: int
+    learner_rows: int
     eval_prompts: int
     eval_chunks: int
     eval_new_tokens: int
@@ -470,13 +474,21 @@ def shapes_for(config, mesh, eval_examples: int) -> Shapes:
     chunk_prompts += -chunk_prompts % divisor
     eval_chunk = min(max(1, config.eval.chunk_size), max(1, eval_examples))
     eval_chunk += -eval_chunk % divisor
+    responses = batch * n
+    micro = config.train.micro_batch_size
+    budget = config.train.max_tokens_per_micro_batch
+    if budget:
+        # Worst case, one response per learner row of the widest width.
+        width = max(config.data.prompt_buckets) + config.rollout.max_new_tokens
+        micro = min(responses, packing.rows_per_micro_batch(width, budget, divisor))
     return Shapes(
-        responses=batch * n,
+        responses=responses,
         prompt_width=max(config.data.prompt_buckets),
         new_tokens=config.rollout.max_new_tokens,
         chunk_prompts=chunk_prompts,
         chunks=-(-batch // per_chunk),
-        micro_batch=config.train.micro_batch_size,
+        micro_batch=micro,
+        learner_rows=-(-responses // micro) * micro,
         eval_prompts=eval_chunk,
         eval_chunks=-(-eval_examples // max(1, config.eval.chunk_size)),
         eval_new_tokens=config.eval.max_new_tokens,
@@ -935,7 +947,7 @@ def ref_logprobs_cost(run: Run) -> tuple[float, float]:
         lambda m: compile_ref_logprobs(run, m, _cost_learner(run), sh.micro_batch),
         run.model,
     )
-    n_micro = sh.responses // sh.micro_batch
+    n_micro = sh.learner_rows // sh.micro_batch
     return n_micro * flops, n_micro * nbytes
 
 
@@ -962,7 +974,7 @@ def train_step_cost(run: Run) -> tuple[float, float]:
         lambda m: compile_micro_step(run, m, cfg, sh.micro_batch), run.model
     )
     flops, nbytes = depth_cost(lambda m: compile_update(run, m), run.model)
-    micro = sh.responses // sh.micro_batch
+    micro = sh.learner_rows // sh.micro_batch
     return flops + micro * body_flops, nbytes + micro * body_bytes
 
 
@@ -1024,13 +1036,13 @@ def compile_programs(
     # ---- learner: reference log-probs, train step (both micro-batched).
     if ref is not None:
         full = timed(
-            "ref_logprobs", compile_ref_logprobs, run, model, learner, sh.responses
+            "ref_logprobs", compile_ref_logprobs, run, model, learner, sh.learner_rows
         )
         flops, nbytes = priced("ref_logprobs", ref_logprobs_cost, run)
         programs.append(
             _program("ref_logprobs", full, 1, flops, nbytes, chip, ref_bytes)
         )
-    full = timed("train_step", compile_train_step, run, model, learner, sh.responses)
+    full = timed("train_step", compile_train_step, run, model, learner, sh.learner_rows)
     flops, nbytes = priced("train_step", train_step_cost, run)
     # The state is donated: the program's outputs alias it.
     programs.append(_program("train_step", full, 1, flops, nbytes, chip, state_bytes))
@@ -1265,6 +1277,10 @@ def _candidates(total: int, step: int) -> list[int]:
 def largest_sizes(run: Run, result: Plan) -> dict[str, int]:
     """Largest rollout.chunk_size and train.micro_batch_size estimated to fit.
 
+    With train.max_tokens_per_micro_batch set (it decides the micro-batch
+    then, and micro_batch_size is unused), the micro-batch is offered as that
+    budget: the fitting rows per chip times the widest learner row.
+
     A phase's temporaries and outputs are taken as proportional to the rows
     its program runs at once (the KV cache and activations are); the rest of
     the phase stays. A size must fit every phase it sets (the micro-batch:
@@ -1310,10 +1326,12 @@ def largest_sizes(run: Run, result: Plan) -> dict[str, int]:
         for m in _candidates(sh.responses, divisor)
         if fits(("ref_logprobs", "train_step"), lambda name, m=m: m)
     ]
-    out = {
-        "rollout.chunk_size": chunks[-1] if chunks else step,
-        "train.micro_batch_size": micros[-1] if micros else divisor,
-    }
+    micro = micros[-1] if micros else divisor
+    out = {"rollout.chunk_size": chunks[-1] if chunks else step}
+    if run.config.train.max_tokens_per_micro_batch:
+        out["train.max_tokens_per_micro_batch"] = micro // divisor * sh.learner_width
+    else:
+        out["train.micro_batch_size"] = micro
     if "eval_sample" in result.phases:
         out["eval.chunk_size"] = evals[-1] if evals else divisor
     return out

@@ -7,6 +7,7 @@ own `memory_analysis()` and against analytic FLOP and byte counts.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 
@@ -14,9 +15,11 @@ import pytest
 
 from rlvr_jax import base_config as base
 from rlvr_jax import data as data_lib
+from rlvr_jax import grpo
 from rlvr_jax import model as M
 from rlvr_jax import plan as plan_lib
 from rlvr_jax import sharding as S
+from rlvr_jax import train as train_lib
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("libtpu") is None,
@@ -259,6 +262,35 @@ def test_a_reference_in_host_memory_leaves_every_phase_but_its_own(tiny_plan, ti
     assert phases.keys() == tiny_plan.phases.keys()
     for name, resident in tiny_plan.phases.items():
         assert phases[name] == resident - (0 if name == "ref_logprobs" else ref), name
+
+
+def test_a_token_budget_sets_the_micro_batch_as_the_learner_splits_it(
+    tiny_plan, tiny_run
+):
+    width = tiny_run.shapes.learner_width
+    divisor = S.batch_divisor(tiny_run.mesh)
+    # Three rows per chip: 12 rows, which do not divide the 128 responses.
+    budget = tiny_config(**{"train.max_tokens_per_micro_batch": 3 * width + 5})
+    shapes = plan_lib.shapes_for(budget, tiny_run.mesh, 8)
+    learner = train_lib._learner_config(budget, tiny_run.mesh)
+    rows = (shapes.learner_rows, width)
+    assert shapes.micro_batch == grpo._micro_rows(learner, rows, tiny_run.mesh)
+    assert shapes.micro_batch == 3 * divisor == 12
+    assert shapes.learner_rows == 132  # 11 micro-batches, the last padded
+    assert shapes.responses == 128
+    # Without a budget: micro_batch_size rows, the batch as it is.
+    plain = tiny_run.shapes
+    assert (plain.micro_batch, plain.learner_rows) == (4, 128)
+
+    # The fitting micro-batch is offered in the setting that decides it.
+    rows_offer = plan_lib.largest_sizes(tiny_run, tiny_plan)
+    run = dataclasses.replace(tiny_run, config=budget)
+    tokens_offer = plan_lib.largest_sizes(run, tiny_plan)
+    assert "train.micro_batch_size" not in tokens_offer
+    assert tokens_offer["train.max_tokens_per_micro_batch"] == (
+        rows_offer["train.micro_batch_size"] // divisor * width
+    )
+    assert tokens_offer["rollout.chunk_size"] == rows_offer["rollout.chunk_size"]
 
 
 def test_json_output_has_the_documented_fields(tiny_plan):

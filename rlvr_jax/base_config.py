@@ -185,8 +185,8 @@ def make_tiny(c: config_dict.ConfigDict) -> None:
 # and the SFT run the RL configs start from.
 LAB_DATA = "/tmp/rlvr_jax_lab/data"
 LAB_SFT = "/tmp/rlvr_jax_lab/sft"
-LAB_TRAIN, LAB_TEST = 300, 50  # synthetic problems per domain and split
-LAB_RL_LR = 3e-4  # every lab RL run's lr (README "Laptop lab": how it was chosen)
+LAB_TRAIN, LAB_TEST = 2000, 50  # synthetic problems per domain and split
+LAB_RL_LR = 1e-4  # every lab RL run's lr (README "Laptop lab": how it was chosen)
 # Problems per domain in the lab's RL pool (the first ones): 64 in all, so
 # 16 steps of 8 prompts visit each twice (2 history entries to rank by).
 LAB_RL_POOL = 16
@@ -219,7 +219,7 @@ def lab_config(arg: str | None) -> tuple[config_dict.ConfigDict, str]:
     comma-separated: `tiny` (a few steps and 10 held-out problems per domain,
     for tests), `data=DIR` (where the synthetic files live, default LAB_DATA),
     then anything `apply_arg` takes. The synthetic files
-    (`rlvr_jax.synthetic.write`, seed 0, 300 train + 50 test problems per
+    (`rlvr_jax.synthetic.write`, seed 0, 2,000 train + 50 test problems per
     domain) are written into DIR if it does not hold them yet.
 
     Sizes (the tiny tokenizer: one token per character): prompts ≤ 112
@@ -281,7 +281,7 @@ def lab_rl_config(arg: str | None) -> tuple[config_dict.ConfigDict, str]:
 def lab_rl_pool(domains=("arith", "linear", "fraction", "count")) -> tuple[int, ...]:
     """Indices of the lab's RL pool: the first LAB_RL_POOL problems per domain.
 
-    Ids follow `synthetic.write`: each domain's 300 training problems in
+    Ids follow `synthetic.write`: each domain's LAB_TRAIN training problems in
     DOMAINS order.
     """
     from rlvr_jax import synthetic

@@ -69,7 +69,8 @@ def _frac(x: Fraction) -> str:
 # ------------------------------------------------------------------ domains
 def _arith(rng: random.Random, level: int) -> Problem:
     """+, -, * over 1–3 operators; * binds first, then left to right."""
-    n_ops, hi = {1: (1, 9), 2: (2, 9), 3: (3, 12)}[level]
+    # Level 1 spans 1..20 so that it alone has ~1,000 distinct problems.
+    n_ops, hi = {1: (1, 20), 2: (2, 9), 3: (3, 12)}[level]
     while True:
         nums = [rng.randint(1, hi) for _ in range(n_ops + 1)]
         ops = [rng.choice("+-*") for _ in range(n_ops)]
@@ -102,13 +103,15 @@ def _arith(rng: random.Random, level: int) -> Problem:
 
 def _linear(rng: random.Random, level: int) -> Problem:
     """x + b = c, then a x = c, then a x + b = c; x a non-negative integer."""
-    x = rng.randint(0, 19 if level == 1 else 15)
+    # Levels 1 and 2 span ~900 problems each (a few thousand per domain are
+    # drawn; `splits` cycles the levels, so the smallest level bounds them).
+    x = rng.randint(0, 30 if level == 1 else 15)
     if level == 1:
-        b = rng.randint(1, 9)
+        b = rng.randint(1, 30)
         problem = f"Solve x + {b} = {x + b}."
         solution = f"x = {x + b} - {b} = {x}."
     elif level == 2:
-        x, a = rng.randint(0, 12), rng.randint(2, 12)
+        x, a = rng.randint(0, 49), rng.randint(2, 19)
         problem = f"Solve {a}x = {a * x}."
         solution = f"x = {a * x} / {a} = {x}."
     else:
@@ -122,14 +125,14 @@ def _linear(rng: random.Random, level: int) -> Problem:
 def _fraction(rng: random.Random, level: int) -> Problem:
     """Same-denominator sums, then unlike sums, then products."""
     if level == 1:
-        d = rng.randint(2, 9)
+        d = rng.randint(2, 15)
         a, c = rng.randint(1, d - 1), rng.randint(1, d - 1)
         x, y = Fraction(a, d), Fraction(c, d)
         problem = f"Compute {a}/{d} + {c}/{d}."
         steps = [f"{a}/{d} + {c}/{d} = {a + c}/{d}"]
         result = x + y
     elif level == 2:
-        b, d = rng.sample(range(2, 7), 2)
+        b, d = rng.sample(range(2, 10), 2)
         a, c = rng.randint(1, b - 1), rng.randint(1, d - 1)
         x, y = Fraction(a, b), Fraction(c, d)
         common = b * d
@@ -234,7 +237,7 @@ def _row(p: Problem, index: int) -> dict:
     }
 
 
-def write(root: str, seed: int = 0, n_train: int = 300, n_test: int = 50) -> str:
+def write(root: str, seed: int = 0, n_train: int = 2000, n_test: int = 50) -> str:
     """Writes the lab's files under `root` (see the module docstring).
 
     Idempotent: if `root` already holds files from the same arguments
@@ -274,7 +277,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n_train", type=int, default=300, help="per domain")
+    parser.add_argument("--n_train", type=int, default=2000, help="per domain")
     parser.add_argument("--n_test", type=int, default=50, help="per domain")
     args = parser.parse_args(argv)
     write(args.out, args.seed, args.n_train, args.n_test)

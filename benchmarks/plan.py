@@ -16,6 +16,13 @@ CPU host, through libtpu) and prints three figures:
 
     python benchmarks/plan.py                          # v5e:2x4 and v6e:2x4
     python benchmarks/plan.py --topology v4:2x2x1
+    python benchmarks/plan.py --topology v5e:2x4 --widths 2048 4096
+
+`--widths` instead costs one learner micro-step (the plan's depth-1/2 cost
+programs) at each learner width T (prompt bucket + max_new_tokens) and fits
+its HBM bytes as a·T + b·T²: the share of b·T² is the traffic that grows
+with the sequence squared (attention's), which a fused attention kernel
+would not send through HBM (7 minutes here for two widths).
 
 These are estimates from the compiler's cost model, not measurements: a
 device run (`benchmarks/sampler.py`, `benchmarks/learner.py`) says what a
@@ -39,10 +46,50 @@ from configs import pi1  # noqa: E402
 from rlvr_jax import plan as plan_lib  # noqa: E402
 
 
+def micro_step_by_width(topology: str, widths: list[int]) -> None:
+    """FLOPs and HBM bytes of one learner micro-step per chip, by width."""
+    devices = plan_lib.topology_devices(topology)
+    chip = plan_lib.chip_for(topology.split(":")[0])
+    costs = []
+    for width in widths:
+        config = pi1.get_config()
+        config.rollout.max_new_tokens = width - max(config.data.prompt_buckets)
+        run = plan_lib.make_run(config, devices, 500)
+        rows = run.shapes.micro_batch
+        flops, nbytes = plan_lib.depth_cost(
+            lambda m, run=run, rows=rows: plan_lib.compile_micro_step(
+                run, m, plan_lib._cost_learner(run), rows
+            ),
+            run.model,
+        )
+        costs.append((width, flops, nbytes))
+        print(
+            f"T={width}: {rows} rows, {flops / 1e12:.2f} TFLOP and "
+            f"{nbytes / 1e9:.1f} GB per chip per micro-step; roofline "
+            f"{flops / chip.bf16_flops_per_s:.3f} s FLOPs, {nbytes / chip.hbm_bytes_per_s:.3f} s bytes",
+            flush=True,
+        )
+    if len(costs) >= 2:
+        (t1, _, b1), (t2, _, b2) = costs[0], costs[-1]
+        # b = a·T + c·T² through the two widths.
+        c = (b2 / t2 - b1 / t1) / (t2 - t1)
+        a = b1 / t1 - c * t1
+        for t, _, b in costs:
+            print(
+                f"T={t}: {100 * c * t * t / b:.0f}% of the bytes grow with T² "
+                f"({c * t * t / 1e9:.1f} GB), {a * t / 1e9:.1f} GB with T"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--topology", nargs="+", default=["v5e:2x4", "v6e:2x4"])
+    parser.add_argument("--widths", nargs="+", type=int, default=None)
     args = parser.parse_args()
+    if args.widths:
+        for topology in args.topology:
+            micro_step_by_width(topology, args.widths)
+        return
     rows = []
     for topology in args.topology:
         p = plan_lib.plan(pi1.get_config(), topology, search=False, verbose=True)

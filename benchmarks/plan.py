@@ -22,7 +22,9 @@ CPU host, through libtpu) and prints three figures:
 programs) at each learner width T (prompt bucket + max_new_tokens) and fits
 its HBM bytes as a·T + b·T²: the share of b·T² is the traffic that grows
 with the sequence squared (attention's), which a fused attention kernel
-would not send through HBM (7 minutes here for two widths).
+would not send through HBM (7 minutes here for two widths). It compiles
+without windowed-einsum loops (`plan.NO_WINDOWED_EINSUM`), whose bodies
+the cost model would count once.
 
 These are estimates from the compiler's cost model, not measurements: a
 device run (`benchmarks/sampler.py`, `benchmarks/learner.py`) says what a
@@ -32,6 +34,7 @@ chip really does.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import pathlib
@@ -54,7 +57,10 @@ def micro_step_by_width(topology: str, widths: list[int]) -> None:
     for width in widths:
         config = pi1.get_config()
         config.rollout.max_new_tokens = width - max(config.data.prompt_buckets)
-        run = plan_lib.make_run(config, devices, 500)
+        run = dataclasses.replace(
+            plan_lib.make_run(config, devices, 500),
+            compiler_options=plan_lib.NO_WINDOWED_EINSUM,
+        )
         rows = run.shapes.micro_batch
         flops, nbytes = plan_lib.depth_cost(
             lambda m, run=run, rows=rows: plan_lib.compile_micro_step(

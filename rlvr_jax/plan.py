@@ -219,14 +219,35 @@ class OutOfMemory:
 _COMPILED: dict = {}
 
 
-def compile_or_oom(lowered, run: Run):
-    """`lowered.compile()`, or an `OutOfMemory` when the chip is too small."""
+# TPU options that keep XLA's SPMD partitioner from turning sharded matmuls
+# into windowed-einsum loops. The cost model counts a loop body once, so with
+# those loops π1's learner layer on v5e:2x4 counts 1.78 TFLOP per chip where
+# the same layer without them counts 3.14 (README "Plan a run"). The plan's
+# own programs keep the defaults (they are what the run compiles);
+# `benchmarks/plan.py --widths` costs with these.
+NO_WINDOWED_EINSUM = {
+    "xla_tpu_enable_windowed_einsum_for_all_gather": False,
+    "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False,
+}
+
+
+def compile_key(lowered, run: Run) -> tuple:
+    """What a compiled program is cached under: the same StableHLO for the
+    same devices with the same compiler options is the same program."""
     devices = tuple((d.id, d.device_kind) for d in run.mesh.devices.flat)
-    key = (lowered.as_text(), devices)
+    options = tuple(sorted((run.compiler_options or {}).items()))
+    return lowered.as_text(), devices, options
+
+
+def compile_or_oom(lowered, run: Run):
+    """`lowered.compile()` (with `run.compiler_options`), or an `OutOfMemory`
+    when the chip is too small."""
+    options = run.compiler_options or {}
+    key = compile_key(lowered, run)
     if key in _COMPILED:
         return _COMPILED[key]
     try:
-        compiled = lowered.compile()
+        compiled = lowered.compile(compiler_options=options or None)
     except jax.errors.JaxRuntimeError as e:
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
@@ -526,6 +547,8 @@ class Run:
     eval_settings: sampler_lib.SamplingSettings
     shapes: Shapes
     decode_sharding: Any  # placement of the packed decode weights
+    # XLA options every program of this run is compiled with (None: defaults).
+    compiler_options: dict | None = None
 
 
 def make_run(

@@ -123,8 +123,8 @@ def test_program_bytes_equal_memory_analysis_of_the_same_program(tiny_plan, tiny
     # devices; its compile cache is keyed by both): compiling it a second
     # time would only cost a minute of TPU compiler time.
     lowered = _independent_train_step(tiny_run)
-    devices = tuple((d.id, d.device_kind) for d in tiny_run.mesh.devices.flat)
-    key = (lowered.as_text(), devices)
+    key = plan_lib.compile_key(lowered, tiny_run)
+    assert key[1] == tuple((d.id, d.device_kind) for d in tiny_run.mesh.devices.flat)
     assert key in plan_lib._COMPILED, "the planner compiled another train step"
     compiled = plan_lib._COMPILED[key]
     m = compiled.memory_analysis()
@@ -291,6 +291,27 @@ def test_a_token_budget_sets_the_micro_batch_as_the_learner_splits_it(
         rows_offer["train.micro_batch_size"] // divisor * width
     )
     assert tokens_offer["rollout.chunk_size"] == rows_offer["rollout.chunk_size"]
+
+
+def test_compiler_options_reach_the_compile_and_key_its_cache(tiny_run):
+    class Lowered:  # records what compile is called with
+        def __init__(self):
+            self.calls = []
+
+        def as_text(self):
+            return "module @options_test"
+
+        def compile(self, compiler_options=None):
+            self.calls.append(compiler_options)
+            return object()
+
+    lowered = Lowered()
+    plain = plan_lib.compile_or_oom(lowered, tiny_run)
+    run = dataclasses.replace(tiny_run, compiler_options=plan_lib.NO_WINDOWED_EINSUM)
+    off = plan_lib.compile_or_oom(lowered, run)
+    assert off is not plain  # the options are part of the cache key
+    assert plan_lib.compile_or_oom(lowered, run) is off
+    assert lowered.calls == [None, plan_lib.NO_WINDOWED_EINSUM]
 
 
 def test_json_output_has_the_documented_fields(tiny_plan):

@@ -242,12 +242,11 @@ def compile_key(lowered, run: Run) -> tuple:
 def compile_or_oom(lowered, run: Run):
     """`lowered.compile()` (with `run.compiler_options`), or an `OutOfMemory`
     when the chip is too small."""
-    options = run.compiler_options or {}
     key = compile_key(lowered, run)
     if key in _COMPILED:
         return _COMPILED[key]
     try:
-        compiled = lowered.compile(compiler_options=options or None)
+        compiled = lowered.compile(compiler_options=run.compiler_options)
     except jax.errors.JaxRuntimeError as e:
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
@@ -496,15 +495,16 @@ def shapes_for(config, mesh, eval_examples: int) -> Shapes:
     eval_chunk = min(max(1, config.eval.chunk_size), max(1, eval_examples))
     eval_chunk += -eval_chunk % divisor
     responses = batch * n
+    prompt_width = max(config.data.prompt_buckets)
     micro = config.train.micro_batch_size
     budget = config.train.max_tokens_per_micro_batch
     if budget:
         # Worst case, one response per learner row of the widest width.
-        width = max(config.data.prompt_buckets) + config.rollout.max_new_tokens
+        width = prompt_width + config.rollout.max_new_tokens
         micro = min(responses, packing.rows_per_micro_batch(width, budget, divisor))
     return Shapes(
         responses=responses,
-        prompt_width=max(config.data.prompt_buckets),
+        prompt_width=prompt_width,
         new_tokens=config.rollout.max_new_tokens,
         chunk_prompts=chunk_prompts,
         chunks=-(-batch // per_chunk),

@@ -8,9 +8,8 @@ CPU host, through libtpu) and prints three figures:
   decode eff.     HBM-roofline efficiency of decoding: the bytes a decode step
                   must read (the compute-dtype weights once, this chip's KV
                   cache filled to the average length of a full rollout) over
-                  the bytes the compiled step reads (goal: >= 60%); n/a
-                  when the compiler counts fewer bytes than the weights and
-                  the whole cache, which no step can read less than
+                  the HBM bytes the compiled step moves (`plan.hbm_bytes`,
+                  counted from its HLO; goal: >= 60%)
   learner MFU     model FLOPs (6·N·tokens + attention) of the train step over
                   its roofline time × the chips' bf16 peak
 
@@ -23,8 +22,7 @@ programs) at each learner width T (prompt bucket + max_new_tokens) and fits
 its HBM bytes as a·T + b·T²: the share of b·T² is the traffic that grows
 with the sequence squared (attention's), which a fused attention kernel
 would not send through HBM (7 minutes here for two widths). It compiles
-without windowed-einsum loops (`plan.NO_WINDOWED_EINSUM`), whose bodies
-the cost model would count once.
+as the plan's cost programs do (`plan.cost_run`: no windowed-einsum loops).
 
 These are estimates from the compiler's cost model, not measurements: a
 device run (`benchmarks/sampler.py`, `benchmarks/learner.py`) says what a
@@ -34,8 +32,6 @@ chip really does.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import math
 import os
 import pathlib
 import sys
@@ -57,10 +53,7 @@ def micro_step_by_width(topology: str, widths: list[int]) -> None:
     for width in widths:
         config = pi1.get_config()
         config.rollout.max_new_tokens = width - max(config.data.prompt_buckets)
-        run = dataclasses.replace(
-            plan_lib.make_run(config, devices, 500),
-            compiler_options=plan_lib.NO_WINDOWED_EINSUM,
-        )
+        run = plan_lib.cost_run(plan_lib.make_run(config, devices, 500))
         rows = run.shapes.micro_batch
         flops, nbytes = plan_lib.depth_cost(
             lambda m, run=run, rows=rows: plan_lib.compile_micro_step(
@@ -107,10 +100,7 @@ def main() -> None:
         f"{'decode eff.':>13}{'learner MFU':>13}"
     )
     for topology, p in rows:
-        # NaN: the compiler's decode byte count was below the least a step
-        # reads, so no efficiency is known (the plan's note says so).
-        eff = p.decode_efficiency
-        decode = "n/a" if math.isnan(eff) else f"{100 * eff:.0f}%"
+        decode = f"{100 * p.decode_efficiency:.0f}%"
         print(
             f"{topology:<10}{'yes' if p.fits else 'no':<6}"
             f"{p.peak_bytes_per_chip / 1e9:9.2f}{p.step_seconds:9.1f}"

@@ -70,9 +70,10 @@ class ModelConfig:
     # jax.checkpoint each decoder layer (learner memory). Runs leave it False:
     # the learner sets it from LearnerConfig.remat, its one switch.
     remat: bool = False
-    # Unroll the layer scan (same math, same params). XLA's cost analysis
-    # counts a loop body once, so `plan` unrolls to count every layer's FLOPs.
-    unroll_layers: bool = False
+    # Unroll the layer scan and the attention's query-block loop (same math,
+    # same params). XLA's cost analysis counts a loop body once, so `plan`
+    # unrolls them to count every layer's and every block's FLOPs.
+    unroll_loops: bool = False
     # Query positions per attention block in a cache-free call (the learner):
     # rows longer than this attend block by block, each block checkpointed,
     # so scores take [block, T] instead of [T, T] memory. Rows up to this
@@ -358,16 +359,26 @@ def dot_attention(q_btkgh, k_bskh, v_bskh, q_seg_bt, key_seg_bs, q_slot_t, dtype
 
 
 def blockwise_attention(
-    q_btkgh, k_bskh, v_bskh, q_seg_bt, key_seg_bs, q_slot_t, dtype, *, block
+    q_btkgh,
+    k_bskh,
+    v_bskh,
+    q_seg_bt,
+    key_seg_bs,
+    q_slot_t,
+    dtype,
+    *,
+    block,
+    unroll=False,
 ):
     """`dot_attention` computed over blocks of `block` queries, one at a time.
 
     Each query's softmax is over all its keys within one block, so the result
     is the plain computation's (the same reductions, only the query axis is
-    split). The block body is under `jax.checkpoint` inside a `lax.map`: the
+    split). The block body is under `jax.checkpoint` inside a `lax.scan`: the
     forward holds one [block, S] score block, and the backward recomputes a
     block's scores instead of keeping them, so neither pass holds [T, S].
     T is padded to a multiple of `block` with segment-0 queries (dropped).
+    `unroll` emits the blocks one after another instead of as a loop.
     """
     b, t = q_btkgh.shape[:2]
     nb = -(-t // block)
@@ -388,9 +399,11 @@ def blockwise_attention(
             q_bckgh, k_bskh, v_bskh, q_seg_bc, key_seg_bs, q_slot_c, dtype
         )
 
-    out_nbckgh = jax.lax.map(
-        lambda xs: one_block(k_bskh, v_bskh, key_seg_bs, xs),
+    _, out_nbckgh = jax.lax.scan(
+        lambda carry, xs: (carry, one_block(k_bskh, v_bskh, key_seg_bs, xs)),
+        None,
         (q_nbckgh, q_seg_nbc, q_slot_nc),
+        unroll=nb if unroll else 1,
     )
     out_btkgh = out_nbckgh.swapaxes(0, 1).reshape(b, nb * block, *q_btkgh.shape[2:])
     return out_btkgh[:, :t]
@@ -453,7 +466,9 @@ class Attention(nn.Module):
         q_btkgh = q_btnh.reshape(b, t, k, n // k, h)
         args = (q_btkgh, k_bskh, v_bskh, q_seg_bt, key_seg_bs, q_slot_t, cfg.dtype)
         if layer_cache is None and t > cfg.attention_block:
-            out_btkgh = blockwise_attention(*args, block=cfg.attention_block)
+            out_btkgh = blockwise_attention(
+                *args, block=cfg.attention_block, unroll=cfg.unroll_loops
+            )
         else:
             out_btkgh = dot_attention(*args)
         out_btnh = out_btkgh.reshape(b, t, n, h)
@@ -539,14 +554,18 @@ class Qwen2(nn.Module):
         )
         layer = DecoderLayer
         if cfg.remat:
-            layer = nn.remat(layer, prevent_cse=False)
+            # In the scan XLA cannot merge a layer's recompute with its
+            # forward, so CSE prevention would only cost speed; unrolled (the
+            # planner's cost programs) it could, and the cost would miss the
+            # recompute the scanned run does.
+            layer = nn.remat(layer, prevent_cse=cfg.unroll_loops)
         self.layers = nn.scan(
             layer,
             variable_axes={"params": 0},
             split_rngs={"params": True},
             in_axes=(0,) + (nn.broadcast,) * 6,
             length=cfg.n_layers,
-            unroll=cfg.n_layers if cfg.unroll_layers else 1,
+            unroll=cfg.n_layers if cfg.unroll_loops else 1,
         )(cfg, self.constrain)
         self.final_norm = RMSNorm(cfg)
         if not cfg.tie_embeddings:

@@ -17,22 +17,31 @@ shapes and shardings:
   eval_sample    prefill + greedy decode of one evaluation chunk
 
 and reads the compiler's `memory_analysis()` (per chip: arguments, outputs,
-temporaries) and `cost_analysis()` (FLOPs, HBM bytes). From those it derives
+temporaries), its `cost_analysis()` FLOPs, and the HBM bytes each program
+moves, counted from its compiled HLO (`hbm_bytes`). From those it derives
 what must coexist in each phase of a step against the chip's HBM, a roofline
 time for each program, the step and run time, and the largest rollout chunk
 and micro-batch that fit.
 
 Trip counts. XLA's cost analysis counts a `while`/`scan` body once, whatever
 its trip count. The figures here are therefore assembled from programs
-without loops (`CostModel`): the layer scan is unrolled in copies of a
-program at depth 1 and 2 (cost is linear in depth, so depth L costs
-c1 + (L - 1)(c2 - c1)); the learner's log-prob head runs as one chunk in those
-copies (same FLOPs as the chunked scan); a micro-batched program is costed as
-M scan bodies plus the optimizer update; the decode loop as the sample
-program plus the rest of its ceil(R / S) × (max_new_tokens - 1) decode
-steps (`sample_cost`). Sampling time is
-therefore the worst case, every response running to `max_new_tokens`; the
-learner batch is the widest one (largest prompt bucket + max_new_tokens).
+without the step's outer loops (`depth_cost`, `sample_cost`,
+`train_step_cost`): the layer scan (and the attention's query-block loop in
+it) is unrolled in copies of a program at depth 1 and 2 (cost is linear in
+depth, so depth L costs
+c1 + (L - 1)(c2 - c1)); the learner's log-prob head runs as one chunk in
+those copies (same FLOPs as the chunked scan); a micro-batched program is
+costed as M scan bodies plus the optimizer update; the decode loop as the
+sample program plus the rest of its ceil(R / S) × (max_new_tokens - 1)
+decode steps. Sampling time is therefore the worst case, every response
+running to `max_new_tokens`; the learner batch is the widest one (largest
+prompt bucket + max_new_tokens). Loops that remain in those programs (the
+sampler's row-by-row cache writes) are counted by their trip count in the
+bytes (`hbm_bytes`), once in the FLOPs.
+
+On TPU the cost programs are compiled without windowed-einsum loops
+(`cost_run`): XLA's SPMD partitioner turns large sharded matmuls into such
+loops, whose bodies the cost model would count once.
 
 Memory figures are those of the full programs as compiled, per chip.
 """
@@ -175,9 +184,6 @@ class Program:
     seconds: float = 0.0
     resident_args: int = 0
     oom: bool = False  # the compiler refused it: temp is what it needed
-    # The compiler's HBM byte count where `hbm_bytes` is a floor above it
-    # (a decode step: see `sample_cost`); None where hbm_bytes is the count.
-    counted_hbm_bytes: float | None = None
 
     @property
     def total(self) -> int:
@@ -221,14 +227,25 @@ _COMPILED: dict = {}
 
 # TPU options that keep XLA's SPMD partitioner from turning sharded matmuls
 # into windowed-einsum loops. The cost model counts a loop body once, so with
-# those loops π1's learner layer on v5e:2x4 counts 1.78 TFLOP per chip where
-# the same layer without them counts 3.14 (README "Plan a run"). The plan's
-# own programs keep the defaults (they are what the run compiles);
-# `benchmarks/plan.py --widths` costs with these.
+# those loops one π1 learner layer (a 16-row micro-step on v5e:2x4) counts
+# 1.78 TFLOP per chip where the same layer without them counts 3.14. The memory
+# programs keep the defaults (they are what the run compiles); the cost
+# programs of a TPU target are compiled with these (`cost_run`).
 NO_WINDOWED_EINSUM = {
     "xla_tpu_enable_windowed_einsum_for_all_gather": False,
     "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False,
 }
+
+
+def cost_run(run: Run) -> Run:
+    """`run` as its cost programs are compiled: on TPU without windowed
+    einsums (`NO_WINDOWED_EINSUM`), whose loops the cost model would count
+    once; elsewhere unchanged (the options are TPU flags)."""
+    if run.mesh.devices.flat[0].platform != "tpu":
+        return run
+    return dataclasses.replace(
+        run, compiler_options={**(run.compiler_options or {}), **NO_WINDOWED_EINSUM}
+    )
 
 
 def compile_key(lowered, run: Run) -> tuple:
@@ -266,21 +283,21 @@ def memory(compiled) -> dict[str, int]:
     )
 
 
-def cost(compiled) -> tuple[float, float]:
-    """(FLOPs, HBM bytes) per chip of one pass, loop bodies counted once.
+def cost(compiled, unknown_trips: int = 1) -> tuple[float, float]:
+    """(FLOPs, HBM bytes) per chip of one pass of a compiled program.
 
-    XLA's "bytes accessed" sums the operands and outputs of every top-level
-    instruction, wherever they live; on TPU the compiler stages weights
-    through on-chip memory (copies into memory space 1, VMEM), whose
-    accesses are no HBM traffic, so they are taken out (`on_chip_bytes`).
+    FLOPs are XLA's (`cost_analysis()`), which counts a loop body once.
+    Bytes are counted from the compiled HLO (`hbm_bytes`): XLA's own
+    "bytes accessed" sums every operand and output of every instruction
+    wherever it lives, on-chip copies included, and no subtraction of those
+    gives the HBM traffic (it went negative for a small train step).
     """
     c = compiled.cost_analysis()
     if isinstance(c, list):  # older jax returns one dict per program
         c = c[0]
     if not c:
         return 0.0, 0.0
-    accessed = float(c.get("bytes accessed", 0.0))
-    return float(c.get("flops", 0.0)), accessed - on_chip_bytes(compiled.as_text())
+    return float(c.get("flops", 0.0)), hbm_bytes(compiled.as_text(), unknown_trips)
 
 
 _ITEMSIZE = {"f64": 8, "s64": 8, "u64": 8, "f32": 4, "s32": 4, "u32": 4}
@@ -290,21 +307,36 @@ _ARRAY = re.compile(r"(\w+)\[([\d,]*)\](\{[^}]*\})?")
 # Instructions that move no bytes (or whose bytes their *-start counted).
 _FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast"}
 _FREE |= {"after-all", "partition-id", "replica-id", "opt-barrier"}
-_FREE |= {"copy-done", "slice-done"}
+# In-place updates: opcode -> operand index of the update (the buffer,
+# operand 0, is neither read nor rewritten whole).
+_IN_PLACE = {"dynamic-update-slice": 1, "scatter": 2}
+# Fusion-internal ops that read only part of a fused parameter.
+_SLICING = {"dynamic-slice", "slice", "gather"}
 
 
-def _on_chip_arrays(shape: str) -> list[int]:
-    """Bytes of each array of an HLO shape laid out in memory space 1."""
+def _arrays(shape: str) -> list[tuple[int, bool]]:
+    """(bytes, in HBM) of each array of an HLO shape. An array lives in HBM
+    unless its layout names another memory space (`S(1)` is on-chip VMEM)."""
     out = []
     for dtype, dims, layout in _ARRAY.findall(shape):
-        if dtype in _ITEMSIZE and "S(1)" in (layout or ""):
+        if dtype in _ITEMSIZE:
             n = math.prod(int(d) for d in dims.split(",") if d)
-            out.append(n * _ITEMSIZE[dtype])
+            space = re.search(r"S\((\d+)\)", layout or "")
+            out.append((n * _ITEMSIZE[dtype], space is None or space.group(1) == "0"))
     return out
 
 
+def _hbm(shape: str) -> int:
+    return sum(b for b, in_hbm in _arrays(shape) if in_hbm)
+
+
+def _size(shape: str) -> int:
+    return sum(b for b, _ in _arrays(shape))
+
+
 def _instruction(line: str):
-    """(name, shape, opcode, operand names) of an HLO text line, or None."""
+    """(name, shape, opcode, operand names, attributes) of an HLO text line,
+    or None."""
     m = re.match(r"\s*(?:ROOT )?%(\S+) = ", line)
     if not m:
         return None
@@ -323,43 +355,179 @@ def _instruction(line: str):
         if depth == 0:
             break
     operands = re.findall(r"%([\w.\-]+)", tail[start:end])
-    return m.group(1), shape, tail[:start], operands, tail[end:]
+    return m.group(1), shape, tail[:start].strip(), operands, tail[end:]
 
 
-def on_chip_bytes(hlo: str) -> int:
-    """Bytes the top-level instructions of a compiled TPU program (its entry
-    computation and the loop bodies it runs) read from or write to on-chip
-    memory (layouts marked `S(1)`), as XLA's cost analysis counts them."""
-    computations, current = {}, None
+@dataclasses.dataclass(frozen=True)
+class _Op:
+    name: str
+    shape: str
+    opcode: str
+    operands: list
+    attributes: str
+    root: bool
+    parameter: int | None  # N of `parameter(N)`
+    constant: int | None  # an integer scalar constant's value
+
+
+def _computations(hlo: str) -> dict[str, list[_Op]]:
+    """The instructions of each computation of an HLO text ('ENTRY': the
+    entry computation)."""
+    out, current = {}, None
     for line in hlo.splitlines():
         head = re.match(r"(ENTRY )?%(\S+) .*\{\s*$", line)
         if head and not line.startswith(" "):
-            current = computations.setdefault(head.group(2), [])
-            if head.group(1):
-                computations["ENTRY"] = current
+            current = out.setdefault("ENTRY" if head.group(1) else head.group(2), [])
         elif line.startswith("}"):
             current = None
-        elif current is not None:
-            current.append(line)
+        elif current is not None and (parsed := _instruction(line)):
+            name, shape, opcode, operands, attributes = parsed
+            number = re.search(r"(?:parameter|constant)\((-?\d+)\)", line)
+            current.append(
+                _Op(
+                    name=name,
+                    shape=shape,
+                    opcode=opcode,
+                    operands=operands,
+                    attributes=attributes,
+                    root=line.lstrip().startswith("ROOT"),
+                    parameter=int(number[1])
+                    if number and opcode == "parameter"
+                    else None,
+                    constant=int(number[1])
+                    if number and opcode == "constant"
+                    else None,
+                )
+            )
+    return out
 
-    def count(name: str, seen: set) -> int:
-        total, on_chip = 0, {}
-        for line in computations.get(name, []):
-            parsed = _instruction(line)
-            if not parsed:
+
+def _trip_count(computations: dict, op: _Op) -> int | None:
+    """A `while`'s trip count when the compiler knows it (its backend
+    config) or its condition is `counter < constant`; None otherwise."""
+    known = re.search(r'"known_trip_count":\{"n":"(\d+)"', op.attributes)
+    if known:
+        return int(known[1])
+    condition = re.search(r"condition=%([\w.\-]+)", op.attributes)[1]
+    body = computations.get(condition, [])
+    constants = {o.name: o.constant for o in body if o.constant is not None}
+    for o in body:
+        if o.root and o.opcode == "compare" and "direction=LT" in o.attributes:
+            if len(o.operands) == 2 and o.operands[1] in constants:
+                return constants[o.operands[1]]
+    return None
+
+
+def _fusion_bytes(computations: dict, op: _Op, operand_shapes: list[str]) -> int:
+    """HBM bytes of one fusion: its outputs in HBM, and of each operand in
+    HBM what the fused computation reads: the slices, when slicing is all it
+    does with it; nothing, when it is the buffer of an in-place update
+    (which writes only the update)."""
+    called = re.search(r"calls=%([\w.\-]+)", op.attributes)[1]
+    body = computations.get(called, [])
+    by_name = {o.name: o for o in body}
+    users: dict[str, list[_Op]] = {}
+    for o in body:
+        for operand in o.operands:
+            users.setdefault(operand, []).append(o)
+    root = next(o for o in body if o.root)
+    outputs = [by_name[n] for n in root.operands] if root.opcode == "tuple" else [root]
+    result_arrays = _arrays(op.shape)
+    in_place, total = set(), 0
+    for k, out in enumerate(outputs):
+        in_hbm = result_arrays[k][1] if k < len(result_arrays) else True
+        update = _IN_PLACE.get(out.opcode)
+        buffer = out.operands[0] if update is not None else None
+        if buffer in by_name and by_name[buffer].parameter is not None:
+            in_place.add(buffer)
+            total += _size(by_name[out.operands[update]].shape) * in_hbm
+        else:
+            total += result_arrays[k][0] * in_hbm if k < len(result_arrays) else 0
+    for o in body:
+        if (
+            o.parameter is None
+            or o.name in in_place
+            or o.parameter >= len(operand_shapes)
+        ):
+            continue
+        whole = _hbm(operand_shapes[o.parameter])
+        readers = users.get(o.name, [])
+        if readers and all(
+            u.opcode in _SLICING and u.operands[0] == o.name for u in readers
+        ):
+            total += min(whole, sum(_size(u.shape) for u in readers))
+        else:
+            total += whole
+    return total
+
+
+def hbm_bytes(hlo: str, unknown_trips: int = 1) -> float:
+    """HBM bytes one run of a compiled TPU program reads and writes, from its
+    HLO text (per chip).
+
+    Each top-level instruction of the entry computation, and of the loop
+    bodies it runs (times their trip count; `unknown_trips` for loops whose
+    count depends on data), counts its operands and outputs that live in
+    HBM. The exceptions follow what the instruction moves:
+      - an asynchronous copy or slice (`copy-start`, `slice-start`) into or
+        out of on-chip memory moves its data once; `*-done` moves nothing;
+        a cross-program prefetch is counted once even when the compiler
+        also re-issues it for the next run;
+      - an in-place update (`dynamic-update-slice`, `scatter`, or a fusion
+        rooted in one) reads and writes its update, not the buffer;
+      - a fusion reads of an operand only the slices it takes, when slicing
+        is all it does with it.
+    """
+    computations = _computations(hlo)
+
+    def count(name: str) -> float:
+        ops = computations.get(name, [])
+        # Operands the compiler copies again for the next run (see above).
+        reissued = {
+            op.operands[0]
+            for op in ops
+            if op.opcode == "copy-start"
+            and "cross_program_prefetch" not in op.attributes
+        }
+        total, shapes = 0.0, {}
+        for op in ops:
+            shapes[op.name] = op.shape
+            code, operands = op.opcode, op.operands
+            if code in _FREE or code.endswith("-done"):
                 continue
-            result, shape, op, operands, attributes = parsed
-            on_chip[result] = sum(_on_chip_arrays(shape))
-            if op == "while":
-                for called in re.findall(r"(?:body|condition)=%([\w.\-]+)", attributes):
-                    if called not in seen:
-                        total += count(called, seen | {called})
-            if op in _FREE or op == "while":
-                continue
-            total += on_chip[result] + sum(on_chip.get(o, 0) for o in operands)
+            if code == "while":
+                body = re.search(r"body=%([\w.\-]+)", op.attributes)[1]
+                trips = _trip_count(computations, op)
+                total += (unknown_trips if trips is None else trips) * count(body)
+            elif code in ("call", "conditional", "async-start"):
+                for called in re.findall(
+                    r"(?:to_apply|calls)=%([\w.\-]+)", op.attributes
+                ):
+                    total += count(called)
+            elif code == "copy-start":
+                if (
+                    "cross_program_prefetch" in op.attributes
+                    and operands[0] in reissued
+                ):
+                    continue
+                dest_bytes, dest_in_hbm = _arrays(op.shape)[0]
+                total += _hbm(shapes.get(operands[0], "")) + dest_bytes * dest_in_hbm
+            elif code == "slice-start":
+                dest_bytes, dest_in_hbm = _arrays(op.shape)[-2]
+                source_in_hbm = all(h for _, h in _arrays(shapes.get(operands[0], "")))
+                total += dest_bytes * (source_in_hbm + dest_in_hbm)
+            elif code in _IN_PLACE:
+                update = shapes.get(operands[_IN_PLACE[code]], "")
+                total += _hbm(update) + _size(update) * _arrays(op.shape)[0][1]
+            elif code == "fusion":
+                total += _fusion_bytes(
+                    computations, op, [shapes.get(o, "") for o in operands]
+                )
+            else:
+                total += _hbm(op.shape) + sum(_hbm(shapes.get(o, "")) for o in operands)
         return total
 
-    return count("ENTRY", {"ENTRY"})
+    return count("ENTRY")
 
 
 def depth_cost(
@@ -372,7 +540,7 @@ def depth_cost(
     depth, is extrapolated: c(L) = c(1) + (L - 1)(c(2) - c(1)).
     """
     c1, c2 = (
-        np.array(cost(build(config.replace(n_layers=d, unroll_layers=True))))
+        np.array(cost(build(config.replace(n_layers=d, unroll_loops=True))))
         for d in (1, 2)
     )
     return tuple(float(x) for x in c1 + (config.n_layers - 1) * (c2 - c1))
@@ -707,11 +875,19 @@ def compile_sample(run, model, weights, prompts: int, settings, slots=None):
     )
 
 
-def compile_decode_step(run, model, weights, prompts: int, settings):
+def mean_fill(run: Run, settings) -> int:
+    """Cache slots a decode step attends over, averaged over a rollout whose
+    responses all run to max_new_tokens: the fill grows by one a step, from
+    the prompt width to the whole cache."""
+    return run.shapes.prompt_width + -(-settings.max_new_tokens // 2)
+
+
+def compile_decode_step(run, model, weights, prompts: int, settings, width=None):
     """One decode step of `prompts` × n slots (the continuous loop's body),
-    attention over the whole cache: the worst case, every slot full length."""
+    attention over a whole cache of `width` slots (default: prompt width +
+    max_new_tokens, every slot full length)."""
     r = prompts * settings.n
-    s = run.shapes.prompt_width + settings.max_new_tokens
+    s = width or run.shapes.prompt_width + settings.max_new_tokens
     k, h = model.n_kv_heads, model.head_dim
     rows = _rows(run)
     cache_dtype = settings.cache_dtype
@@ -924,13 +1100,12 @@ def sample_cost(run: Run, prompts: int, settings, weights, slots=None) -> tuple:
 
     The rollout program at depth 1 and 2 counts the prefill, one refill and
     one decode step. With every response full length (the worst case), the
-    R = prompts × n rows pass through the S slots in ceil(R / S) waves of `max_new_tokens - 1` decode steps each
-    (a row's first token comes from the prefill), so all but one of those
-    steps are added from the compiled decode step over the whole cache.
-    Its bytes are at least the weights and the cache it attends over
-    (`decode_min_bytes`): where the compiler's count is lower (it appears
-    not to count what the step stages through on-chip memory: π1 on v5e:2x4
-    counts 5.1 GB for 6.85 GB), that floor is used.
+    R = prompts × n rows pass through the S slots in ceil(R / S) waves of
+    `max_new_tokens - 1` decode steps each (a row's first token comes from
+    the prefill), so all but one of those steps are added from the compiled
+    decode step. That step attends over a cache of the mean fill
+    (`mean_fill`): the run's loop reads the cache only up to the longest
+    live row, so the mean step is the step at the mean fill.
     Refills (every 8 steps, a prompt-width copy of each slot's cache) are
     counted once.
     """
@@ -942,19 +1117,17 @@ def sample_cost(run: Run, prompts: int, settings, weights, slots=None) -> tuple:
         return compile_sample(run, m, w, prompts, settings, slots)
 
     flops, nbytes = depth_cost(build, model)
-    step = compile_decode_step(run, model, weights, slots // settings.n, settings)
-    step_flops, counted = cost(step)
-    width = run.shapes.prompt_width + settings.max_new_tokens
-    step_bytes = max(
-        counted, decode_min_bytes(run, slots // settings.n, settings, width)
+    step = compile_decode_step(
+        run, model, weights, slots // settings.n, settings, mean_fill(run, settings)
     )
+    step_flops, step_bytes = cost(step)
     waves = -(-prompts * settings.n // slots)
     more = waves * (settings.max_new_tokens - 1) - 1
     return (
         flops + more * step_flops,
         nbytes + more * step_bytes,
         step,
-        (step_flops, step_bytes, counted),
+        (step_flops, step_bytes),
     )
 
 
@@ -1027,6 +1200,8 @@ def compile_programs(
     def priced(name, fn, *args):
         return timed(f"{name} costs", fn, *args) if costs else (0.0, 0.0)
 
+    costed = cost_run(run)
+
     # ---- sampler: weights, then one chunk (its decode loop counted per step).
     prepared = timed("prepare", compile_prepare, run, model)
     weights = sampler_weights(run, model, prepared)
@@ -1040,12 +1215,9 @@ def compile_programs(
         if not costs:
             return [_program(name, full, calls, 0.0, 0.0, chip)]
         flops, nbytes, step, step_cost = timed(
-            f"{name} costs", sample_cost, run, prompts, settings, weights, slots
+            f"{name} costs", sample_cost, costed, prompts, settings, weights, slots
         )
-        step_flops, step_bytes, counted = step_cost
-        decode = _program(f"{name}.decode_step", step, 0, step_flops, step_bytes, chip)
-        if counted < step_bytes:
-            decode.counted_hbm_bytes = counted
+        decode = _program(f"{name}.decode_step", step, 0, *step_cost, chip)
         return [_program(name, full, calls, flops, nbytes, chip), decode]
 
     # One rollout per step: every prompt prefilled, chunk_prompts × n slots.
@@ -1061,12 +1233,12 @@ def compile_programs(
         full = timed(
             "ref_logprobs", compile_ref_logprobs, run, model, learner, sh.learner_rows
         )
-        flops, nbytes = priced("ref_logprobs", ref_logprobs_cost, run)
+        flops, nbytes = priced("ref_logprobs", ref_logprobs_cost, costed)
         programs.append(
             _program("ref_logprobs", full, 1, flops, nbytes, chip, ref_bytes)
         )
     full = timed("train_step", compile_train_step, run, model, learner, sh.learner_rows)
-    flops, nbytes = priced("train_step", train_step_cost, run)
+    flops, nbytes = priced("train_step", train_step_cost, costed)
     # The state is donated: the program's outputs alias it.
     programs.append(_program("train_step", full, 1, flops, nbytes, chip, state_bytes))
 
@@ -1166,21 +1338,12 @@ def decode_min_bytes(run: Run, prompts: int, settings, filled: int) -> float:
 
 
 def decode_efficiency(run: Run, step: Program) -> float:
-    """Minimum over compiled decode bytes, averaged over a full-length rollout.
-
-    NaN when the compiler's count fell below the weights and the whole cache
-    (`Program.counted_hbm_bytes`): the step's bytes are then a floor, not
-    a measurement, and a ratio to them would say nothing.
-    """
-    if step.counted_hbm_bytes is not None:
-        return float("nan")
-    sh = run.shapes
-    n = sh.new_tokens
-    # The cache fill grows linearly: the mean over steps is the midpoint.
-    filled = sh.prompt_width + n / 2
-    return (
-        decode_min_bytes(run, sh.chunk_prompts, run.settings, filled) / step.hbm_bytes
-    )
+    """The least bytes of the mean decode step (`decode_min_bytes` at
+    `mean_fill`) over the bytes its compiled program moves: 1 when it reads
+    the weights and the filled cache once and nothing else."""
+    filled = mean_fill(run, run.settings)
+    least = decode_min_bytes(run, run.shapes.chunk_prompts, run.settings, filled)
+    return least / step.hbm_bytes
 
 
 def plan(
@@ -1237,14 +1400,6 @@ def plan(
         notes.append(f"rollout.decode_weights=auto: {layout} on this chip")
     programs = compile_programs(run, chip, verbose, costs)
     for p in programs:
-        if p.counted_hbm_bytes is not None:
-            notes.append(
-                f"{p.name}: the compiler counts {p.counted_hbm_bytes / GB:.1f} GB "
-                "of HBM traffic per step, less than the weights and the cache it "
-                f"attends over ({p.hbm_bytes / GB:.1f} GB; what it stages through "
-                "on-chip memory is not counted): times use the latter, and the "
-                "decode efficiency is not known"
-            )
         if p.oom:
             notes.append(
                 f"{p.name}: the compiler ran out of HBM; it needs "
@@ -1477,12 +1632,7 @@ def format_plan(p: Plan) -> str:
         )
         lines.append(
             f"learner MFU (model FLOPs over roofline time): {100 * p.mfu:.0f}%; "
-            "decode HBM-roofline efficiency: "
-            + (
-                "n/a (see the note)"
-                if math.isnan(p.decode_efficiency)
-                else f"{100 * p.decode_efficiency:.0f}%"
-            )
+            f"decode HBM-roofline efficiency: {100 * p.decode_efficiency:.0f}%"
         )
     else:
         lines.append("(cost programs not compiled: no time estimates)")

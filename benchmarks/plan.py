@@ -18,11 +18,13 @@ CPU host, through libtpu) and prints three figures:
     python benchmarks/plan.py --topology v5e:2x4 --widths 2048 4096
 
 `--widths` instead costs one learner micro-step (the plan's depth-1/2 cost
-programs) at each learner width T (prompt bucket + max_new_tokens) and fits
-its HBM bytes as a·T + b·T²: the share of b·T² is the traffic that grows
-with the sequence squared (attention's), which a fused attention kernel
-would not send through HBM (7 minutes here for two widths). It compiles
-as the plan's cost programs do (`plan.cost_run`: no windowed-einsum loops).
+programs) at each learner width T (prompt bucket + max_new_tokens), with
+each learner attention (`--attention`, default `xla flash`: the einsum
+blocks against the flash kernel, the baseline and the kernel in one run),
+and fits its HBM bytes as a·T + b·T²: the share of b·T² is the traffic
+that grows with the sequence squared (attention's score blocks, which the
+kernel keeps on chip). It compiles as the plan's cost programs do
+(`plan.cost_run`: no windowed-einsum loops).
 
 These are estimates from the compiler's cost model, not measurements: a
 device run (`benchmarks/sampler.py`, `benchmarks/learner.py`) says what a
@@ -45,13 +47,15 @@ from configs import pi1  # noqa: E402
 from rlvr_jax import plan as plan_lib  # noqa: E402
 
 
-def micro_step_by_width(topology: str, widths: list[int]) -> None:
+def micro_step_by_width(topology: str, widths: list[int], attention: str) -> None:
     """FLOPs and HBM bytes of one learner micro-step per chip, by width."""
     devices = plan_lib.topology_devices(topology)
     chip = plan_lib.chip_for(topology.split(":")[0])
     costs = []
+    print(f"{topology}, model.attention={attention}:")
     for width in widths:
         config = pi1.get_config()
+        config.model.attention = attention
         config.rollout.max_new_tokens = width - max(config.data.prompt_buckets)
         run = plan_lib.cost_run(plan_lib.make_run(config, devices, 500))
         rows = run.shapes.micro_batch
@@ -84,10 +88,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--topology", nargs="+", default=["v5e:2x4", "v6e:2x4"])
     parser.add_argument("--widths", nargs="+", type=int, default=None)
+    parser.add_argument(
+        "--attention", nargs="+", default=["xla", "flash"], help="with --widths"
+    )
     args = parser.parse_args()
     if args.widths:
         for topology in args.topology:
-            micro_step_by_width(topology, args.widths)
+            for attention in args.attention:
+                micro_step_by_width(topology, args.widths, attention)
         return
     rows = []
     for topology in args.topology:

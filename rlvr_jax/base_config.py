@@ -34,6 +34,11 @@ def base_config() -> config_dict.ConfigDict:
     c.model.dtype = "bfloat16"  # compute dtype (bf16 compute)
     c.model.param_dtype = "float32"  # fp32 master weights and optimizer state
     c.model.remat = True  # gradient checkpointing per decoder layer
+    # The learner's attention: "flash" (the TPU Pallas kernel: no score block
+    # through HBM), "xla" (einsums in query blocks), or "auto": flash on a
+    # v5e/v6e TPU for a head dim of a multiple of 128 and rows of up to 4096
+    # (rlvr_jax/flash.py `supports`), xla elsewhere.
+    c.model.attention = "auto"
 
     c.data = config_dict.ConfigDict()
     # The pool: a packaged name ("dsr_sub": the 1,209-example DSR-sub), a veRL

@@ -94,8 +94,16 @@ class LearnerConfig:
     # (the train step sets ModelConfig.remat from it; run configs never set
     # the model's own flag).
     remat: bool = True
+    # How the learner's forward computes attention (ModelConfig.attention_kernel,
+    # set from here like remat): "xla" or "flash" (the TPU kernel).
+    attention_kernel: str = "xla"
 
     def __post_init__(self):
+        if self.attention_kernel not in M.ATTENTION_KERNELS:
+            raise ValueError(
+                f"attention_kernel={self.attention_kernel!r} not in "
+                f"{M.ATTENTION_KERNELS}"
+            )
         if self.agg not in AGG_MODES:
             raise ValueError(f"agg={self.agg!r} not in {AGG_MODES}")
         if self.kl_type not in KL_TYPES:
@@ -555,8 +563,8 @@ def loss_and_grads(
     Args:
       params: fp32 parameters.
       batch: see `train_step`.
-      model_config: the architecture; its `remat` is replaced by
-        learner_config.remat.
+      model_config: the architecture; its `remat` and `attention_kernel`
+        are replaced by learner_config's.
       learner_config: loss and micro-batching settings.
       mesh: when given, activations and micro-batches are constrained to
         rows over ('data', 'fsdp') and the gradient accumulator to the params'
@@ -579,7 +587,9 @@ def _mesh_context(mesh: Mesh | None):
 
 def _loss_and_grads(params, batch, model_config, learner_config, mesh):
     cfg = learner_config
-    model_config = model_config.replace(remat=cfg.remat)
+    model_config = model_config.replace(
+        remat=cfg.remat, attention_kernel=cfg.attention_kernel
+    )
     mask_bt = jnp.asarray(batch["loss_mask"], bool)
     num_tokens = jnp.sum(mask_bt)
     num_seqs = _num_seqs(mask_bt, batch.get("segment_ids"))
@@ -856,6 +866,10 @@ def jit_logprobs(
     token budget), so its activations take a micro-batch's memory, not the
     whole batch's.
     """
+
+    model_config = model_config.replace(
+        attention_kernel=learner_config.attention_kernel
+    )
 
     def one(params, batch):
         return logprobs(

@@ -24,7 +24,9 @@ sequences side by side: per-token segment ids (0 = padding) restrict each
 query to keys of its own segment, and per-segment positions restart RoPE.
 Without a cache, attention over long rows runs in query blocks
 (`blockwise_attention`) so no [T, T] score tensor exists in the forward or the
-backward pass.
+backward pass; on TPU the learner runs it through the flash kernel instead
+(`ModelConfig.attention_kernel`, rlvr_jax/flash.py), which keeps score tiles
+on chip.
 """
 
 from __future__ import annotations
@@ -38,11 +40,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rlvr_jax import flash
+
 Params = Any
 
 # A finite "minus infinity": a fully masked row (a left-pad query) then gets a
 # uniform softmax instead of NaNs that would poison gradients through `where`.
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+ATTENTION_KERNELS = ("xla", "flash")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,8 +86,17 @@ class ModelConfig:
     # so scores take [block, T] instead of [T, T] memory. Rows up to this
     # length use the plain single-block computation.
     attention_block: int = 1024
+    # How a cache-free call (the learner) computes attention: "xla" (einsums,
+    # in query blocks) or "flash" (the TPU Pallas kernel, `rlvr_jax.flash`:
+    # no score block through HBM). A run-time choice like `remat`: the
+    # learner sets it from LearnerConfig.attention_kernel.
+    attention_kernel: str = "xla"
 
     def __post_init__(self):
+        if self.attention_kernel not in ATTENTION_KERNELS:
+            raise ValueError(
+                f"attention_kernel={self.attention_kernel!r} not in {ATTENTION_KERNELS}"
+            )
         if self.n_heads % self.n_kv_heads:
             raise ValueError(
                 f"n_heads={self.n_heads} is not a multiple of "
@@ -465,7 +481,11 @@ class Attention(nn.Module):
         b, t = x_btd.shape[:2]
         q_btkgh = q_btnh.reshape(b, t, k, n // k, h)
         args = (q_btkgh, k_bskh, v_bskh, q_seg_bt, key_seg_bs, q_slot_t, cfg.dtype)
-        if layer_cache is None and t > cfg.attention_block:
+        if layer_cache is None and cfg.attention_kernel == "flash":
+            # Cache-free: the keys are this call's tokens, causal by slot, and
+            # a real query's segment is its key slot's (flash.py's docstring).
+            out_btkgh = flash.attention(q_btkgh, k_bskh, v_bskh, key_seg_bs)
+        elif layer_cache is None and t > cfg.attention_block:
             out_btkgh = blockwise_attention(
                 *args, block=cfg.attention_block, unroll=cfg.unroll_loops
             )

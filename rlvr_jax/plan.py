@@ -41,7 +41,10 @@ bytes (`hbm_bytes`), once in the FLOPs.
 
 On TPU the cost programs are compiled without windowed-einsum loops
 (`cost_run`): XLA's SPMD partitioner turns large sharded matmuls into such
-loops, whose bodies the cost model would count once.
+loops, whose bodies the cost model would count once. The learner's flash
+attention kernel (rlvr_jax/flash.py) brings its forward's FLOPs to XLA as
+an estimate; its backward kernels have none, so the planner adds theirs
+(`kernel_flops`).
 
 Memory figures are those of the full programs as compiled, per chip.
 """
@@ -267,6 +270,14 @@ def compile_or_oom(lowered, run: Run):
     except jax.errors.JaxRuntimeError as e:
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
+        if "memory space vmem" in str(e) or "ScopedVmemOom" in str(e):
+            # On-chip memory, not HBM: no smaller batch helps, and its size
+            # is no HBM figure.
+            raise ValueError(
+                "a kernel's tiles do not fit this chip's on-chip memory "
+                "(with model.attention=flash: use auto or xla): "
+                + str(e).splitlines()[0]
+            ) from e
         compiled = OutOfMemory(str(e))
     _COMPILED[key] = compiled
     return compiled
@@ -286,7 +297,8 @@ def memory(compiled) -> dict[str, int]:
 def cost(compiled, unknown_trips: int = 1) -> tuple[float, float]:
     """(FLOPs, HBM bytes) per chip of one pass of a compiled program.
 
-    FLOPs are XLA's (`cost_analysis()`), which counts a loop body once.
+    FLOPs are XLA's (`cost_analysis()`), which counts a loop body once,
+    plus those of kernels XLA has no count for (`kernel_flops`).
     Bytes are counted from the compiled HLO (`hbm_bytes`): XLA's own
     "bytes accessed" sums every operand and output of every instruction
     wherever it lives, on-chip copies included, and no subtraction of those
@@ -297,7 +309,39 @@ def cost(compiled, unknown_trips: int = 1) -> tuple[float, float]:
         c = c[0]
     if not c:
         return 0.0, 0.0
-    return float(c.get("flops", 0.0)), hbm_bytes(compiled.as_text(), unknown_trips)
+    hlo = compiled.as_text()
+    flops = float(c.get("flops", 0.0)) + kernel_flops(hlo)
+    return flops, hbm_bytes(hlo, unknown_trips)
+
+
+# FLOPs per (row, head, query, key, head-dim element) of the flash-attention
+# backward kernels (`rlvr_jax.flash`), which carry no cost estimate: dK/dV
+# recomputes Q·Kᵀ and dO·Vᵀ and forms Pᵀ·dO and dSᵀ·Q (4 products of 2
+# FLOPs); dQ recomputes the same two and forms dS·K (3). The forward kernel's
+# estimate (which XLA does count) is its reference's, 2 products, every
+# tile counted as the XLA path computes them (the causal half included).
+_KERNEL_PRODUCTS = {"flash_mha_bwd_dkv": 8, "flash_mha_bwd_dq": 6}
+
+
+def kernel_flops(hlo: str) -> float:
+    """FLOPs of the flash-attention backward kernels in a compiled program,
+    each instruction once (from its operands: Q [B, N, T, H], K [B, N, S, H])."""
+    total = 0.0
+    for ops in _computations(hlo).values():
+        shapes = {o.name: o.shape for o in ops}
+        for op in ops:
+            products = next(
+                (n for k, n in _KERNEL_PRODUCTS.items() if op.name.startswith(k)),
+                None,
+            )
+            if op.opcode != "custom-call" or products is None:
+                continue
+            (_, q), (_, k) = (
+                _ARRAY.findall(shapes[name])[0][:2] for name in op.operands[:2]
+            )
+            b, n, t, h = (int(d) for d in q.split(","))
+            total += products * b * n * t * int(k.split(",")[2]) * h
+    return total
 
 
 _ITEMSIZE = {"f64": 8, "s64": 8, "u64": 8, "f32": 4, "s32": 4, "u32": 4}
@@ -477,6 +521,9 @@ def hbm_bytes(hlo: str, unknown_trips: int = 1) -> float:
         rooted in one) reads and writes its update, not the buffer;
       - a fusion reads of an operand only the slices it takes, when slicing
         is all it does with it.
+    A custom kernel (`custom-call`) counts its operands and outputs once:
+    the flash-attention kernels are tiled so that they read each once
+    (rlvr_jax/flash.py).
     """
     computations = _computations(hlo)
 
@@ -762,7 +809,9 @@ def make_run(
         config=config,
         model=model,
         mesh=mesh,
-        learner=train._learner_config(config),
+        learner=train._learner_config(config).replace(
+            attention_kernel=train.attention_kernel(config, mesh, model)
+        ),
         tx=train._optimizer(config),
         settings=settings,
         eval_settings=eval_settings,
@@ -1017,6 +1066,7 @@ class Plan:
     mfu: float
     decode_efficiency: float
     reference_on_host: bool = False  # train.reference_on_host (see resident_phases)
+    attention_kernel: str = "xla"  # the learner's (LearnerConfig.attention_kernel)
 
     @property
     def peak_bytes_per_chip(self) -> int:
@@ -1398,6 +1448,9 @@ def plan(
     if config.rollout.decode_weights == "auto":
         layout = "replicated" if run.decode_sharding is not None else "sharded"
         notes.append(f"rollout.decode_weights=auto: {layout} on this chip")
+    if config.model.get("attention", "auto") == "auto":
+        kernel = run.learner.attention_kernel
+        notes.append(f"model.attention=auto: {kernel} for the learner on this chip")
     programs = compile_programs(run, chip, verbose, costs)
     for p in programs:
         if p.oom:
@@ -1430,6 +1483,7 @@ def plan(
             else 0.0
         ),
         reference_on_host=bool(config.train.reference_on_host),
+        attention_kernel=run.learner.attention_kernel,
     )
     result.largest = largest_sizes(run, result)
     if not result.fits and search:
@@ -1523,9 +1577,10 @@ def fitting_overrides(
     Tries the largest chunk and micro-batch estimated to fit, then the
     estimates of that plan in turn (the estimate errs when shrinking, see
     `largest_sizes`); then the same with the KL reference kept in host memory
-    (no numeric change), from params sharded over every chip
-    (mesh.fsdp = -1), then from sharded decode weights, each adding to the
-    last. Returns {} when nothing fits.
+    (no numeric change), a halved learner head chunk and the einsum
+    attention instead of the flash kernel (when the train step is over),
+    params sharded over every chip (mesh.fsdp = -1), then sharded decode
+    weights, each adding to the last. Returns {} when nothing fits.
     """
     hbm = result.hbm_bytes_per_chip
 
@@ -1559,6 +1614,10 @@ def fitting_overrides(
         # (left when the micro-batch is one row per chip already).
         chunk = config.train.logits_chunk // 2
         layouts.append({**layouts[-1], "train.logits_chunk": chunk})
+    if result.phases["train_step"] > hbm and result.attention_kernel == "flash":
+        # The flash kernel's backward holds more per layer than the einsum
+        # blocks (README "Plan a run"): trade its speed for that memory.
+        layouts.append({**layouts[-1], "model.attention": "xla"})
     if config.mesh.fsdp != -1:
         layouts.append(
             {**layouts[-1], "mesh.data": 1, "mesh.fsdp": -1, "mesh.tensor": 1}

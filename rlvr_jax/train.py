@@ -35,6 +35,7 @@ from ml_collections import config_dict
 
 from rlvr_jax import checkpoint as ckpt_lib
 from rlvr_jax import data as data_lib
+from rlvr_jax import flash as flash_lib
 from rlvr_jax import grpo, packing, paper_data
 from rlvr_jax import io as io_lib
 from rlvr_jax import metrics as metrics_lib
@@ -116,9 +117,14 @@ def _initial_params(config, model_config, hf_path, shardings):
 
 
 def _architecture(c: model_lib.ModelConfig) -> model_lib.ModelConfig:
-    """The config with run-time choices (dtypes, remat, stop tokens) blanked."""
+    """The config with run-time choices (dtypes, remat, attention kernel, stop
+    tokens) blanked."""
     return c.replace(
-        dtype="float32", param_dtype="float32", remat=False, eos_token_ids=()
+        dtype="float32",
+        param_dtype="float32",
+        remat=False,
+        attention_kernel="xla",
+        eos_token_ids=(),
     )
 
 
@@ -268,6 +274,7 @@ def validate(config, model_config: model_lib.ModelConfig, mesh) -> None:
             f"train.micro_batch_size={t.micro_batch_size} does not split over "
             f"data×fsdp = {divisor} devices"
         )
+    attention_kernel(config, mesh, model_config)  # raises on a bad choice
     longest = max(d.prompt_buckets) + max(r.max_new_tokens, config.eval.max_new_tokens)
     if d.max_prompt_len > max(d.prompt_buckets):
         raise ValueError(
@@ -351,7 +358,7 @@ def _learner_width(config) -> int:
     return max(config.data.prompt_buckets) + config.rollout.max_new_tokens
 
 
-def _learner_config(config, mesh=None) -> grpo.LearnerConfig:
+def _learner_config(config, mesh=None, model=None) -> grpo.LearnerConfig:
     """The loss and learner settings.
 
     The micro-batch token budget (per device) is train.max_tokens_per_micro_batch
@@ -378,7 +385,41 @@ def _learner_config(config, mesh=None) -> grpo.LearnerConfig:
         recompute_old_logp=config.train.recompute_old_logp,
         remat=config.model.remat,
         logits_chunk=config.train.logits_chunk,
+        attention_kernel=attention_kernel(config, mesh, model),
     )
+
+
+ATTENTION_CHOICES = ("auto", *model_lib.ATTENTION_KERNELS)
+
+
+def attention_kernel(config, mesh=None, model=None) -> str:
+    """The learner's `ModelConfig.attention_kernel` for `model.attention`.
+
+    "auto" is "flash" on TPUs where the kernel takes whole learner rows
+    (`flash.supports`: the model's head dim, the widest learner row, the
+    chip), else "xla" (no mesh: "xla"). An explicit "flash" off TPU is
+    refused here, before anything is built: the kernel compiles for TPUs
+    only.
+    """
+    choice = config.model.get("attention", "auto")
+    if choice not in ATTENTION_CHOICES:
+        raise ValueError(
+            f"model.attention={choice!r}: expected one of {ATTENTION_CHOICES}"
+        )
+    platform = mesh.devices.flat[0].platform if mesh is not None else None
+    if choice == "flash" and platform not in (None, "tpu"):
+        raise ValueError(
+            f"model.attention='flash' needs TPU devices, not {platform!r}: "
+            "use 'auto' or 'xla'"
+        )
+    if choice != "auto":
+        return choice
+    if platform != "tpu":
+        return "xla"
+    head_dim = model.head_dim if model is not None else flash_lib.LANES
+    kind = mesh.devices.flat[0].device_kind
+    tiles = flash_lib.supports(head_dim, _learner_width(config), kind)
+    return "flash" if tiles else "xla"
 
 
 def _optimizer(config):
@@ -413,7 +454,7 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
     tokenizer, model_config, hf_path = _tokenizer_and_model_config(config)
     validate(config, model_config, mesh)
     check_fits(config, model_config)
-    learner_config = _learner_config(config, mesh)
+    learner_config = _learner_config(config, mesh, model_config)
     tx = _optimizer(config)
     lr_schedule = optimizer_lib.schedule(
         config.optim.lr,

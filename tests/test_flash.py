@@ -9,6 +9,8 @@ gradients with the kernel, under a mesh (each chip's rows through
 
 from __future__ import annotations
 
+import importlib.util
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -156,6 +158,10 @@ def test_learner_gradients_with_the_kernel_equal_the_einsum_learner(monkeypatch)
     assert float(jnp.abs(g_xla["layers"]["attn"]["q_kernel"]).max()) > 0
 
 
+@pytest.mark.skipif(
+    importlib.util.find_spec("libtpu") is None,
+    reason="needs libtpu (the [tpu] extra) for TPU topology devices",
+)
 def test_auto_picks_the_kernel_where_its_tiles_are_whole_rows():
     """v5e and v6e, a head dim of 128s, learner rows of up to 4,096: the
     kernel; v4 and v5p (too little on-chip memory per kernel), a CPU, a

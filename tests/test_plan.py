@@ -497,7 +497,7 @@ def test_pi1_on_v5e_8_fits():
 
 @pytest.mark.slow
 def test_pi1_on_v4_8_fits():
-    """v4:2x2x1 (4 chips of 32 GiB, one host): peak 20.9 GB, the sampling
+    """v4:2x2x1 (4 chips of 32 GiB, one host): peak 28.4 GB, the sampling
     phase."""
     config = _load("configs/pi1.py")
     p = plan_lib.plan(config, "v4:2x2x1", search=False, costs=False)

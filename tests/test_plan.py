@@ -238,7 +238,7 @@ def test_decode_step_bytes_agree_with_weights_plus_filled_cache():
     # The cache matters in this check, not only the weights.
     assert cache > 0.25 * want, (cache, want)
     # No step can move less; the compiler's extra is what it stages on chip
-    # and writes back (91% efficient at this depth, 100% at π1's 28 layers).
+    # and writes back.
     assert nbytes >= want, (nbytes, want)
     assert nbytes == pytest.approx(want, rel=0.10), (nbytes, want)
 

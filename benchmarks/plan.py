@@ -23,8 +23,10 @@ each learner attention (`--attention`, default `xla flash`: the einsum
 blocks against the flash kernel, the baseline and the kernel in one run),
 and fits its HBM bytes as a·T + b·T²: the share of b·T² is the traffic
 that grows with the sequence squared (attention's score blocks, which the
-kernel keeps on chip). It compiles as the plan's cost programs do
-(`plan.cost_run`: no windowed-einsum loops).
+kernel keeps on chip), when the two widths allow such a split (the einsum
+path's bytes grow faster than T², its block count growing with T). It
+compiles as the plan's cost programs do (`plan.cost_run`: no
+windowed-einsum loops).
 
 These are estimates from the compiler's cost model, not measurements: a
 device run (`benchmarks/sampler.py`, `benchmarks/learner.py`) says what a
@@ -77,6 +79,12 @@ def micro_step_by_width(topology: str, widths: list[int], attention: str) -> Non
         # b = a·T + c·T² through the two widths.
         c = (b2 / t2 - b1 / t1) / (t2 - t1)
         a = b1 / t1 - c * t1
+        if a < 0 or c < 0:  # no such split: a negative part is no traffic
+            print(
+                f"bytes x{b2 / b1:.2f} for x{t2 / t1:.2f} columns: they do not "
+                "split into non-negative parts a·T + b·T²"
+            )
+            return
         for t, _, b in costs:
             print(
                 f"T={t}: {100 * c * t * t / b:.0f}% of the bytes grow with T² "

@@ -294,7 +294,7 @@ def memory(compiled) -> dict[str, int]:
     )
 
 
-def cost(compiled, unknown_trips: int = 1) -> tuple[float, float]:
+def cost(compiled) -> tuple[float, float]:
     """(FLOPs, HBM bytes) per chip of one pass of a compiled program.
 
     FLOPs are XLA's (`cost_analysis()`), which counts a loop body once,
@@ -309,9 +309,9 @@ def cost(compiled, unknown_trips: int = 1) -> tuple[float, float]:
         c = c[0]
     if not c:
         return 0.0, 0.0
-    hlo = compiled.as_text()
-    flops = float(c.get("flops", 0.0)) + kernel_flops(hlo)
-    return flops, hbm_bytes(hlo, unknown_trips)
+    computations = _computations(compiled.as_text())  # parsed once for both
+    flops = float(c.get("flops", 0.0)) + _kernel_flops(computations)
+    return flops, _hbm_bytes(computations)
 
 
 # FLOPs per (row, head, query, key, head-dim element) of the flash-attention
@@ -326,8 +326,12 @@ _KERNEL_PRODUCTS = {"flash_mha_bwd_dkv": 8, "flash_mha_bwd_dq": 6}
 def kernel_flops(hlo: str) -> float:
     """FLOPs of the flash-attention backward kernels in a compiled program,
     each instruction once (from its operands: Q [B, N, T, H], K [B, N, S, H])."""
+    return _kernel_flops(_computations(hlo))
+
+
+def _kernel_flops(computations: dict) -> float:
     total = 0.0
-    for ops in _computations(hlo).values():
+    for ops in computations.values():
         shapes = {o.name: o.shape for o in ops}
         for op in ops:
             products = next(
@@ -505,14 +509,13 @@ def _fusion_bytes(computations: dict, op: _Op, operand_shapes: list[str]) -> int
     return total
 
 
-def hbm_bytes(hlo: str, unknown_trips: int = 1) -> float:
+def hbm_bytes(hlo: str) -> float:
     """HBM bytes one run of a compiled TPU program reads and writes, from its
     HLO text (per chip).
 
     Each top-level instruction of the entry computation, and of the loop
-    bodies it runs (times their trip count; `unknown_trips` for loops whose
-    count depends on data), counts its operands and outputs that live in
-    HBM. The exceptions follow what the instruction moves:
+    bodies it runs (times their trip count; once for a loop whose count
+    depends on data), counts its operands and outputs that live in HBM. The exceptions follow what the instruction moves:
       - an asynchronous copy or slice (`copy-start`, `slice-start`) into or
         out of on-chip memory moves its data once; `*-done` moves nothing;
         a cross-program prefetch is counted once even when the compiler
@@ -525,8 +528,10 @@ def hbm_bytes(hlo: str, unknown_trips: int = 1) -> float:
     the flash-attention kernels are tiled so that they read each once
     (rlvr_jax/flash.py).
     """
-    computations = _computations(hlo)
+    return _hbm_bytes(_computations(hlo))
 
+
+def _hbm_bytes(computations: dict) -> float:
     def count(name: str) -> float:
         ops = computations.get(name, [])
         # Operands the compiler copies again for the next run (see above).
@@ -545,7 +550,7 @@ def hbm_bytes(hlo: str, unknown_trips: int = 1) -> float:
             if code == "while":
                 body = re.search(r"body=%([\w.\-]+)", op.attributes)[1]
                 trips = _trip_count(computations, op)
-                total += (unknown_trips if trips is None else trips) * count(body)
+                total += (1 if trips is None else trips) * count(body)
             elif code in ("call", "conditional", "async-start"):
                 for called in re.findall(
                     r"(?:to_apply|calls)=%([\w.\-]+)", op.attributes

@@ -44,6 +44,7 @@ EXTRAS = {
     # tests skip elsewhere).
     "test": [
         "pytest==9.0.3",
+        "ruff==0.8.6",  # the one formatter and linter (tests/test_layout.py)
         "torch==2.13.0",
         "nbclient==0.11.0",
         "nbformat==5.11.1",
@@ -62,8 +63,8 @@ setup(
     version="0.1.0",
     description="Pure-JAX RL with verifiable rewards (1-shot RLVR / GRPO) for Qwen2 models.",
     packages=find_packages(include=["rlvr_jax", "rlvr_jax.*"]),
-    # The paper's data (rlvr_jax/paper_data/SOURCES.md): the run needs no files.
-    package_data={"rlvr_jax.paper_data": ["SOURCES.md", "train/*", "eval/*/*"]},
+    # The paper's data (rlvr_jax/data/paper_data/SOURCES.md): the run needs no files.
+    package_data={"rlvr_jax.data.paper_data": ["SOURCES.md", "train/*", "eval/*/*"]},
     python_requires=">=3.10",
     install_requires=CORE,
     extras_require=EXTRAS,

@@ -49,7 +49,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from rlvr_jax import checker, paper_data, reward  # noqa: E402
+from rlvr_jax import reward  # noqa: E402
+from rlvr_jax.data import paper_data  # noqa: E402
+from rlvr_jax.reward import checker  # noqa: E402
 from tests.checker_cases import EQUIVALENCE  # noqa: E402
 
 GRADING_TABLE = REPO / "tests" / "data" / "grading_cases.jsonl"

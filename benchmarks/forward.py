@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from rlvr_jax import model as M
-from rlvr_jax import params as PR
+from rlvr_jax.model import decoder as M
+from rlvr_jax.model import params as PR
 
 
 def _best_of(fn, repeats: int) -> float:

@@ -17,7 +17,7 @@ a large jitted matmul in the same compute dtype ("MFU").
 tokens; groups of 8, 128 responses per step) through the learner's batch
 builders and prints real tokens / processed tokens for the unpacked layout
 (one sequence per row, prompt bucket + power-of-two response bucket) and the
-packed one (rlvr_jax/packing.py), at a few micro-batch granularities.
+packed one (rlvr_jax/learner/packing.py), at a few micro-batch granularities.
 
 `--phase` times one learner phase (the old and reference log-prob passes,
 then the update) of a small Qwen2 (2 layers, width 64) with the real 151,936
@@ -45,9 +45,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlvr_jax import grpo, optimizer, packing
-from rlvr_jax import model as M
+from rlvr_jax import grpo
 from rlvr_jax import sharding as S
+from rlvr_jax.learner import optimizer, packing
+from rlvr_jax.model import decoder as M
 
 
 def _timed(fn) -> tuple[float, float]:

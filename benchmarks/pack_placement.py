@@ -24,7 +24,9 @@ import time
 import jax
 import jax.numpy as jnp
 
-from rlvr_jax import decoding, model, sampler
+from rlvr_jax import sampler
+from rlvr_jax.model import decoder as model
+from rlvr_jax.rollout import decoding
 
 
 def main() -> None:

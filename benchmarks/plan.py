@@ -8,7 +8,7 @@ CPU host, through libtpu) and prints three figures:
   decode eff.     HBM-roofline efficiency of decoding: the bytes a decode step
                   must read (the compute-dtype weights once, this chip's KV
                   cache filled to the average length of a full rollout) over
-                  the HBM bytes the compiled step moves (`plan.hbm_bytes`,
+                  the HBM bytes the compiled step moves (`planning.hlo.hbm_bytes`,
                   counted from its HLO; goal: >= 60%)
   learner MFU     model FLOPs (6·N·tokens + attention) of the train step over
                   its roofline time × the chips' bf16 peak
@@ -25,7 +25,7 @@ and fits its HBM bytes as a·T + b·T²: the share of b·T² is the traffic
 that grows with the sequence squared (attention's score blocks, which the
 kernel keeps on chip), when the two widths allow such a split (the einsum
 path's bytes grow faster than T² from 2,048 to 4,096 columns). It
-compiles as the plan's cost programs do (`plan.cost_run`: no
+compiles as the plan's cost programs do (`planning.compile.cost_run`: no
 windowed-einsum loops).
 
 These are estimates from the compiler's cost model, not measurements: a
@@ -46,24 +46,27 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from configs import pi1  # noqa: E402
+from rlvr_jax import build  # noqa: E402
 from rlvr_jax import plan as plan_lib  # noqa: E402
+from rlvr_jax.planning import chips, programs, report  # noqa: E402
+from rlvr_jax.planning import compile as compile_lib  # noqa: E402
 
 
 def micro_step_by_width(topology: str, widths: list[int], attention: str) -> None:
     """FLOPs and HBM bytes of one learner micro-step per chip, by width."""
-    devices = plan_lib.topology_devices(topology)
-    chip = plan_lib.chip_for(topology.split(":")[0])
+    devices = chips.topology_devices(topology)
+    chip = chips.chip_for(topology.split(":")[0])
     costs = []
     print(f"{topology}, model.attention={attention}:")
     for width in widths:
         config = pi1.get_config()
         config.model.attention = attention
         config.rollout.max_new_tokens = width - max(config.data.prompt_buckets)
-        run = plan_lib.cost_run(plan_lib.make_run(config, devices, 500))
+        run = compile_lib.cost_run(build.plan_run(config, devices, 500))
         rows = run.shapes.micro_batch
-        flops, nbytes = plan_lib.depth_cost(
-            lambda m, run=run, rows=rows: plan_lib.compile_micro_step(
-                run, m, plan_lib._cost_learner(run), rows
+        flops, nbytes = compile_lib.depth_cost(
+            lambda m, run=run, rows=rows: programs.compile_micro_step(
+                run, m, run.learner.replace(logits_chunk=run.shapes.learner_width), rows
             ),
             run.model,
         )
@@ -109,7 +112,7 @@ def main() -> None:
     for topology in args.topology:
         p = plan_lib.plan(pi1.get_config(), topology, search=False, verbose=True)
         rows.append((topology, p))
-        print(plan_lib.format_plan(p), flush=True)
+        print(report.format_plan(p), flush=True)
     print()
     print(
         f"{'topology':<10}{'fits':<6}{'peak GB':>9}{'step s':>9}"

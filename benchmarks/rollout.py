@@ -3,7 +3,7 @@
 Slot efficiency = generated tokens / (slots × decode steps): the share of the
 sampler's (row slot × decode step) cells that produce a token. A chunked
 rollout decodes each chunk of rows until its longest row ends; continuous
-batching (`rlvr_jax.scheduler`, the sampler's own scheduling, replayed here
+batching (`rlvr_jax.rollout.scheduler`, the sampler's own scheduling, replayed here
 with a stub step that ends row r at its predetermined length) refills a
 slot with the next pending row as soon as its row ends.
 
@@ -37,7 +37,7 @@ import time
 import jax
 import numpy as np
 
-from rlvr_jax import scheduler
+from rlvr_jax.rollout import scheduler
 
 REAL = os.path.join(
     os.path.dirname(__file__), "..", "..", "shared", "data", "lengths",
@@ -99,7 +99,8 @@ def replay_table(name: str, lengths: np.ndarray, chunk: int, slots, refills) -> 
 
 def model_throughput(args) -> None:
     """Tiny-model tokens/s, chunked `sample` vs `continuous`, same prompts."""
-    from rlvr_jax import model, sampler
+    from rlvr_jax import sampler
+    from rlvr_jax.model import decoder as model
 
     config = model.ModelConfig.tiny(dtype="float32", param_dtype="float32")
     params = model.init_params(config, jax.random.key(0))

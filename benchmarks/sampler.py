@@ -16,7 +16,7 @@ ratio, plus yardsticks measured here:
     through `decoding.project` on the sampler's packed [out, in] weights
     (both dots now; `project` was a multiply-reduce on CPU, 2-4x faster than
     the dots there, until XLA:CPU was found to compile it wrongly inside a
-    many-row decode step: see `rlvr_jax/decoding.py`).
+    many-row decode step: see `rlvr_jax/rollout/decoding.py`).
 
     python benchmarks/sampler.py                       # fp32, the full shape
     python benchmarks/sampler.py --dtype bfloat16
@@ -40,7 +40,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlvr_jax import decoding, model, params, sampler
+from rlvr_jax import sampler
+from rlvr_jax.model import decoder as model
+from rlvr_jax.model import params
+from rlvr_jax.rollout import decoding, static
 
 
 def _timed(fn, repeats: int, warmup: bool = True) -> float:
@@ -221,7 +224,7 @@ def main() -> None:
         # each timed call prepares (casts and packs) the weights, as a
         # rollout does.
         prepared = sampler.prepare(config, jax_params)
-        compiled = sampler._sample_jit.lower(
+        compiled = static._sample_jit.lower(
             config, prepared, tokens_bt, mask_bt, key, 0, settings=settings
         ).compile()
         del prepared

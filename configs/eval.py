@@ -18,12 +18,12 @@ pass@8 / avg@8 of MATH500 at T=0.6 instead of greedy:
       --config.sampling.n=8
 On a TPU pod / GPU cluster, every process runs the same command with
   --coordinator_address=HOST:PORT --num_processes=N --process_id=I
-(or none where the cluster is detected; README, "Run on a TPU pod").
+(or none where the cluster is detected; docs/cluster.md).
 Laptop CPU smoke test (a tiny random model, 2 problems per benchmark):
   python -m rlvr_jax.evaluate --config=configs/eval.py:tiny --workdir=/tmp/ev \
       --config.model.path=/tmp/tiny_hf
 
-The benchmark files ship with the package (`rlvr_jax.paper_data`): math500,
+The benchmark files ship with the package (`rlvr_jax.data.paper_data`): math500,
 aime24, aime25, amc23, minerva_math, olympiadbench, and the replicated
 aime24x8, aime25x8, amc23x8. `data.dir` points at another directory of
 `<benchmark>/test.jsonl` files instead.

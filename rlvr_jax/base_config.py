@@ -37,7 +37,7 @@ def base_config() -> config_dict.ConfigDict:
     # The learner's attention: "flash" (the TPU Pallas kernel: no score block
     # through HBM), "xla" (einsums in query blocks), or "auto": flash on a
     # v5e/v6e TPU for a head dim of a multiple of 128 and rows of up to 4096
-    # (rlvr_jax/flash.py `supports`), xla elsewhere.
+    # (rlvr_jax/model/flash.py `supports`), xla elsewhere.
     c.model.attention = "auto"
 
     c.data = config_dict.ConfigDict()
@@ -191,7 +191,7 @@ def make_tiny(c: config_dict.ConfigDict) -> None:
 LAB_DATA = "/tmp/rlvr_jax_lab/data"
 LAB_SFT = "/tmp/rlvr_jax_lab/sft"
 LAB_TRAIN, LAB_TEST = 2000, 50  # synthetic problems per domain and split
-LAB_RL_LR = 1e-4  # every lab RL run's lr (README "Laptop lab": how it was chosen)
+LAB_RL_LR = 1e-4  # every lab RL run's lr (docs/lab.md: how it was chosen)
 # Problems per domain in the lab's RL pool (the first ones): 64 in all, so
 # 16 steps of 8 prompts visit each twice (2 history entries to rank by).
 LAB_RL_POOL = 16
@@ -224,14 +224,14 @@ def lab_config(arg: str | None) -> tuple[config_dict.ConfigDict, str]:
     comma-separated: `tiny` (a few steps and 10 held-out problems per domain,
     for tests), `data=DIR` (where the synthetic files live, default LAB_DATA),
     then anything `apply_arg` takes. The synthetic files
-    (`rlvr_jax.synthetic.write`, seed 0, 2,000 train + 50 test problems per
+    (`rlvr_jax.lab.synthetic.write`, seed 0, 2,000 train + 50 test problems per
     domain) are written into DIR if it does not hold them yet.
 
     Sizes (the tiny tokenizer: one token per character): prompts ≤ 112
     tokens (bucket 128, with the chat template's system prompt), solutions
     ≤ 56 tokens with their stop token (responses ≤ 64).
     """
-    from rlvr_jax import synthetic
+    from rlvr_jax.lab import synthetic
 
     small, rest = pop_arg(arg, "tiny")
     data_dir, rest = pop_arg(rest, "data", LAB_DATA)
@@ -249,7 +249,7 @@ def lab_config(arg: str | None) -> tuple[config_dict.ConfigDict, str]:
     c.eval.path = synthetic.eval_paths(root)
     c.eval.max_new_tokens = 64
     # 100 decode slots, two passes over the 200 held-out problems, as the
-    # README's figures were measured (200 slots decode the same tokens).
+    # docs/lab.md figures were measured (200 slots decode the same tokens).
     c.eval.chunk_size = 100
     c.eval.max_examples = 10 if small else 0
     c.checkpoint.async_save = False
@@ -289,7 +289,7 @@ def lab_rl_pool(domains=("arith", "linear", "fraction", "count")) -> tuple[int, 
     Ids follow `synthetic.write`: each domain's LAB_TRAIN training problems in
     DOMAINS order.
     """
-    from rlvr_jax import synthetic
+    from rlvr_jax.lab import synthetic
 
     return tuple(
         synthetic.DOMAINS.index(d) * LAB_TRAIN + i

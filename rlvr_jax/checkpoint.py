@@ -37,9 +37,9 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from rlvr_jax import params as params_lib
-from rlvr_jax import tokenizer as tokenizer_lib
-from rlvr_jax.model import ModelConfig, abstract_params
+from rlvr_jax.data import tokenizer as tokenizer_lib
+from rlvr_jax.model import params as params_lib
+from rlvr_jax.model.decoder import ModelConfig, abstract_params
 
 
 def checkpoint_dir(workdir: str) -> str:

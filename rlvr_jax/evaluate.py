@@ -4,7 +4,7 @@
         --config.model.path=MODEL [--coordinator_address=HOST:PORT \
         --num_processes=N --process_id=I]
 
-The benchmark files are the packaged ones (`rlvr_jax.paper_data`) unless
+The benchmark files are the packaged ones (`rlvr_jax.data.paper_data`) unless
 `data.dir` names a directory of `<benchmark>/test.jsonl` files.
 
 What is evaluated (`model.path`, "" = --workdir; `checkpoint.find_models`): a
@@ -12,8 +12,8 @@ Hugging Face directory; a directory of per-step HF exports (a sweep); a
 training workdir, its `checkpoints/` folder or one step folder (orbax; a sweep
 over `model.steps`: "all", "latest" or "0,20,40").
 
-Protocol: the registry's per benchmark (`rlvr_jax.benchmarks`, docs/recipe.md),
-avg@k and pass@k for each; `rlvr_jax.tasks` loads and checks every benchmark
+Protocol: the registry's per benchmark (`rlvr_jax.data.suites`, docs/recipe.md),
+avg@k and pass@k for each; `rlvr_jax.data.tasks` loads and checks every benchmark
 before a model is read. Generation is training's sampler (`sampler.rollout`)
 over every device of every process, weights replicated; a group's sampling key
 derives from (seed, benchmark, its first row), so tokens do not depend on the
@@ -49,25 +49,26 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from rlvr_jax import benchmarks, checkpoint, distributed
+from rlvr_jax import build, checkpoint, distributed
 from rlvr_jax import io as io_lib
 from rlvr_jax import metrics as metrics_lib
-from rlvr_jax import model as model_lib
-from rlvr_jax import results as results_lib
 from rlvr_jax import reward as reward_lib
-from rlvr_jax import sampler as sampler_lib
 from rlvr_jax import sharding as sharding_lib
-from rlvr_jax import tasks as tasks_lib
-from rlvr_jax import tokenizer as tokenizer_lib
 from rlvr_jax.checkpoint import ModelSource
-from rlvr_jax.results import EvalError  # re-exported
+from rlvr_jax.data import suites
+from rlvr_jax.data import tasks as tasks_lib
+from rlvr_jax.data import tokenizer as tokenizer_lib
+from rlvr_jax.data.tasks import EvalError  # re-exported
+from rlvr_jax.evaluation import results as results_lib
+from rlvr_jax.model import decoder
+from rlvr_jax.rollout import engine, sampling
 
 
 # ==================================================================== model
 class Model(NamedTuple):
     """A model ready for sampling: architecture, params, tokenizer, stop ids."""
 
-    config: model_lib.ModelConfig
+    config: decoder.ModelConfig
     params: Any
     tokenizer: Any
     eos_ids: tuple[int, ...]
@@ -106,8 +107,9 @@ def sample_records(config, model: Model, task: tasks_lib.Task, mesh) -> list[dic
 
     Prompts are sorted by length and grouped by padded width (the smallest of
     `sampling.prompt_buckets` that fits; empty: the next power of two); each
-    group is one `sampler.rollout` over `mesh`, in chunks of
-    `sampling.chunk_rows` responses. Every process gets every record.
+    group is sampled by `engine.rollout` over `mesh` in calls of
+    `build.benchmark_call_prompts` prompts (`sampling.chunk_rows` responses),
+    every call of a width the same program. Every process gets every record.
 
     Raises:
       EvalError: a prompt too long for the context, naming the problem.
@@ -125,51 +127,53 @@ def sample_records(config, model: Model, task: tasks_lib.Task, mesh) -> list[dic
                 f"max_seq_len {model.config.max_seq_len} minus max_new_tokens "
                 f"{protocol.max_new_tokens} leaves {limit}"
             )
-    settings = sampler_lib.SamplingSettings(
-        max_new_tokens=protocol.max_new_tokens,
-        temperature=protocol.temperature,
-        top_p=protocol.top_p,
-        top_k=protocol.top_k,
-        eos_ids=model.eos_ids,
-        n=protocol.n,
-        cache_dtype=config.sampling.cache_dtype,
-        pad_id=model.tokenizer.pad_token_id or 0,
+    settings = build.benchmark_sampling_settings(
+        config, protocol, model.eos_ids, model.tokenizer.pad_token_id or 0
     )
     settings.check_against(model.config)
     n, buckets = protocol.n, tuple(config.sampling.prompt_buckets) or None
     order = sorted(range(len(problems)), key=lambda i: len(ids[i]))
-    width = lambda i: sampler_lib.bucket_width(len(ids[i]), buckets)  # noqa: E731
+    width = lambda i: sampling.bucket_width(len(ids[i]), buckets)  # noqa: E731
     records: list[dict | None] = [None] * (len(problems) * n)
+    per_call = build.benchmark_call_prompts(config, protocol)
     first = 0
     for w, group in itertools.groupby(order, key=width):
         chosen = list(group)
-        roll = sampler_lib.rollout(
-            model.config,
-            model.params,
-            [ids[i] for i in chosen],
-            settings,
-            jax.random.key(_seed(config.seed, task.benchmark.name, first)),
-            buckets=(w,),
-            slots=config.sampling.chunk_rows,
-            mesh=mesh,
-            decode_sharding=sharding_lib.replicated(mesh),
-        )
+        key = jax.random.key(_seed(config.seed, task.benchmark.name, first))
         first += len(chosen)
-        responses = tokenizer_lib.decode_responses(model.tokenizer, roll)
-        for row, response in enumerate(responses):
-            i, sample = chosen[row // n], row % n
-            p = problems[i]
-            records[i * n + sample] = {
-                "benchmark": p.benchmark,
-                "index": p.index,
-                "group": p.group,
-                "sample": sample,
-                "prompt": texts[i],
-                "response": response,
-                "gold": p.gold,
-                "length": int(roll.lengths[row]),
-                "finish_reason": "length" if roll.truncated[row] else "stop",
-            }
+        # Calls of `per_call` prompts, each sized as a full one: one program
+        # per (protocol, width). Rows are numbered across the group's calls,
+        # so the tokens are those of one call over the whole group.
+        for start in range(0, len(chosen), per_call):
+            part = chosen[start : start + per_call]
+            roll = engine.rollout(
+                model.config,
+                model.params,
+                [ids[i] for i in part],
+                settings,
+                key,
+                buckets=(w,),
+                slots=config.sampling.chunk_rows,
+                mesh=mesh,
+                decode_sharding=sharding_lib.replicated(mesh),
+                prompt_rows=per_call,
+                row_offset=start * n,
+            )
+            responses = tokenizer_lib.decode_responses(model.tokenizer, roll)
+            for row, response in enumerate(responses):
+                i, sample = part[row // n], row % n
+                p = problems[i]
+                records[i * n + sample] = {
+                    "benchmark": p.benchmark,
+                    "index": p.index,
+                    "group": p.group,
+                    "sample": sample,
+                    "prompt": texts[i],
+                    "response": response,
+                    "gold": p.gold,
+                    "length": int(roll.lengths[row]),
+                    "finish_reason": "length" if roll.truncated[row] else "stop",
+                }
     assert all(r is not None for r in records), "a sample was not generated"
     return records
 
@@ -364,7 +368,7 @@ def cli(config, workdir: str) -> None:
     (no traceback): what the command line does after its flags."""
     try:
         run(config, workdir)
-    except (EvalError, benchmarks.BenchmarkError, FileNotFoundError) as e:
+    except (EvalError, suites.BenchmarkError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
 
 

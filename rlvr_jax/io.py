@@ -23,8 +23,10 @@ so that a module can use both.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 from collections.abc import Iterable
 
 from etils import epath
@@ -110,3 +112,22 @@ def _rows(path: epath.Path, cut_tail_ok: bool):
             if not isinstance(row, dict):
                 raise JsonlError(f"{where}: not a JSON object ({type(row).__name__})")
             yield row, where
+
+
+@contextlib.contextmanager
+def local_dir(out):
+    """A local directory whose files end up in `out` (local or gs://).
+
+    safetensors and tokenizers only write local files: for a remote `out`
+    they are staged in a temporary directory and copied.
+    """
+    out = epath.Path(out)
+    if not is_remote(out):
+        out.mkdir(parents=True, exist_ok=True)
+        yield str(out)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        yield tmp
+        out.mkdir(parents=True, exist_ok=True)
+        for name in os.listdir(tmp):
+            epath.Path(tmp, name).copy(out / name, overwrite=True)

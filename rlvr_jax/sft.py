@@ -2,13 +2,13 @@
 
 The laptop lab's stand-in for the paper's pretrained base model: a tiny
 random Qwen2 is fine-tuned on the synthetic pool's worked solutions
-(`rlvr_jax.synthetic`) until it solves some held-out problems, then RLVR
+(`rlvr_jax.lab.synthetic`) until it solves some held-out problems, then RLVR
 starts from it (`checkpoint.resume_from=<this workdir>`).
 
     python -m rlvr_jax.sft --config=configs/lab/sft.py --workdir=/tmp/lab/sft
 
-It reuses the RL trainer's pieces rather than copying them: the model source
-and optimizer (`train`), the train state and its shardings and the per-token
+It reuses the RL trainer's pieces rather than copying them: the model source,
+optimizer, initial state and evaluation sampling (`build`), the train state and its shardings and the per-token
 log-probs (`grpo`), the checkpoint layout (`checkpoint`: a run's workdir is
 accepted by `checkpoint.resume_from` and `model.path`-free evaluation), the
 metrics files (`metrics`) and the greedy evaluation (`train.evaluate`). The
@@ -37,17 +37,16 @@ from absl import app, flags
 from etils import epath
 from ml_collections import config_flags
 
+from rlvr_jax import build, learner
 from rlvr_jax import checkpoint as ckpt_lib
-from rlvr_jax import data as data_lib
-from rlvr_jax import grpo
 from rlvr_jax import io as io_lib
 from rlvr_jax import metrics as metrics_lib
-from rlvr_jax import model as model_lib
 from rlvr_jax import reward as reward_lib
-from rlvr_jax import sampler as sampler_lib
 from rlvr_jax import sharding as sharding_lib
-from rlvr_jax import tokenizer as tokenizer_lib
 from rlvr_jax import train as train_lib
+from rlvr_jax.data import examples as data_lib
+from rlvr_jax.data import tokenizer as tokenizer_lib
+from rlvr_jax.model import decoder as model_lib
 
 
 # ------------------------------------------------------------------ batches
@@ -101,14 +100,14 @@ def make_batch(
 # --------------------------------------------------------------------- loss
 def nll_sums(model_config, params, batch) -> tuple[jax.Array, jax.Array]:
     """(Σ −log p over response tokens, their count): token-mean = ratio."""
-    logp_bt, _ = grpo.logprobs_and_entropy(
+    logp_bt, _ = learner.logprobs_and_entropy(
         model_config, params, batch["tokens"], batch["mask"], temperature=1.0
     )
     mask_bt = batch["loss_mask"].astype(jnp.float32)
     return -jnp.sum(logp_bt * mask_bt), jnp.sum(mask_bt)
 
 
-def sft_step(state: grpo.TrainState, batch, *, model_config, tx):
+def sft_step(state: learner.TrainState, batch, *, model_config, tx):
     """One AdamW update on the token-mean NLL; returns (state, metrics)."""
 
     def loss_fn(params):
@@ -117,13 +116,13 @@ def sft_step(state: grpo.TrainState, batch, *, model_config, tx):
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     # The RL learner's update, so a non-finite step is skipped here too.
-    new_state, metrics = grpo.apply_update(state, grads, loss, tx)
+    new_state, metrics = learner.apply_update(state, grads, loss, tx)
     return new_state, {"loss": loss, **metrics}
 
 
 def jit_sft_step(model_config, tx, mesh):
     """`sft_step` jitted with the RL learner's state shardings, state donated."""
-    shardings = grpo.state_shardings(model_config, tx, mesh)
+    shardings = learner.state_shardings(model_config, tx, mesh)
     return jax.jit(
         functools.partial(sft_step, model_config=model_config, tx=tx),
         in_shardings=(shardings, sharding_lib.batch_sharding(mesh)),
@@ -161,11 +160,9 @@ def _rows(path: str, limit: int = 0) -> list[dict]:
 
 def run(config, workdir: str) -> dict[str, float]:
     """Fine-tunes as `config` says into `workdir`; returns the last metrics."""
-    mesh = sharding_lib.make_mesh(
-        data=config.mesh.data, fsdp=config.mesh.fsdp, tensor=config.mesh.tensor
-    )
-    tokenizer, model_config, hf_path = train_lib._tokenizer_and_model_config(config)
-    tx = train_lib._optimizer(config)
+    mesh = build.mesh(config)
+    tokenizer, model_config, hf_path = build.tokenizer_and_model(config)
+    tx = build.optimizer(config)
     pad = tokenizer.pad_token_id or 0
     response_len = config.rollout.max_new_tokens
 
@@ -176,7 +173,7 @@ def run(config, workdir: str) -> dict[str, float]:
     )
     # One width for every batch (one compile): the smallest bucket that
     # holds every prompt, train and held-out alike.
-    sets = train_lib.eval_sets(config, tokenizer)
+    sets = build.eval_sets(config, tokenizer)
     eval_pairs = {
         s.name: encode_pairs(
             tokenizer,
@@ -196,23 +193,18 @@ def run(config, workdir: str) -> dict[str, float]:
     param_shardings = sharding_lib.tree_shardings(
         model_lib.abstract_params(model_config), mesh
     )
-    initial = train_lib._initial_params(config, model_config, hf_path, param_shardings)
+    initial = build.initial_params(config, model_config, hf_path, param_shardings)
     checkpointer = ckpt_lib.Checkpointer(
         ckpt_lib.checkpoint_dir(workdir),
         keep=config.checkpoint.keep,
         async_save=config.checkpoint.async_save,
     )
-    start = checkpointer.latest_step()
-    restored = start is not None
+    state, start, meta = build.start_state(
+        checkpointer, model_config, tx, mesh, initial
+    )
+    restored = meta is not None
     if restored:
-        abstract = grpo.sharded_abstract_state(model_config, tx, mesh)
-        rest = {k: v for k, v in abstract._asdict().items() if k != "params"}
-        params, train_items, meta = checkpointer.restore(start, abstract.params, rest)
-        state = grpo.TrainState(params=params, **train_items)
         batches.restore(meta["data"])
-    else:
-        state = grpo.init_train_state(model_config, tx, mesh, params=initial)
-        start = 0
     del initial
     step_fn = jit_sft_step(model_config, tx, mesh)
     nll_fn = jax.jit(functools.partial(nll_sums, model_config))
@@ -222,7 +214,7 @@ def run(config, workdir: str) -> dict[str, float]:
         epath.Path(workdir) / io_lib.CONFIG_FILE, config.to_json_best_effort(indent=2)
     )
     if not restored:
-        train_lib._save_tokenizer(tokenizer, epath.Path(workdir) / "tokenizer")
+        tokenizer_lib.save(tokenizer, epath.Path(workdir) / "tokenizer")
     writer = metrics_lib.MetricsWriter(
         workdir,
         resume_step=start if restored else None,
@@ -232,13 +224,7 @@ def run(config, workdir: str) -> dict[str, float]:
         workers=config.log.checker_workers or None,
         timeout_s=config.log.checker_timeout_s,
     )
-    greedy = sampler_lib.SamplingSettings(
-        max_new_tokens=max(1, config.eval.max_new_tokens),  # unused when 0
-        temperature=0.0,
-        eos_ids=model_config.eos_token_ids,
-        cache_dtype=config.rollout.cache_dtype,
-        pad_id=pad,
-    )
+    greedy = build.eval_sampling_settings(config, model_config, pad)
     print(
         f"sft: {len(pairs)} solutions from {config.data.train_path}, rows "
         f"{prompt_len}+{response_len} tokens; {config.train.steps} steps of "
@@ -270,7 +256,9 @@ def run(config, workdir: str) -> dict[str, float]:
                 tokenizer,
                 pool,
                 buckets=(prompt_len,),
-                slots=config.eval.chunk_size,
+                chunk=build.eval_chunk(
+                    config, mesh, sum(len(s.examples) for s in sets)
+                ),
                 mesh=mesh,
             )
         )

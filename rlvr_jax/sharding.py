@@ -37,7 +37,7 @@ BATCH_AXES = ("data", "fsdp")
 
 # (regex on the '/'-joined leaf path, spec over the leaf's axes). The leading
 # `l` axis of scanned per-layer tensors is never sharded: the scan slices it.
-# Shapes in the comments use the model's axis legend (rlvr_jax/model.py).
+# Shapes in the comments use the model's axis legend (rlvr_jax/model/decoder.py).
 PARAM_RULES: tuple[tuple[str, P], ...] = (
     (r"(^|/)embed/embedding$", P("tensor", "fsdp")),  # [V, D]
     (r"(^|/)lm_head$", P("fsdp", "tensor")),  # [D, V]

@@ -28,7 +28,7 @@ def hf_tiny_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """A tiny random Qwen2 HF directory with the tiny tokenizer saved in it."""
-    from rlvr_jax import tokenizer as tokenizer_lib
+    from rlvr_jax.data import tokenizer as tokenizer_lib
 
     tok = tokenizer_lib.build_tiny()
     path = tmp_path_factory.mktemp("tiny_hf")

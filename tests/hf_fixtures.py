@@ -64,11 +64,11 @@ def make_qwen_style_model_dir(path) -> str:
     """A small random Qwen2 with a Qwen-style tokenizer saved beside it.
 
     The tokenizer has the Qwen2 special tokens and the Qwen2.5-Math chat
-    template (`rlvr_jax.tokenizer.build_tiny`), and the context (2048) holds
+    template (`rlvr_jax.data.tokenizer.build_tiny`), and the context (2048) holds
     the paper's prompt buckets, so the paper's configs run on it unchanged
     but for sizes.
     """
-    from rlvr_jax import tokenizer as tokenizer_lib
+    from rlvr_jax.data import tokenizer as tokenizer_lib
 
     tok = tokenizer_lib.build_tiny(vocab_size=256)
     make_checkpoint(path, vocab_size=len(tok), max_position_embeddings=2048)

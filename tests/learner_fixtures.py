@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlvr_jax import grpo
-from rlvr_jax import model as M
 from rlvr_jax import sharding as S
+from rlvr_jax.model import decoder as M
 
 VOCAB = 64
 # fp32 compute so gradients can be compared at 1e-6. Width 32: the fp32

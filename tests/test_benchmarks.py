@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from rlvr_jax import benchmarks, paper_data
+from rlvr_jax.data import paper_data
+from rlvr_jax.data import suites as benchmarks
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +151,7 @@ def test_malformed_row_names_file_and_line(tmp_path, name, row, what):
 
 # -------------------------------------------------------------------- TFDS
 def test_tfds_builder_round_trip_without_tensorflow(eval_dir, tmp_path):
-    tfds_builders = pytest.importorskip("rlvr_jax.tfds_builders")
+    tfds_builders = pytest.importorskip("rlvr_jax.data.tfds_builders")
     source = tmp_path / "src"
     for name in ("aime24", "olympiadbench"):
         (source / name).mkdir(parents=True)
@@ -170,7 +171,7 @@ def test_tfds_builder_round_trip_without_tensorflow(eval_dir, tmp_path):
 
 
 def test_tfds_missing_source_file_is_a_clear_error(tmp_path):
-    tfds_builders = pytest.importorskip("rlvr_jax.tfds_builders")
+    tfds_builders = pytest.importorskip("rlvr_jax.data.tfds_builders")
     with pytest.raises(benchmarks.BenchmarkError, match="amc23/test.jsonl"):
         tfds_builders.load_problems("amc23", str(tmp_path / "tfds"), str(tmp_path))
 
@@ -179,7 +180,7 @@ def test_tfds_prepares_from_the_packaged_files_offline(tmp_path, monkeypatch):
     tfds = pytest.importorskip("tensorflow_datasets")
     import socket
 
-    from rlvr_jax import tfds_builders  # registers the builder
+    from rlvr_jax.data import tfds_builders  # registers the builder
 
     def no_network(*args, **kwargs):
         raise AssertionError(f"network access attempted: {args}")

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from rlvr_jax import checker, paper_data
-from rlvr_jax.grading import parser as grading_parser
-from rlvr_jax.grading.nodes import Error
+from rlvr_jax.data import paper_data
+from rlvr_jax.reward import checker
+from rlvr_jax.reward.grading import parser as grading_parser
+from rlvr_jax.reward.grading.nodes import Error
 from tests.checker_cases import EQUIVALENCE, EVAL_MODE, EXTRACTION, RESPONSES
 
 REPO = Path(__file__).resolve().parents[1]

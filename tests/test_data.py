@@ -8,9 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rlvr_jax import data as D
-from rlvr_jax import paper_data
-from rlvr_jax import tokenizer as T
+from rlvr_jax.data import examples as D
+from rlvr_jax.data import paper_data
+from rlvr_jax.data import tokenizer as T
 
 # docs/recipe.md: the exact training prompt of a user-only conversation.
 PI1_PREFIX = (

@@ -10,10 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlvr_jax import decoding as D
-from rlvr_jax import model as M
-from rlvr_jax import params as PR
 from rlvr_jax import sampler as S
+from rlvr_jax.model import decoder as M
+from rlvr_jax.model import params as PR
+from rlvr_jax.rollout import decoding as D
+from rlvr_jax.rollout import sampling
 from tests import hf_fixtures
 
 _forward = jax.jit(M.forward, static_argnums=0)
@@ -295,10 +296,10 @@ def test_cache_from_prefill_layout_rows_and_validity():
 def test_weights_are_stored_fp32_on_cpu_and_in_compute_dtype_elsewhere():
     config = M.ModelConfig.tiny(dtype="bfloat16")
     params = jax.jit(M.init_params, static_argnums=0)(config, jax.random.key(0))
-    assert S._platforms(params) == {"cpu"}
+    assert sampling.platforms_of(params) == {"cpu"}
     assert S.decode_weights_dtype(config, params) == "float32"
     abstract = M.abstract_params(config)  # no devices: the default backend
-    assert S._platforms(abstract) == {jax.default_backend()} == {"cpu"}
+    assert sampling.platforms_of(abstract) == {jax.default_backend()} == {"cpu"}
     assert S.decode_weights_dtype(config.replace(dtype="float32"), params) == "float32"
-    with mock.patch.object(S, "_platforms", return_value={"gpu"}):
+    with mock.patch.object(sampling, "platforms_of", return_value={"gpu"}):
         assert S.decode_weights_dtype(config, params) == "bfloat16"

@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlvr_jax import benchmarks, checkpoint, evaluate, paper_data, reward
+from rlvr_jax import checkpoint, evaluate, reward
 from rlvr_jax import io as io_lib
-from rlvr_jax import results as results_lib
-from rlvr_jax import tasks as tasks_lib
+from rlvr_jax.data import paper_data
+from rlvr_jax.data import suites as benchmarks
+from rlvr_jax.data import tasks as tasks_lib
+from rlvr_jax.evaluation import results as results_lib
 
 REPO = Path(__file__).resolve().parents[1]
 SIX = ("math500", "aime24", "aime25", "amc23", "minerva_math", "olympiadbench")
@@ -101,7 +103,7 @@ def test_tables_show_percentages_and_the_average():
 
 
 def test_reflection_and_length_analysis():
-    from rlvr_jax import analysis
+    from rlvr_jax.evaluation import analysis
 
     texts = ["Let me recheck. Rechecking again.", "I rethink it", "no reflection"]
     stats = analysis.reflection_stats(texts)
@@ -167,7 +169,8 @@ def six_run(tiny_model, eval_dir, tmp_path_factory):
 
 
 def test_end_to_end_writes_table_and_generations(six_run, tiny_model):
-    from rlvr_jax import data, tokenizer
+    from rlvr_jax.data import examples as data
+    from rlvr_jax.data import tokenizer
 
     config, workdir, (results,), logs = six_run
     out = os.path.join(workdir, "eval", os.path.basename(tiny_model))
@@ -228,7 +231,7 @@ def test_rerun_skips_finished_and_resumes_partial(six_run):
 
 
 def test_sweep_over_step_dirs_then_plots(tiny_model, eval_dir, tmp_path):
-    from rlvr_jax import plot
+    from rlvr_jax.evaluation import plot
 
     pytest.importorskip("matplotlib")
     for step in (0, 20):
@@ -261,7 +264,8 @@ def test_sweep_over_step_dirs_then_plots(tiny_model, eval_dir, tmp_path):
 
 
 def test_orbax_checkpoint_matches_the_hf_directory(tiny_model, eval_dir, tmp_path):
-    from rlvr_jax import checkpoint, params
+    from rlvr_jax import checkpoint
+    from rlvr_jax.model import params
 
     model_config, p = params.load_hf(tiny_model, np.float32, compute_dtype="float32")
     ckpt = checkpoint.Checkpointer(
@@ -359,7 +363,7 @@ def test_cli_missing_step(tiny_model, eval_dir, tmp_path):
 
 
 def test_tfds_data_format_gives_the_same_tasks(eval_dir, tmp_path):
-    pytest.importorskip("rlvr_jax.tfds_builders")
+    pytest.importorskip("rlvr_jax.data.tfds_builders")
     common = {"benchmarks": "aime25,olympiadbench", "data.dir": eval_dir}
     via_jsonl = tasks_lib.load_tasks(_config(**common))
     via_tfds = tasks_lib.load_tasks(
@@ -379,7 +383,8 @@ def test_unknown_template_and_data_format(eval_dir, tmp_path):
 
 def test_cli_console_is_progress_lines_only(tiny_model, tmp_path):
     """Packaged benchmarks by default; orbax's INFO logs stay off the console."""
-    from rlvr_jax import checkpoint, params
+    from rlvr_jax import checkpoint
+    from rlvr_jax.model import params
 
     model_config, p = params.load_hf(tiny_model, np.float32)
     ckpt = checkpoint.Checkpointer(

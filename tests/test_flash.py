@@ -1,4 +1,4 @@
-"""The TPU flash-attention kernel (rlvr_jax/flash.py) against the einsum path.
+"""The TPU flash-attention kernel (rlvr_jax/model/flash.py) against the einsum path.
 
 The kernel runs in Pallas's TPU interpret mode on CPU: the same kernel code,
 its tiles and masks, executed by the interpreter. Outputs and gradients at
@@ -19,10 +19,11 @@ from jax.experimental.pallas import tpu as pltpu
 from jax.sharding import PartitionSpec as P
 
 from rlvr_jax import base_config as base
-from rlvr_jax import flash, grpo, train
-from rlvr_jax import model as M
-from rlvr_jax import plan as plan_lib
+from rlvr_jax import build, grpo
 from rlvr_jax import sharding as S
+from rlvr_jax.model import decoder as M
+from rlvr_jax.model import flash
+from rlvr_jax.planning import chips
 
 # Not a multiple of the kernel's 128-column tiles: the padding path runs.
 T = 200
@@ -168,26 +169,26 @@ def test_auto_picks_the_kernel_where_its_tiles_are_whole_rows():
     narrow head or wider rows: the einsums."""
     config = base.base_config()  # π1: rows of 1,024 + 3,072 columns
     mesh = {
-        t: S.make_mesh(devices=plan_lib.topology_devices(t))
+        t: S.make_mesh(devices=chips.topology_devices(t))
         for t in ("v5e:2x2", "v6e:2x2", "v4:2x2x1", "v5p:2x2x1")
     }
     cpu = S.make_mesh()
     wide, narrow = (M.ModelConfig.tiny(head_dim=h) for h in (128, 16))
     assert config.model.attention == "auto"
-    assert train.attention_kernel(config, mesh["v5e:2x2"], wide) == "flash"
-    assert train.attention_kernel(config, mesh["v6e:2x2"], wide) == "flash"
-    assert train.attention_kernel(config, mesh["v4:2x2x1"], wide) == "xla"
-    assert train.attention_kernel(config, mesh["v5p:2x2x1"], wide) == "xla"
-    assert train.attention_kernel(config, mesh["v5e:2x2"], narrow) == "xla"
-    assert train.attention_kernel(config, cpu, wide) == "xla"
+    assert build.attention_kernel(config, mesh["v5e:2x2"], wide) == "flash"
+    assert build.attention_kernel(config, mesh["v6e:2x2"], wide) == "flash"
+    assert build.attention_kernel(config, mesh["v4:2x2x1"], wide) == "xla"
+    assert build.attention_kernel(config, mesh["v5p:2x2x1"], wide) == "xla"
+    assert build.attention_kernel(config, mesh["v5e:2x2"], narrow) == "xla"
+    assert build.attention_kernel(config, cpu, wide) == "xla"
     config.rollout.max_new_tokens = 4096  # rows of 5,120 columns
-    assert train.attention_kernel(config, mesh["v5e:2x2"], wide) == "xla"
+    assert build.attention_kernel(config, mesh["v5e:2x2"], wide) == "xla"
     config.model.attention = "xla"
-    assert train.attention_kernel(config, mesh["v5e:2x2"], wide) == "xla"
+    assert build.attention_kernel(config, mesh["v5e:2x2"], wide) == "xla"
     config.model.attention = "flash"
-    assert train.attention_kernel(config, mesh["v4:2x2x1"], wide) == "flash"
+    assert build.attention_kernel(config, mesh["v4:2x2x1"], wide) == "flash"
     with pytest.raises(ValueError, match="needs TPU devices"):
-        train.attention_kernel(config, cpu, wide)
+        build.attention_kernel(config, cpu, wide)
     config.model.attention = "splash"
     with pytest.raises(ValueError, match="model.attention='splash'"):
-        train.attention_kernel(config, mesh["v5e:2x2"], wide)
+        build.attention_kernel(config, mesh["v5e:2x2"], wide)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rlvr_jax import checker
+from rlvr_jax.reward import checker
 
 TABLE = Path(__file__).with_name("data") / "grading_cases.jsonl"
 ROWS = [json.loads(line) for line in TABLE.open()]

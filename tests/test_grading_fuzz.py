@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from rlvr_jax import checker, reward
+from rlvr_jax import reward
+from rlvr_jax.reward import checker
 
 DEADLINE_S = 1.0
 

@@ -2,10 +2,10 @@
 
 import pytest
 
-from rlvr_jax import checker
-from rlvr_jax.grading import relations
-from rlvr_jax.grading.normalize import normalize
-from rlvr_jax.grading.parser import parse
+from rlvr_jax.reward import checker
+from rlvr_jax.reward.grading import relations
+from rlvr_jax.reward.grading.normalize import normalize
+from rlvr_jax.reward.grading.parser import parse
 
 
 def _tree(text: str):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rlvr_jax import grpo
-from rlvr_jax import model as M
+from rlvr_jax.model import decoder as M
 from tests.learner_fixtures import CONFIG, VOCAB, fast_jit, random_params
 
 LN = math.log

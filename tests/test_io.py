@@ -84,8 +84,8 @@ def test_log_drops_only_a_last_line_cut_by_a_crash(tmp_path):
 def test_results_plot_and_checker_import_no_jax():
     code = (
         "import sys\n"
-        "import rlvr_jax.results, rlvr_jax.plot, rlvr_jax.checker, rlvr_jax.io\n"
-        "import rlvr_jax.tasks  # evaluation tasks load before any model\n"
+        "import rlvr_jax.evaluation.results, rlvr_jax.plot, rlvr_jax.checker, rlvr_jax.io\n"
+        "import rlvr_jax.data.tasks  # evaluation tasks load before any model\n"
         "print(sorted({m.split('.')[0] for m in sys.modules}"
         " & {'jax', 'jaxlib', 'flax'}))\n"
     )

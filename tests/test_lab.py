@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlvr_jax import base_config, data, io, sft, synthetic, train
-from rlvr_jax import tokenizer as tokenizer_lib
+from rlvr_jax import base_config, build, io, sft, train
+from rlvr_jax.data import examples as data
+from rlvr_jax.data import tokenizer as tokenizer_lib
+from rlvr_jax.lab import synthetic
 
 LAB = Path(__file__).resolve().parents[1] / "configs" / "lab"
 RL_CONFIGS = ("full_pool", "one_shot", "entropy_only", "no_entropy", "one_domain")
@@ -53,7 +55,7 @@ def test_eval_path_takes_several_sets_each_logged_on_its_own(tmp_path, monkeypat
     config = base_config.base_config()
     base_config.make_tiny(config)
     config.eval.path = f"{a}, {b}"
-    sets = train.eval_sets(config, tok)
+    sets = build.eval_sets(config, tok)
     assert [(s.name, len(s.examples), len(s.prompts)) for s in sets] == [
         ("easy", 3, 3),
         ("hard", 5, 5),
@@ -63,22 +65,32 @@ def test_eval_path_takes_several_sets_each_logged_on_its_own(tmp_path, monkeypat
     def one_rollout(model_config, params, prompts, settings, key, **kwargs):
         # The sampler itself is tested elsewhere (and compiling it costs the
         # suite tens of seconds): here, every prompt's row i answers i tokens.
-        calls.append(prompts)
+        calls.append((prompts, kwargs["prompt_rows"], kwargs["slots"]))
         lengths = np.arange(1, len(prompts) + 1)
         return types.SimpleNamespace(
             tokens=np.full((len(prompts), len(prompts)), 40), lengths=lengths
         )
 
-    monkeypatch.setattr(train.sampler_lib, "rollout", one_rollout)
-    out = train.evaluate(None, None, sets, None, tok, _GoldIsOnePool())
-    assert calls == [sets[0].prompts + sets[1].prompts]  # one sampler call
+    monkeypatch.setattr(train.engine, "rollout", one_rollout)
+    pool = _GoldIsOnePool()
+    out = train.evaluate(None, None, sets, None, tok, pool, chunk=8)
+    prompts = sets[0].prompts + sets[1].prompts
+    assert calls == [(prompts, 8, 8)]  # one sampler call of all 8 prompts
     assert out["eval/easy/acc"] == 1.0 and out["eval/hard/acc"] == 0.0
     assert out["eval/easy/response_len"] == 2.0  # rows 1..3
     assert out["eval/hard/response_len"] == 6.0  # rows 4..8
-    assert train.evaluate(None, None, [], None, tok, _GoldIsOnePool()) == {}
+    # In chunks of 3 prompts: 3 calls, the last (2 prompts) sized as the
+    # others, so every call runs the same program; the sets split as before.
+    calls.clear()
+    out = train.evaluate(None, None, sets, None, tok, pool, chunk=3)
+    assert calls == [(prompts[:3], 3, 3), (prompts[3:6], 3, 3), (prompts[6:], 3, 3)]
+    assert out["eval/easy/acc"] == 1.0 and out["eval/hard/acc"] == 0.0
+    assert out["eval/easy/response_len"] == 2.0  # rows 1..3 of the first call
+    assert out["eval/hard/response_len"] == (1 + 2 + 3 + 1 + 2) / 5
+    assert train.evaluate(None, None, [], None, tok, pool, chunk=3) == {}
     config.eval.path = f"{a},{a}"
     with pytest.raises(ValueError, match="share a metric name"):
-        train.eval_sets(config, tok)
+        build.eval_sets(config, tok)
 
 
 # ------------------------------------------------------------ lab configs
@@ -94,7 +106,7 @@ def test_every_lab_config_builds_with_its_settings(tmp_path):
     }
     for name, c in configs.items():
         assert c.checkpoint.resume_from == f"{tmp_path}/sft", name
-        assert [train._eval_name(p) for p in c.eval.path.split(",")] == list(
+        assert [build.eval_name(p) for p in c.eval.path.split(",")] == list(
             synthetic.DOMAINS
         )
     assert len(configs["full_pool"].data.indices) == 4 * base_config.LAB_RL_POOL
@@ -160,7 +172,7 @@ def _fake_run(path: Path, accs: list[tuple[float, float]], train: list[float]):
 
 
 def test_lab_report_table_and_figure(tmp_path):
-    from rlvr_jax import lab
+    from rlvr_jax.lab import report as lab
 
     _fake_run(tmp_path / "top_s0", [(0.1, 0.3), (0.5, 0.7)], [0.5, 0.95, 1.0, 1.0, 1.0])
     _fake_run(tmp_path / "top_s1", [(0.1, 0.3), (0.3, 0.5)], [0.2, 0.4, 0.6, 0.8, 0.9])
@@ -186,12 +198,10 @@ def test_lab_report_table_and_figure(tmp_path):
 
 
 def test_the_planner_counts_every_eval_set(tmp_path):
-    from rlvr_jax import plan
-
     a = _write_set(tmp_path / "a" / "test.jsonl", "1", 3)
     b = _write_set(tmp_path / "b" / "test.jsonl", "0", 5)
     config = base_config.base_config()
     config.eval.path = f"{a},{b}"
-    assert plan.eval_example_count(config) == (8, f"{a},{b}")
+    assert build.eval_example_count(config) == (8, f"{a},{b}")
     config.eval.max_examples = 4
-    assert plan.eval_example_count(config)[0] == 7
+    assert build.eval_example_count(config)[0] == 7

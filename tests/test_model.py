@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlvr_jax import model as M
+from rlvr_jax.model import decoder as M
 
 
 @pytest.fixture(scope="module")

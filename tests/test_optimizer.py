@@ -9,7 +9,7 @@ import optax
 import pytest
 import torch
 
-from rlvr_jax import optimizer
+from rlvr_jax.learner import optimizer
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from rlvr_jax import paper_data
+from rlvr_jax.data import paper_data
 
 REPO = Path(__file__).resolve().parents[1]
 # Modules that need an extra at import time (the extra's name).
@@ -122,7 +122,7 @@ def test_the_wheel_carries_the_paper_data(tmp_path):
     packed = set(zipfile.ZipFile(wheel).namelist())
     root = Path(paper_data.__file__).parent
     shipped = {
-        "rlvr_jax/paper_data/" + str(p.relative_to(root))
+        "rlvr_jax/data/paper_data/" + str(p.relative_to(root))
         for p in root.rglob("*")
         if p.is_file() and "__pycache__" not in p.parts
     }

@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlvr_jax import grpo, packing
-from rlvr_jax import model as M
+from rlvr_jax import grpo
+from rlvr_jax.learner import packing
+from rlvr_jax.model import decoder as M
 from tests.learner_fixtures import CONFIG, VOCAB, fast_jit, params, rel_err
 
 # Very different lengths: several sequences share each packed row.

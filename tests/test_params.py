@@ -13,8 +13,8 @@ import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from rlvr_jax import model as M
-from rlvr_jax import params as PR
+from rlvr_jax.model import decoder as M
+from rlvr_jax.model import params as PR
 from tests import hf_fixtures
 
 PARITY_CASES = {

@@ -14,12 +14,14 @@ import json
 import pytest
 
 from rlvr_jax import base_config as base
-from rlvr_jax import data as data_lib
-from rlvr_jax import grpo
-from rlvr_jax import model as M
+from rlvr_jax import build, grpo
 from rlvr_jax import plan as plan_lib
 from rlvr_jax import sharding as S
-from rlvr_jax import train as train_lib
+from rlvr_jax.data import examples as data_lib
+from rlvr_jax.learner import step as learner_step
+from rlvr_jax.model import decoder as M
+from rlvr_jax.planning import chips, hlo, programs, report, search
+from rlvr_jax.planning import compile as compile_lib
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("libtpu") is None,
@@ -74,9 +76,7 @@ def tiny_config(**changes):
 
 @pytest.fixture(scope="module")
 def tiny_run():
-    return plan_lib.make_run(
-        tiny_config(), plan_lib.topology_devices(TOPOLOGY), 8, MODEL
-    )
+    return build.plan_run(tiny_config(), chips.topology_devices(TOPOLOGY), 8, MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -98,9 +98,7 @@ def test_tiny_train_step_and_sampler_compile_for_a_tpu_topology(tiny_plan, tiny_
     names = [q.name for q in p.programs]
     assert names == ["prepare", "sample", "ref_logprobs", "train_step", "eval_sample"]
     run = tiny_run
-    compiled = plan_lib.compile_train_step(
-        run, MODEL, run.learner, run.shapes.responses
-    )
+    compiled = programs.compile_train_step(run, MODEL, run.learner)
     devices = compiled.input_shardings[0][1]["tokens"].device_set
     assert {d.platform for d in devices} == {"tpu"} and len(devices) == 4
     for q in p.programs:
@@ -111,9 +109,9 @@ def test_tiny_train_step_and_sampler_compile_for_a_tpu_topology(tiny_plan, tiny_
 
 def _independent_train_step(run):
     """The train step lowered by jax directly (not through the planner)."""
-    state = plan_lib.grpo.sharded_abstract_state(MODEL, run.tx, run.mesh)
-    batch = plan_lib.learner_batch(run, run.shapes.responses, with_ref=True)
-    step = plan_lib.grpo.jit_train_step(MODEL, run.learner, run.tx, run.mesh)
+    state = grpo.sharded_abstract_state(MODEL, run.tx, run.mesh)
+    batch = programs.learner_batch(run, ref_logp=True)
+    step = grpo.jit_train_step(MODEL, run.learner, run.tx, run.mesh)
     return step.lower(state, batch)
 
 
@@ -123,10 +121,10 @@ def test_program_bytes_equal_memory_analysis_of_the_same_program(tiny_plan, tiny
     # devices; its compile cache is keyed by both): compiling it a second
     # time would only cost a minute of TPU compiler time.
     lowered = _independent_train_step(tiny_run)
-    key = plan_lib.compile_key(lowered, tiny_run)
+    key = compile_lib.compile_key(lowered, tiny_run)
     assert key[1] == tuple((d.id, d.device_kind) for d in tiny_run.mesh.devices.flat)
-    assert key in plan_lib._COMPILED, "the planner compiled another train step"
-    compiled = plan_lib._COMPILED[key]
+    assert key in compile_lib._COMPILED, "the planner compiled another train step"
+    compiled = compile_lib._COMPILED[key]
     m = compiled.memory_analysis()
     q = p.program("train_step")
     assert q.arguments == m.argument_size_in_bytes
@@ -141,7 +139,7 @@ def test_program_bytes_equal_memory_analysis_of_the_same_program(tiny_plan, tiny
     )
     assert q.total == want
     # The state is donated: its buffers are reused for the new state.
-    state = plan_lib.grpo.sharded_abstract_state(MODEL, tiny_run.tx, tiny_run.mesh)
+    state = grpo.sharded_abstract_state(MODEL, tiny_run.tx, tiny_run.mesh)
     assert q.alias >= S.bytes_per_device(state.params)
 
 
@@ -180,15 +178,15 @@ def test_train_step_flops_agree_with_the_analytic_count():
     the planner adds the kernels XLA has no count for (`kernel_flops`)."""
     config = _four_micro_batches_config()
     t = config.data.prompt_buckets[0] + config.rollout.max_new_tokens
-    devices = plan_lib.topology_devices(TOPOLOGY)
+    devices = chips.topology_devices(TOPOLOGY)
     flops = {}
     for kernel, blocks in (("xla", 1), ("xla", 4), ("auto", 1)):
         config.model.attention = kernel
         model = MODEL.replace(attention_block=t // blocks)
-        run = plan_lib.make_run(config, devices, 8, model)
+        run = build.plan_run(config, devices, 8, model)
         assert run.shapes.learner_width == t
         assert run.learner.attention_kernel == ("flash" if kernel == "auto" else kernel)
-        flops[kernel, blocks], _ = plan_lib.train_step_cost(run)
+        flops[kernel, blocks], _ = programs.train_step_cost(run)
     sh = run.shapes
     assert sh.responses // sh.micro_batch == 4  # the scan runs four times
     layers, head = _matmul_params(MODEL)
@@ -209,11 +207,11 @@ def test_xla_counts_the_micro_batch_loop_body_once():
     """Why the planner multiplies by trip counts: XLA's cost analysis of the
     whole train step counts its micro-batch scan's body once."""
     config = _four_micro_batches_config()
-    run = plan_lib.make_run(config, plan_lib.topology_devices(TOPOLOGY), 8, MODEL)
+    run = build.plan_run(config, chips.topology_devices(TOPOLOGY), 8, MODEL)
     assert run.shapes.responses // run.shapes.micro_batch == 4
-    flops, _ = plan_lib.train_step_cost(run)
-    compiled = plan_lib.compile_train_step(run, MODEL, run.learner, 16)
-    once, _ = plan_lib.cost(compiled)
+    flops, _ = programs.train_step_cost(run)
+    compiled = programs.compile_train_step(run, MODEL, run.learner, 16)
+    once, _ = compile_lib.cost(compiled)
     assert once < 0.5 * flops
 
 
@@ -225,15 +223,13 @@ def test_decode_step_bytes_agree_with_weights_plus_filled_cache():
     # 32 rows per chip, as π1's 256-row chunks on 8 chips: sampling's own
     # traffic over the vocabulary (logits, noise) stays a few percent.
     config.rollout.chunk_size = 128
-    run = plan_lib.make_run(config, plan_lib.topology_devices(TOPOLOGY), 0, model)
+    run = build.plan_run(config, chips.topology_devices(TOPOLOGY), 0, model)
     sh = run.shapes
-    weights = plan_lib.sampler_weights(run, model, plan_lib.compile_prepare(run, model))
-    step = plan_lib.compile_decode_step(
-        run, model, weights, sh.chunk_prompts, run.settings
-    )
-    _, nbytes = plan_lib.cost(step)
+    weights = programs.sampler_weights(run, model, programs.compile_prepare(run, model))
+    step = programs.compile_decode_step(run, model, weights, sh.sample, run.settings)
+    _, nbytes = compile_lib.cost(step)
     slots = sh.prompt_width + sh.new_tokens
-    want = plan_lib.decode_min_bytes(run, sh.chunk_prompts, run.settings, slots)
+    want = report.decode_min_bytes(run, sh.sample.slots, slots)
     cache = want - M.count_params(M.abstract_params(model)) * 2
     # The cache matters in this check, not only the weights.
     assert cache > 0.25 * want, (cache, want)
@@ -248,7 +244,7 @@ def _replicated_compile(fn, *shapes, donate=()):
     import jax
     import numpy as np
 
-    mesh = jax.sharding.Mesh(np.array(plan_lib.topology_devices(TOPOLOGY)), ("d",))
+    mesh = jax.sharding.Mesh(np.array(chips.topology_devices(TOPOLOGY)), ("d",))
     everywhere = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     args = [jax.ShapeDtypeStruct(s, d, sharding=everywhere) for s, d in shapes]
     return jax.jit(fn, donate_argnums=donate).lower(*args).compile()
@@ -266,7 +262,7 @@ def test_hbm_bytes_count_what_each_instruction_moves():
     x, w = (64, 4096), (4096, 8192)
     matmul = _replicated_compile(lambda x, w: x @ w, (x, bf16), (w, bf16))
     want = 2 * (64 * 4096 + 4096 * 8192 + 64 * 8192)
-    assert plan_lib.hbm_bytes(matmul.as_text()) == pytest.approx(want, rel=1e-3)
+    assert hlo.hbm_bytes(matmul.as_text()) == pytest.approx(want, rel=1e-3)
     assert "S(1)" in matmul.as_text()  # on-chip copies were there to skip
 
     # One 256 KB row into a 256 MB buffer: the row read, then written.
@@ -278,7 +274,7 @@ def test_hbm_bytes_count_what_each_instruction_moves():
         donate=(0,),
     )
     row = 65536 * 4
-    assert plan_lib.hbm_bytes(update.as_text()) == pytest.approx(2 * row, rel=1e-3)
+    assert hlo.hbm_bytes(update.as_text()) == pytest.approx(2 * row, rel=1e-3)
 
     # Six trips, each reading a 64 MiB slice and the accumulator and writing
     # the accumulator back; before the loop, the undonated accumulator is
@@ -292,7 +288,7 @@ def test_hbm_bytes_count_what_each_instruction_moves():
     assert " while(" in loop.as_text()
     mib64 = 64 * 2**20
     want = 6 * 3 * mib64 + 2 * mib64
-    assert plan_lib.hbm_bytes(loop.as_text()) == pytest.approx(want, rel=1e-3)
+    assert hlo.hbm_bytes(loop.as_text()) == pytest.approx(want, rel=1e-3)
 
 
 def test_a_run_that_does_not_fit_gets_an_override_that_fits(tiny_plan):
@@ -317,9 +313,9 @@ def test_a_run_that_does_not_fit_gets_an_override_that_fits(tiny_plan):
     assert over == pytest.approx((p.peak_bytes_per_chip - hbm) / 1e9, abs=0.01)
     config = tiny_config()
     assert p.overrides
-    assert any(v < plan_lib._get(config, k) for k, v in p.overrides.items())
+    assert any(v < plan_lib.get(config, k) for k, v in p.overrides.items())
     fixed = plan_lib.plan(
-        plan_lib._override(config, p.overrides),
+        plan_lib.override(config, p.overrides),
         TOPOLOGY,
         model=MODEL,
         eval_examples=8,
@@ -329,15 +325,15 @@ def test_a_run_that_does_not_fit_gets_an_override_that_fits(tiny_plan):
     )
     assert fixed.fits
     line = " ".join(f"--config.{k}={v}" for k, v in p.overrides.items())
-    assert f"suggested overrides: {line}" in plan_lib.format_plan(p)
+    assert f"suggested overrides: {line}" in report.format_plan(p)
 
 
 def test_a_reference_in_host_memory_leaves_every_phase_but_its_own(tiny_plan, tiny_run):
     on_host = tiny_config(**{"train.reference_on_host": True})
-    run = plan_lib.make_run(on_host, tiny_run.mesh.devices.flat, 8, MODEL)
-    ref = S.bytes_per_device(plan_lib.reference_params(run, MODEL))
+    run = build.plan_run(on_host, tiny_run.mesh.devices.flat, 8, MODEL)
+    ref = S.bytes_per_device(programs.reference_params(run, MODEL))
     assert ref > 0
-    phases = plan_lib.resident_phases(run, tiny_plan.programs)
+    phases = report.resident_phases(run, tiny_plan.programs)
     assert phases.keys() == tiny_plan.phases.keys()
     for name, resident in tiny_plan.phases.items():
         assert phases[name] == resident - (0 if name == "ref_logprobs" else ref), name
@@ -350,10 +346,10 @@ def test_a_token_budget_sets_the_micro_batch_as_the_learner_splits_it(
     divisor = S.batch_divisor(tiny_run.mesh)
     # Three rows per chip: 12 rows, which do not divide the 128 responses.
     budget = tiny_config(**{"train.max_tokens_per_micro_batch": 3 * width + 5})
-    shapes = plan_lib.shapes_for(budget, tiny_run.mesh, 8)
-    learner = train_lib._learner_config(budget, tiny_run.mesh)
+    learner = build.learner_config(budget, tiny_run.mesh)
+    shapes = build.step_shapes(budget, tiny_run.mesh, 8, tiny_run.settings, learner)
     rows = (shapes.learner_rows, width)
-    assert shapes.micro_batch == grpo._micro_rows(learner, rows, tiny_run.mesh)
+    assert shapes.micro_batch == learner_step._micro_rows(learner, rows, tiny_run.mesh)
     assert shapes.micro_batch == 3 * divisor == 12
     assert shapes.learner_rows == 132  # 11 micro-batches, the last padded
     assert shapes.responses == 128
@@ -362,9 +358,9 @@ def test_a_token_budget_sets_the_micro_batch_as_the_learner_splits_it(
     assert (plain.micro_batch, plain.learner_rows) == (4, 128)
 
     # The fitting micro-batch is offered in the setting that decides it.
-    rows_offer = plan_lib.largest_sizes(tiny_run, tiny_plan)
-    run = dataclasses.replace(tiny_run, config=budget)
-    tokens_offer = plan_lib.largest_sizes(run, tiny_plan)
+    rows_offer = search.largest_sizes(tiny_run, tiny_plan)
+    run = dataclasses.replace(tiny_run, token_budget=True)
+    tokens_offer = search.largest_sizes(run, tiny_plan)
     assert "train.micro_batch_size" not in tokens_offer
     assert tokens_offer["train.max_tokens_per_micro_batch"] == (
         rows_offer["train.micro_batch_size"] // divisor * width
@@ -385,12 +381,12 @@ def test_compiler_options_reach_the_compile_and_key_its_cache(tiny_run):
             return object()
 
     lowered = Lowered()
-    plain = plan_lib.compile_or_oom(lowered, tiny_run)
-    run = dataclasses.replace(tiny_run, compiler_options=plan_lib.NO_WINDOWED_EINSUM)
-    off = plan_lib.compile_or_oom(lowered, run)
+    plain = compile_lib.compile_or_oom(lowered, tiny_run)
+    run = dataclasses.replace(tiny_run, compiler_options=compile_lib.NO_WINDOWED_EINSUM)
+    off = compile_lib.compile_or_oom(lowered, run)
     assert off is not plain  # the options are part of the cache key
-    assert plan_lib.compile_or_oom(lowered, run) is off
-    assert lowered.calls == [None, plan_lib.NO_WINDOWED_EINSUM]
+    assert compile_lib.compile_or_oom(lowered, run) is off
+    assert lowered.calls == [None, compile_lib.NO_WINDOWED_EINSUM]
 
 
 def test_an_hbm_shortage_is_sized_and_an_on_chip_one_is_an_error(tiny_run):
@@ -421,11 +417,11 @@ def test_an_hbm_shortage_is_sized_and_an_on_chip_one_is_an_error(tiny_run):
         def compile(self, compiler_options=None):
             raise jax.errors.JaxRuntimeError(self.message)
 
-    short = plan_lib.compile_or_oom(Lowered(hbm), tiny_run)
-    assert isinstance(short, plan_lib.OutOfMemory)
+    short = compile_lib.compile_or_oom(Lowered(hbm), tiny_run)
+    assert isinstance(short, compile_lib.OutOfMemory)
     assert short.memory_analysis().temp_size_in_bytes == int(18.20 * 2**30)
     with pytest.raises(ValueError, match="on-chip memory.*model.attention"):
-        plan_lib.compile_or_oom(Lowered(vmem), tiny_run)
+        compile_lib.compile_or_oom(Lowered(vmem), tiny_run)
 
 
 def test_json_output_has_the_documented_fields(tiny_plan):
@@ -444,13 +440,13 @@ def test_evaluation_counts_the_packaged_benchmark():
     not assumed."""
     config = base.base_config()
     assert config.eval.path == "math500"
-    count, source = plan_lib.eval_example_count(config)
+    count, source = build.eval_example_count(config)
     assert count == len(data_lib.load_examples("math500")) == 500
     assert source == "math500"
     config.eval.max_examples = 64
-    assert plan_lib.eval_example_count(config)[0] == 64
+    assert build.eval_example_count(config)[0] == 64
     config.eval.path = "/no/such/file.jsonl"
-    count, source = plan_lib.eval_example_count(config)
+    count, source = build.eval_example_count(config)
     assert count == 64 and "not found here" in source
 
 
@@ -459,32 +455,30 @@ def test_auto_decode_weights_are_sharded_when_a_copy_would_crowd_a_chip():
     takes at most a quarter of a chip, else split as the params are."""
     import jax
 
-    from rlvr_jax import train
-
     config = tiny_config(**{"rollout.decode_weights": "auto"})
     copy = M.count_params(M.abstract_params(MODEL)) * 4  # float32 compute
-    for devices in (plan_lib.topology_devices(TOPOLOGY), jax.devices()):
+    for devices in (chips.topology_devices(TOPOLOGY), jax.devices()):
         mesh = S.make_mesh(data=1, fsdp=-1, tensor=1, devices=devices)
         replicated = S.replicated(mesh)
         assert (
-            train.decode_weights_sharding(config, mesh, MODEL, 4 * copy) == replicated
+            build.decode_weights_sharding(config, mesh, MODEL, 4 * copy) == replicated
         )
-        assert train.decode_weights_sharding(config, mesh, MODEL, 4 * copy - 1) is None
+        assert build.decode_weights_sharding(config, mesh, MODEL, 4 * copy - 1) is None
         # Memory unknown (compile-only TPU devices, CPU): replicated.
-        assert train.decode_weights_sharding(config, mesh, MODEL) == replicated
+        assert build.decode_weights_sharding(config, mesh, MODEL) == replicated
     with pytest.raises(ValueError, match="'auto', 'replicated' or 'sharded'"):
         bad = tiny_config(**{"rollout.decode_weights": "tensor"})
-        train.decode_weights_sharding(bad, mesh, MODEL)
+        build.decode_weights_sharding(bad, mesh, MODEL)
 
 
 def test_chip_table_and_device_kinds():
-    assert plan_lib.chip_for("TPU v5 lite").name == "v5e"
-    assert plan_lib.chip_for("TPU v5p").name == "v5p"
-    assert plan_lib.chip_for("TPU v6 lite").name == "v6e"
-    assert plan_lib.chip_for("NVIDIA H100 80GB HBM3").name == "h100"
+    assert chips.chip_for("TPU v5 lite").name == "v5e"
+    assert chips.chip_for("TPU v5p").name == "v5p"
+    assert chips.chip_for("TPU v6 lite").name == "v6e"
+    assert chips.chip_for("NVIDIA H100 80GB HBM3").name == "h100"
     with pytest.raises(ValueError, match="no chip specs"):
-        plan_lib.chip_for("cpu")
-    for chip in plan_lib.CHIPS.values():
+        chips.chip_for("cpu")
+    for chip in chips.CHIPS.values():
         assert chip.hbm_bytes > 1e10 and chip.bf16_flops_per_s > 1e14
 
 
@@ -492,7 +486,7 @@ def test_chip_table_and_device_kinds():
 def test_pi1_on_v5e_8_fits():
     config = _load("configs/pi1.py")
     p = plan_lib.plan(config, "v5e:2x4", search=False, costs=False)
-    assert p.fits, plan_lib.format_plan(p)
+    assert p.fits, report.format_plan(p)
 
 
 @pytest.mark.slow
@@ -501,7 +495,7 @@ def test_pi1_on_v4_8_fits():
     phase."""
     config = _load("configs/pi1.py")
     p = plan_lib.plan(config, "v4:2x2x1", search=False, costs=False)
-    assert p.fits, plan_lib.format_plan(p)
+    assert p.fits, report.format_plan(p)
 
 
 @pytest.mark.slow
@@ -520,11 +514,11 @@ def test_7b_on_v5e_16_fits_with_the_overrides_the_plan_finds():
         "train.reference_on_host": True,
         "train.logits_chunk": 256,
         "rollout.chunk_size": 128,
-    }, plan_lib.format_plan(p)
+    }, report.format_plan(p)
     fixed = plan_lib.plan(
-        plan_lib._override(config, p.overrides), "v5e:4x4", search=False, costs=False
+        plan_lib.override(config, p.overrides), "v5e:4x4", search=False, costs=False
     )
-    assert fixed.fits, plan_lib.format_plan(fixed)
+    assert fixed.fits, report.format_plan(fixed)
 
 
 @pytest.mark.slow
@@ -535,7 +529,7 @@ def test_7b_on_v4_32_fits():
     with config.unlocked():
         config.model.path = "Qwen/Qwen2.5-7B"
     p = plan_lib.plan(config, "v4:2x2x4", search=False, costs=False)
-    assert p.fits, plan_lib.format_plan(p)
+    assert p.fits, report.format_plan(p)
 
 
 def _load(path):

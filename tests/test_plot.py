@@ -8,8 +8,9 @@ import os
 import numpy as np
 import pytest
 
-from rlvr_jax import checkpoint, plot
-from rlvr_jax import results as results_lib
+from rlvr_jax import checkpoint
+from rlvr_jax.evaluation import plot
+from rlvr_jax.evaluation import results as results_lib
 
 pytest.importorskip("matplotlib")
 
@@ -23,7 +24,10 @@ def _png_size(path) -> tuple[int, int]:
     return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
 
 
-def _metrics(workdir, steps=range(0, 60, 10)):
+_STEPS = tuple(range(0, 60, 10))
+
+
+def _metrics(workdir, steps=_STEPS):
     rows = []
     for s in steps:
         rows.append(

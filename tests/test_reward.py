@@ -5,7 +5,8 @@ import time
 
 import pytest
 
-from rlvr_jax import checker, reward
+from rlvr_jax import reward
+from rlvr_jax.reward import checker
 
 HANG = "<<hang>>"
 CRASH = "<<crash>>"

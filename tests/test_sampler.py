@@ -18,9 +18,10 @@ import torch
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from rlvr_jax import model as M
-from rlvr_jax import params as PR
 from rlvr_jax import sampler as S
+from rlvr_jax.model import decoder as M
+from rlvr_jax.model import params as PR
+from rlvr_jax.rollout import sampling, static
 from tests import hf_fixtures
 
 PAD = 0
@@ -380,6 +381,29 @@ def test_prefill_sharing_and_chunking_do_not_change_samples(hf_model):
         # Batch size changes the fp32 matmul blocking: agreement to 1e-5.
         np.testing.assert_allclose(shared.logprobs, other.logprobs, atol=1e-5)
     np.testing.assert_array_equal(shared.prompt_index, np.repeat(np.arange(5), 3))
+    # The prompts in calls of 3 (each sized for 3: the last one padded), rows
+    # numbered on from the previous call: the same samples.
+    settings = S.SamplingSettings(
+        **{k: v for k, v in kwargs.items() if k != "seed"}, n=3
+    )
+    parts = [
+        S.rollout(
+            config,
+            params,
+            prompts[start : start + 3],
+            settings,
+            jax.random.key(4),
+            prompt_rows=3,
+            row_offset=start * 3,
+        )
+        for start in (0, 3)
+    ]
+    np.testing.assert_array_equal(
+        shared.tokens, np.concatenate([p.tokens for p in parts])
+    )
+    np.testing.assert_allclose(
+        shared.logprobs, np.concatenate([p.logprobs for p in parts]), atol=1e-5
+    )
 
 
 def test_prepared_weights_are_packed_once_and_sample_like_params(hf_model):
@@ -393,7 +417,7 @@ def test_prepared_weights_are_packed_once_and_sample_like_params(hf_model):
         n=2,
         cache_dtype="float32",
     )
-    packs = mock.patch.object(S, "_pack_jit", wraps=S._pack_jit)
+    packs = mock.patch.object(sampling, "_pack_jit", wraps=sampling._pack_jit)
     with packs as pack:
         chunked = S.generate(config, params, prompts, slots=2, **kwargs)
         assert pack.call_count == 1  # one pack serves all four chunks
@@ -427,7 +451,7 @@ def test_decode_is_traced_once_for_repeated_shapes(hf_model):
         pad_id=1,
     )
     rng = np.random.default_rng(8)
-    traced = mock.patch.object(S, "_decode_loop", wraps=S._decode_loop)
+    traced = mock.patch.object(static, "_decode_loop", wraps=static._decode_loop)
     with traced as loop:
         for step in range(3):
             prompts = _prompts(rng, config.vocab_size, rng.integers(1, 16, 4))

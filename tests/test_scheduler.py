@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlvr_jax import scheduler
+from rlvr_jax.rollout import scheduler
 
 
 def _replay(lengths_r, slots, refill_every):

@@ -12,7 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rlvr_jax import paper_data, select
+from rlvr_jax.data import paper_data
+from rlvr_jax.evaluation import select
 
 DATA = Path(paper_data.__file__).parent  # the packaged data (train/, eval/)
 REPO = Path(__file__).resolve().parents[1]
@@ -53,7 +54,7 @@ def test_cli_writes_the_parquet_and_prints_the_ranking(train_dir, tmp_path):
         [
             sys.executable,
             "-m",
-            "rlvr_jax.select",
+            "rlvr_jax.evaluation.select",
             f"--history={train_dir / 'acc_step_500.json'}",
             f"--pool={train_dir / 'dsr_sub.parquet'}",
             "--ranks=1,13",
@@ -75,7 +76,12 @@ def test_cli_writes_the_parquet_and_prints_the_ranking(train_dir, tmp_path):
 
 def test_cli_bad_input_is_one_clear_error(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "rlvr_jax.select", f"--history={tmp_path}/no.json"],
+        [
+            sys.executable,
+            "-m",
+            "rlvr_jax.evaluation.select",
+            f"--history={tmp_path}/no.json",
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -7,8 +7,8 @@ import pytest
 
 from rlvr_jax import base_config, io, sft
 from rlvr_jax import checkpoint as ckpt_lib
-from rlvr_jax import model as model_lib
-from rlvr_jax import tokenizer as tokenizer_lib
+from rlvr_jax.data import tokenizer as tokenizer_lib
+from rlvr_jax.model import decoder as model_lib
 
 
 def test_batch_rows_put_the_loss_on_the_solution_and_its_stop_token():

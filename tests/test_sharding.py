@@ -8,9 +8,10 @@ import pytest
 from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
-from rlvr_jax import grpo, optimizer
-from rlvr_jax import model as M
+from rlvr_jax import grpo
 from rlvr_jax import sharding as S
+from rlvr_jax.learner import optimizer
+from rlvr_jax.model import decoder as M
 from tests.learner_fixtures import fast_jit
 
 

@@ -9,7 +9,9 @@ from fractions import Fraction
 import pytest
 import sympy
 
-from rlvr_jax import checker, data, synthetic
+from rlvr_jax.data import examples as data
+from rlvr_jax.lab import synthetic
+from rlvr_jax.reward import checker
 
 
 def _independent_answer(p: synthetic.Problem):

@@ -1,1 +1,1 @@
-"""The laptop lab: `get_config(arg)` files (see README, "Laptop lab")."""
+"""The laptop lab: `get_config(arg)` files (see docs/lab.md)."""

@@ -13,7 +13,7 @@ from rlvr_jax import base_config as base
 def get_config(arg=None):
     c, rest = base.lab_config(arg)
     # 1,200 steps of 32: under 5 passes over the 8,000 training problems
-    # (README "Laptop lab": 800 steps over 1,200 problems memorised them).
+    # (docs/lab.md: 800 steps over 1,200 problems memorised them).
     c.train.steps = 1200
     c.train.batch_size = 32
     c.optim.lr = 3e-3

@@ -26,7 +26,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.checker import split_top  # noqa: E402
-from rlvr_jax import paper_data  # noqa: E402
+from rlvr_jax.data import paper_data  # noqa: E402
 
 OUT = Path(__file__).with_name("grading_cases.jsonl")
 

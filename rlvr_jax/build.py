@@ -1,0 +1,621 @@
+"""The experiment config turned into the run's objects: the one module that
+does it.
+
+    config (ConfigDict) ──► tokenizer, ModelConfig, initial params
+                        ──► mesh, LearnerConfig, optimizer, attention kernel
+                        ──► sampling settings (training, in-loop evaluation,
+                            benchmark evaluation), decode-weight placement
+                        ──► examples, evaluation sets, the step's shapes
+
+`train`, `sft`, `evaluate` and `plan` call these functions; the model,
+rollout and learner packages never see the ConfigDict (they take the typed
+objects made here). `plan_run` makes the planner's `Run` from the same
+functions `train.run` uses, so the plan compiles the run's own objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from rlvr_jax import checkpoint as ckpt_lib
+from rlvr_jax import learner, sharding
+from rlvr_jax.data import examples as data_lib
+from rlvr_jax.data import paper_data
+from rlvr_jax.data import tokenizer as tokenizer_lib
+from rlvr_jax.learner import optimizer as optimizer_lib
+from rlvr_jax.learner import packing
+from rlvr_jax.model import decoder, flash
+from rlvr_jax.model import params as params_lib
+from rlvr_jax.planning import chips, programs
+from rlvr_jax.rollout import engine, sampling
+
+# ------------------------------------------------------------------ model
+RANDOM_PRESETS = ("tiny", "lab")  # random init, the character-level tokenizer
+
+
+def random_preset(config) -> tuple[Any, decoder.ModelConfig]:
+    """(tokenizer, ModelConfig) of a random-init `model.preset`."""
+    m = config.model
+    if m.preset not in RANDOM_PRESETS:
+        raise ValueError(f"unknown model.preset {m.preset!r} (known: {RANDOM_PRESETS})")
+    tok = tokenizer_lib.build_tiny()
+    # model.remat is the learner's (LearnerConfig.remat), not the model's.
+    model_config = getattr(decoder.ModelConfig, m.preset)(
+        vocab_size=len(tok), eos_token_ids=tokenizer_lib.stop_token_ids(tok)
+    ).replace(dtype=m.dtype, param_dtype=m.param_dtype)
+    return tok, model_config
+
+
+def tokenizer_and_model(config) -> tuple[Any, decoder.ModelConfig, str]:
+    """(tokenizer, ModelConfig, HF dir or "") from the model section."""
+    m = config.model
+    if m.preset:
+        return (*random_preset(config), "")
+    # model.remat is the learner's (LearnerConfig.remat), not the model's.
+    overrides = dict(dtype=m.dtype, param_dtype=m.param_dtype)
+    path = params_lib.resolve_model_path(m.path)
+    tok = tokenizer_lib.load(path)
+    model_config = params_lib.read_config(path, **overrides)
+    eos = tokenizer_lib.merged_eos_ids(model_config.eos_token_ids, tok)
+    return tok, model_config.replace(eos_token_ids=eos), path
+
+
+def model_config(config) -> decoder.ModelConfig:
+    """The run's `ModelConfig` without weights or a tokenizer on this host.
+
+    `model.preset` names a `ModelConfig` constructor ('tiny', 'qwen2_5_7b',
+    ...); a local HF directory is read; otherwise a hub id is matched to the
+    preset of the same name (Qwen2.5-Math-1.5B, Qwen2.5-7B, Qwen2.5-0.5B).
+    """
+    m = config.model
+    # model.remat is the learner's (LearnerConfig.remat), not the model's.
+    overrides = dict(dtype=m.dtype, param_dtype=m.param_dtype)
+    if m.preset:
+        if m.preset in RANDOM_PRESETS:  # sized by their tokenizer
+            return random_preset(config)[1]
+        return getattr(decoder.ModelConfig, m.preset)(**overrides)
+    if os.path.isdir(m.path):
+        return params_lib.read_config(m.path, **overrides)
+    name = os.path.basename(m.path.rstrip("/")).lower()
+    presets = {
+        "qwen2.5-math-1.5b": "qwen2_5_math_1_5b",
+        "qwen2.5-math-1.5b-instruct": "qwen2_5_math_1_5b",
+        "qwen2.5-7b": "qwen2_5_7b",
+        "qwen2.5-math-7b": "qwen2_5_7b",
+        "qwen2.5-0.5b": "qwen2_5_0_5b",
+    }
+    if name not in presets:
+        raise ValueError(
+            f"model.path={m.path!r} is not a local directory and not a known "
+            f"hub id ({sorted(presets)}); pass --config.model.preset"
+        )
+    return getattr(decoder.ModelConfig, presets[name])(**overrides)
+
+
+def initial_params(config, model_config, hf_path, shardings):
+    """The weights the run starts from (also the KL reference), in `shardings`.
+
+    Order (docs/architecture.md): an explicit `checkpoint.resume_from`, else
+    the pretrained HF weights, else a random init from `config.seed`. (A
+    workdir's own checkpoint, which comes first, is `start_state`'s.)
+    """
+    if config.checkpoint.resume_from:
+        try:
+            saved_config, params = ckpt_lib.load_params(
+                config.checkpoint.resume_from, shardings=shardings
+            )
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # noqa: BLE001 - orbax raises many kinds
+            raise ValueError(
+                f"checkpoint.resume_from={config.checkpoint.resume_from!r} is "
+                f"unreadable ({e!r})"
+            ) from e
+        if architecture(saved_config) != architecture(model_config):
+            raise ValueError(
+                f"checkpoint.resume_from={config.checkpoint.resume_from!r} holds a "
+                f"different architecture: {saved_config}"
+            )
+        return params
+    if hf_path:
+        _, params = params_lib.load_hf(
+            hf_path,
+            jnp.dtype(model_config.param_dtype),
+            compute_dtype=model_config.dtype,
+            shardings=shardings,
+        )
+        return params
+    init = lambda key: decoder.init_params(model_config, key)
+    return jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
+
+
+def architecture(c: decoder.ModelConfig) -> decoder.ModelConfig:
+    """The config with run-time choices (dtypes, remat, attention kernel, stop
+    tokens) blanked."""
+    return c.replace(
+        dtype="float32",
+        param_dtype="float32",
+        remat=False,
+        attention_kernel="xla",
+        eos_token_ids=(),
+    )
+
+
+# ------------------------------------------------------------------- mesh
+def mesh(config, devices: Sequence | None = None) -> jax.sharding.Mesh:
+    """The run's device mesh (`mesh.data`, `mesh.fsdp`, `mesh.tensor`)."""
+    return sharding.make_mesh(
+        data=config.mesh.data,
+        fsdp=config.mesh.fsdp,
+        tensor=config.mesh.tensor,
+        devices=devices,
+    )
+
+
+# ------------------------------------------------------------------- data
+def train_examples(config) -> list[data_lib.Example]:
+    d = config.data
+    if d.train_path:
+        examples = data_lib.load_examples(d.train_path)
+        if d.indices:
+            examples = data_lib.select(examples, list(d.indices))
+    elif d.indices:
+        # Without a pool the built-in task would silently replace the chosen
+        # examples: a 1.5B run would train on "3 + 4" instead of π1.
+        raise ValueError(
+            f"data.indices={tuple(d.indices)} selects examples from a pool, but "
+            "data.train_path is empty; set --config.data.train_path=dsr_sub (the "
+            "packaged pool) or a file, or --config.data.indices='()' for the "
+            "built-in task"
+        )
+    else:
+        examples = data_lib.builtin_task()
+    if d.replicate:
+        examples = data_lib.replicate(examples, d.replicate)
+    return examples
+
+
+def eval_name(path: str) -> str:
+    if path == "builtin" or path in paper_data.FILES:
+        return path
+    parent = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    return parent or os.path.splitext(os.path.basename(path))[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSet:
+    """One held-out set of `eval.path`: its metric name, examples, prompt ids."""
+
+    name: str
+    examples: list[data_lib.Example]
+    prompts: list[list[int]]
+
+
+def eval_sets(config, tokenizer) -> list[EvalSet]:
+    """The sets `eval.path` names (comma-separated), each logged on its own.
+
+    Raises:
+      ValueError: when two sets would log under the same name.
+    """
+    sets = []
+    for path in filter(None, (p.strip() for p in config.eval.path.split(","))):
+        if path == "builtin":
+            examples = data_lib.builtin_task()
+        else:
+            examples = data_lib.load_examples(path)
+        if config.eval.max_examples:
+            examples = examples[: config.eval.max_examples]
+        prompts = data_lib.encode_prompts(
+            tokenizer, examples, config.data.max_prompt_len
+        )
+        sets.append(EvalSet(eval_name(path), examples, prompts))
+    names = [s.name for s in sets]
+    if len(set(names)) != len(names):
+        raise ValueError(
+            f"eval.path={config.eval.path!r}: two sets share a metric name "
+            f"({names}); a file is named by its parent directory"
+        )
+    return sets
+
+
+def eval_example_count(config) -> tuple[int, str]:
+    """(examples evaluated each time, where the number comes from).
+
+    `eval.path` may name several sets, comma-separated (`eval_sets`):
+    they are sampled together, so their counts add up.
+    """
+    e = config.eval
+    if not e.every:
+        return 0, "eval.every = 0"
+    paths = [p.strip() for p in e.path.split(",") if p.strip()] or [e.path]
+    total, sources = 0, []
+    for path in paths:
+        count, source = _eval_set_count(path)
+        total += min(count, e.max_examples) if e.max_examples else count
+        sources.append(source)
+    return total, ",".join(sources)
+
+
+def _eval_set_count(path: str) -> tuple[int, str]:
+    """(examples, source) of one evaluation set, read as the run reads it."""
+    if path == "builtin":
+        return len(data_lib.builtin_task()), "the built-in task"
+    try:
+        # A path, a packaged name (math500) or a cached hub id.
+        source = data_lib.resolve_source(path) if path else ""
+    except FileNotFoundError:
+        source = ""
+    if source:
+        return len(data_lib.load_examples(source)), path
+    # The paper's run validates on MATH500 (docs/recipe.md).
+    return 500, f"eval.path={path!r} not found here: MATH500's 500 assumed"
+
+
+# ------------------------------------------------------------- validation
+def validate(config, model_config: decoder.ModelConfig, mesh) -> None:
+    """Config checks that must pass before anything touches the workdir."""
+    t, r, d = config.train, config.rollout, config.data
+    responses = t.batch_size * r.n
+    divisor = sharding.batch_divisor(mesh)
+    if t.batch_size <= 0 or r.n <= 0:
+        raise ValueError("train.batch_size and rollout.n must be positive")
+    if responses % divisor:
+        raise ValueError(
+            f"train.batch_size × rollout.n = {responses} responses do not split "
+            f"over the mesh's data×fsdp = {divisor} devices"
+        )
+    if responses % t.micro_batch_size:
+        raise ValueError(
+            f"train.micro_batch_size={t.micro_batch_size} does not divide the "
+            f"{responses} responses of a step"
+        )
+    if t.micro_batch_size % divisor:
+        raise ValueError(
+            f"train.micro_batch_size={t.micro_batch_size} does not split over "
+            f"data×fsdp = {divisor} devices"
+        )
+    attention_kernel(config, mesh, model_config)  # raises on a bad choice
+    longest = max(d.prompt_buckets) + max(r.max_new_tokens, config.eval.max_new_tokens)
+    if d.max_prompt_len > max(d.prompt_buckets):
+        raise ValueError(
+            f"data.max_prompt_len={d.max_prompt_len} exceeds the largest prompt "
+            f"bucket {max(d.prompt_buckets)}"
+        )
+    if longest > model_config.max_seq_len:
+        raise ValueError(
+            f"prompt bucket {max(d.prompt_buckets)} + response "
+            f"{max(r.max_new_tokens, config.eval.max_new_tokens)} tokens = {longest} "
+            f"exceeds the model's context of {model_config.max_seq_len}"
+        )
+    if t.steps < 0:
+        raise ValueError(f"train.steps must be >= 0, got {t.steps}")
+    if t.logits_chunk <= 0:
+        raise ValueError(f"train.logits_chunk must be positive, got {t.logits_chunk}")
+
+
+# ---------------------------------------------------------------- learner
+def learner_width(config) -> int:
+    """The widest learner row: the largest prompt bucket + the longest response."""
+    return max(config.data.prompt_buckets) + config.rollout.max_new_tokens
+
+
+def learner_config(config, mesh=None, model=None) -> learner.LearnerConfig:
+    """The loss and learner settings.
+
+    The micro-batch token budget (per device) is train.max_tokens_per_micro_batch
+    or, when that is 0 and the mesh is given, micro_batch_size rows of the
+    widest learner row shared over the data×fsdp devices: the same per-device
+    memory as an unpacked micro-batch of micro_batch_size rows.
+    """
+    c = config.loss
+    max_tokens = config.train.max_tokens_per_micro_batch or None
+    if max_tokens is None and mesh is not None:
+        per_device = config.train.micro_batch_size // sharding.batch_divisor(mesh)
+        max_tokens = max(1, per_device) * learner_width(config)
+    return learner.LearnerConfig(
+        temperature=config.rollout.temperature,
+        clip_eps=c.clip_eps,
+        clip_eps_high=c.clip_eps_high,
+        kl_coef=c.kl_coef,
+        kl_type=c.kl_type,
+        entropy_coef=c.entropy_coef,
+        pg_coef=c.pg_coef,
+        agg=c.agg,
+        micro_batch_size=config.train.micro_batch_size,
+        max_tokens_per_micro_batch=max_tokens,
+        recompute_old_logp=config.train.recompute_old_logp,
+        remat=config.model.remat,
+        logits_chunk=config.train.logits_chunk,
+        attention_kernel=attention_kernel(config, mesh, model),
+    )
+
+
+ATTENTION_CHOICES = ("auto", *decoder.ATTENTION_KERNELS)
+
+
+def attention_kernel(config, mesh=None, model=None) -> str:
+    """The learner's `ModelConfig.attention_kernel` for `model.attention`.
+
+    "auto" is "flash" on TPUs where the kernel takes whole learner rows
+    (`flash.supports`: the model's head dim, the widest learner row, the
+    chip), else "xla" (no mesh: "xla"). An explicit "flash" off TPU is
+    refused here, before anything is built: the kernel compiles for TPUs
+    only.
+    """
+    choice = config.model.get("attention", "auto")
+    if choice not in ATTENTION_CHOICES:
+        raise ValueError(
+            f"model.attention={choice!r}: expected one of {ATTENTION_CHOICES}"
+        )
+    platform = mesh.devices.flat[0].platform if mesh is not None else None
+    if choice == "flash" and platform not in (None, "tpu"):
+        raise ValueError(
+            f"model.attention='flash' needs TPU devices, not {platform!r}: "
+            "use 'auto' or 'xla'"
+        )
+    if choice != "auto":
+        return choice
+    if platform != "tpu":
+        return "xla"
+    head_dim = model.head_dim if model is not None else flash.LANES
+    kind = mesh.devices.flat[0].device_kind
+    tiles = flash.supports(head_dim, learner_width(config), kind)
+    return "flash" if tiles else "xla"
+
+
+def optimizer(config):
+    """AdamW with the recipe's schedule, from `optim.*`."""
+    o = config.optim
+    return optimizer_lib.adamw(
+        o.lr,
+        b1=o.b1,
+        b2=o.b2,
+        eps=o.eps,
+        weight_decay=o.weight_decay,
+        warmup_steps=o.warmup_steps,
+        first_step_zero_lr=o.first_step_zero_lr,
+        decay_steps=o.decay_steps,
+        decay_norms_and_biases=o.decay_norms_biases,
+        grad_clip=o.grad_clip or None,
+    )
+
+
+def lr_schedule(config):
+    """The learning rate by applied update (what the optimizer follows)."""
+    o = config.optim
+    return optimizer_lib.schedule(
+        o.lr, o.warmup_steps, o.first_step_zero_lr, o.decay_steps
+    )
+
+
+# --------------------------------------------------------------- sampling
+def sampling_settings(config, model: decoder.ModelConfig, pad_id: int = 0):
+    """The training rollout's `SamplingSettings` (`rollout.*`), checked
+    against the model's vocabulary."""
+    r = config.rollout
+    settings = sampling.SamplingSettings(
+        max_new_tokens=r.max_new_tokens,
+        temperature=r.temperature,
+        top_p=r.top_p,
+        top_k=r.top_k,
+        eos_ids=model.eos_token_ids,
+        n=r.n,
+        cache_dtype=r.cache_dtype,
+        pad_id=pad_id,
+    )
+    settings.check_against(model)
+    return settings
+
+
+def eval_sampling_settings(config, model: decoder.ModelConfig, pad_id: int = 0):
+    """The in-loop evaluation's `SamplingSettings`: greedy, one response per
+    prompt, `eval.max_new_tokens` (at least 1: an SFT run may set 0 to skip
+    the greedy answers)."""
+    return sampling.SamplingSettings(
+        max_new_tokens=max(1, config.eval.max_new_tokens),
+        temperature=0.0,
+        eos_ids=model.eos_token_ids,
+        cache_dtype=config.rollout.cache_dtype,
+        pad_id=pad_id,
+    )
+
+
+def benchmark_sampling_settings(config, protocol, eos_ids, pad_id: int = 0):
+    """A benchmark evaluation's `SamplingSettings`: the benchmark's protocol
+    (`suites.Protocol`: max_new_tokens, temperature, top_p, top_k, n) with
+    the eval config's `sampling.cache_dtype`."""
+    return sampling.SamplingSettings(
+        max_new_tokens=protocol.max_new_tokens,
+        temperature=protocol.temperature,
+        top_p=protocol.top_p,
+        top_k=protocol.top_k,
+        eos_ids=eos_ids,
+        n=protocol.n,
+        cache_dtype=config.sampling.cache_dtype,
+        pad_id=pad_id,
+    )
+
+
+def decode_weights_sharding(config, mesh, model_config=None, hbm_bytes=None):
+    """Placement of the sampler's decode weights (`rollout.decode_weights`).
+
+    "replicated": a compute-dtype copy on every chip (decode steps read local
+    weights); "sharded": split as the params are (None: the compiler follows
+    them; each step gathers what it multiplies); "auto": replicated when that
+    copy takes at most a quarter of a chip's memory (`hbm_bytes`, default:
+    what the mesh's first device reports), else sharded; replicated when the
+    memory (CPU) or the model is unknown. A quarter leaves the train state, the reference
+    and the KV cache room: π1's 1.5B copy is 18% of a v5e chip, a 7B copy 88%.
+    """
+    choice = config.rollout.decode_weights
+    if choice == "auto":
+        choice = "replicated"
+        if hbm_bytes is None:
+            try:
+                stats = mesh.devices.flat[0].memory_stats() or {}
+            except jax.errors.JaxRuntimeError:  # a compile-only device
+                stats = {}
+            hbm_bytes = stats.get("bytes_limit")
+        if hbm_bytes and model_config is not None:
+            copy = decoder.count_params(decoder.abstract_params(model_config))
+            copy *= jnp.dtype(model_config.dtype).itemsize
+            if copy > hbm_bytes / 4:
+                choice = "sharded"
+    if choice == "replicated":
+        return sharding.replicated(mesh)
+    if choice == "sharded":
+        return None  # as the params are
+    raise ValueError(
+        f"rollout.decode_weights={choice!r}: expected 'auto', 'replicated' or 'sharded'"
+    )
+
+
+def benchmark_call_prompts(config, protocol) -> int:
+    """Prompts per sampler call of a benchmark evaluation: as many as fill
+    `sampling.chunk_rows` responses (at least one). Every call of a width is
+    padded to this many, so it runs one program."""
+    return max(1, config.sampling.chunk_rows // protocol.n)
+
+
+# ------------------------------------------------------------- train state
+def start_state(checkpointer, model: decoder.ModelConfig, tx, mesh, params):
+    """The train state a run starts from, and where: (state, step, meta).
+
+    The workdir's newest checkpoint when there is one (meta: its data
+    iterator position and history), else a fresh state from `params` (step
+    0, meta None).
+
+    Raises:
+      ValueError: the newest checkpoint is unreadable.
+    """
+    start = checkpointer.latest_step()
+    if start is None:
+        return learner.init_train_state(model, tx, mesh, params=params), 0, None
+    abstract = learner.sharded_abstract_state(model, tx, mesh)
+    rest = {k: v for k, v in abstract._asdict().items() if k != "params"}
+    try:
+        restored, items, meta = checkpointer.restore(start, abstract.params, rest)
+    except Exception as e:  # noqa: BLE001 - orbax raises many kinds
+        raise ValueError(
+            f"checkpoint {checkpointer.directory}/{start} is unreadable ({e!r}); "
+            "move it aside to resume from an earlier step"
+        ) from e
+    return learner.TrainState(params=restored, **items), start, meta
+
+
+# ------------------------------------------------------------------ shapes
+def eval_chunk(config, mesh, eval_examples: int) -> int:
+    """Prompts per in-loop evaluation call: `eval.chunk_size`, at most the
+    examples (the calls' shape; the last call's prompts are padded to it)."""
+    return max(1, min(config.eval.chunk_size, eval_examples))
+
+
+def step_shapes(
+    config, mesh, eval_examples: int, settings, learner_cfg
+) -> programs.StepShapes:
+    """The sizes of one RL step under `config` on `mesh`, worst case (the
+    widest prompt bucket, every response at max_new_tokens), by the rules
+    the components run by: `engine.rollout_shape` for the rollouts,
+    `packing.abstract_batch` for the learner batch."""
+    divisor = sharding.batch_divisor(mesh)
+    width = max(config.data.prompt_buckets)
+    batch = config.train.batch_size
+    new = config.rollout.max_new_tokens
+    layout = packing.abstract_batch(
+        batch * settings.n,
+        width + new,
+        new,
+        max_tokens=learner_cfg.max_tokens_per_micro_batch,
+        divisor=divisor,
+        old_logp=not learner_cfg.recompute_old_logp,
+    )
+    rows, w = layout["tokens"][0]
+    micro = rows
+    if learner_cfg.max_tokens_per_micro_batch:
+        budget = learner_cfg.max_tokens_per_micro_batch
+        micro = min(rows, packing.rows_per_micro_batch(w, budget, divisor))
+    elif learner_cfg.micro_batch_size:
+        micro = learner_cfg.micro_batch_size
+    eval_shape, calls = None, 0
+    if eval_examples and config.eval.every:
+        chunk = eval_chunk(config, mesh, eval_examples)
+        greedy = dataclasses.replace(settings, n=1)
+        eval_shape = engine.rollout_shape(chunk, width, greedy, chunk, divisor)
+        calls = -(-eval_examples // chunk)
+    return programs.StepShapes(
+        responses=batch * settings.n,
+        sample=engine.rollout_shape(
+            batch, width, settings, config.rollout.chunk_size, divisor
+        ),
+        new_tokens=new,
+        learner=layout,
+        micro_batch=micro,
+        eval=eval_shape,
+        eval_calls=calls,
+        eval_new_tokens=config.eval.max_new_tokens,
+    )
+
+
+def plan_run(
+    config,
+    devices: Sequence,
+    eval_examples: int,
+    model: decoder.ModelConfig | None = None,
+    hbm_bytes: float | None = None,
+) -> programs.Run:
+    """The planner's `Run` of `config` over `devices`: the objects `train.run`
+    makes, by the same functions, without weights.
+
+    `model` replaces the config's model (tests plan odd architectures);
+    `hbm_bytes` is the memory per chip that `rollout.decode_weights="auto"`
+    chooses by (default: the chip's).
+    """
+    pad_id = 0
+    if model is None:
+        model, pad_id = _planned_model(config)
+    run_mesh = mesh(config, devices)
+    validate(config, model, run_mesh)
+    if not model.eos_token_ids:  # a preset without a tokenizer: any stop id
+        model = model.replace(eos_token_ids=(0,))
+    settings = sampling_settings(config, model, pad_id)
+    learner_cfg = learner_config(config, run_mesh, model)
+    return programs.Run(
+        model=model,
+        mesh=run_mesh,
+        learner=learner_cfg,
+        tx=optimizer(config),
+        settings=settings,
+        eval_settings=eval_sampling_settings(config, model, pad_id),
+        shapes=step_shapes(config, run_mesh, eval_examples, settings, learner_cfg),
+        decode_sharding=decode_weights_sharding(
+            config, run_mesh, model, hbm_bytes or _device_hbm(devices[0])
+        ),
+        reference=config.loss.kl_coef != 0,
+        reference_on_host=bool(config.train.reference_on_host),
+        eval_every=config.eval.every if eval_examples else 0,
+        token_budget=bool(config.train.max_tokens_per_micro_batch),
+    )
+
+
+def _planned_model(config) -> tuple[decoder.ModelConfig, int]:
+    """(ModelConfig, pad id) as `train.run` has them (`tokenizer_and_model`);
+    for a hub id not in the local cache, the preset of the same name
+    (`model_config`) and pad id 0."""
+    try:
+        tokenizer, model, _ = tokenizer_and_model(config)
+    except FileNotFoundError:
+        return model_config(config), 0
+    return model, tokenizer.pad_token_id or 0
+
+
+def _device_hbm(device) -> float | None:
+    try:
+        return chips.chip_for(device.device_kind).hbm_bytes
+    except ValueError:
+        return None  # no specs: "auto" decode weights stay replicated

@@ -1,0 +1,439 @@
+"""The programs one RL step runs, compiled ahead of time and priced.
+
+For a run's objects (`Run`, made by `rlvr_jax.build.plan_run` from the
+experiment config) on a mesh over real or compile-only devices, this lowers
+the programs the components expose (the sampler's `lower_prepare`,
+`lower_rollout`, `lower_decode_step`; the learner's `lower_logprobs`,
+`lower_train_step`, `lower_micro_step`, `lower_update`): the functions the run
+itself calls, with its shapes and shardings, so a plan cannot drift from the
+run. The programs:
+
+  prepare        the sampler's weights (cast, laid out) from the train params
+  sample         the step's rollout: every prompt prefilled once, then
+                 continuous batching through rollout.chunk_size slots
+  decode_step    one iteration of that loop (its cost is counted per step)
+  ref_logprobs   the frozen reference policy's log-probs of the step's batch
+  train_step     one optimizer update on the step's batch (micro-batched)
+  eval_sample    prefill + greedy decode of one evaluation chunk
+
+Each compiled program gives its memory per chip (`memory_analysis()`), its
+FLOPs (`cost_analysis()`, plus the kernels XLA has no count for) and the HBM
+bytes it moves (`planning.hlo`), and from those a roofline time.
+
+Trip counts. XLA's cost analysis counts a `while`/`scan` body once, whatever
+its trip count. Costs are therefore assembled from programs without the
+step's outer loops: the layer scan (and the attention's query-block loop in
+it) is unrolled in copies of a program at depth 1 and 2 (`compile.depth_cost`);
+the learner's log-prob head runs as one chunk in those copies (same FLOPs as
+the chunked scan); a micro-batched program is costed as M scan bodies plus
+the optimizer update; the decode loop as the sample program plus the rest of
+its ceil(R / S) × (max_new_tokens - 1) decode steps. Sampling time is
+therefore the worst case, every response running to `max_new_tokens`; the
+learner batch is the widest one (largest prompt bucket + max_new_tokens).
+Loops that remain in those programs (the sampler's row-by-row cache writes)
+are counted by their trip count in the bytes, once in the FLOPs.
+
+On TPU the cost programs are compiled without windowed-einsum loops
+(`compile.cost_run`). The learner's flash attention kernel brings its
+forward's FLOPs to XLA as an estimate; its backward kernels have none, so the
+planner adds theirs (`hlo.kernel_flops`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from typing import Any
+
+import jax
+
+from rlvr_jax import learner, sharding
+from rlvr_jax.learner import step as step_lib
+from rlvr_jax.model import decoder
+from rlvr_jax.planning import compile as compile_lib
+from rlvr_jax.planning.chips import Chip
+from rlvr_jax.rollout import engine, sampling
+
+
+@dataclasses.dataclass(frozen=True)
+class StepShapes:
+    """The sizes one RL step runs at (worst case: every response full length).
+
+    Attributes:
+      responses: rows of the step's rollout (train.batch_size × rollout.n).
+      sample: the step's rollout call (`engine.rollout_shape`).
+      new_tokens: rollout.max_new_tokens.
+      learner: (shape, dtype) of each array of the widest learner batch, one
+        full-length sequence per row (`packing.abstract_batch`).
+      micro_batch: rows per gradient-accumulation slice, as the learner
+        splits the widest batch.
+      eval: one in-loop evaluation call (None: no evaluation); eval_calls:
+        calls per evaluation (its prompts in chunks of eval.chunk_size);
+        eval_new_tokens: its max_new_tokens.
+    """
+
+    responses: int
+    sample: engine.RolloutShape
+    new_tokens: int
+    learner: dict
+    micro_batch: int
+    eval: engine.RolloutShape | None
+    eval_calls: int
+    eval_new_tokens: int
+
+    @property
+    def prompt_width(self) -> int:
+        return self.sample.prompt_width
+
+    @property
+    def learner_rows(self) -> int:
+        return self.learner["tokens"][0][0]
+
+    @property
+    def learner_width(self) -> int:
+        return self.learner["tokens"][0][1]
+
+
+@dataclasses.dataclass
+class Run:
+    """The run's objects the programs are built from (`build.plan_run`).
+
+    Attributes:
+      model: the architecture.
+      mesh: the device mesh (real or compile-only devices).
+      learner: the learner's settings; tx: the optimizer.
+      settings, eval_settings: training and in-loop evaluation sampling.
+      shapes: the step's sizes.
+      decode_sharding: placement of the packed decode weights (None: the
+        compiler follows the params).
+      reference: the KL reference policy is kept (loss.kl_coef != 0).
+      reference_on_host: it lives in host memory between its passes.
+      eval_every: steps between evaluations (0: none).
+      token_budget: the learner's micro-batch is a token budget set by the
+        config (train.max_tokens_per_micro_batch), not a row count.
+      compiler_options: XLA options every program is compiled with.
+    """
+
+    model: decoder.ModelConfig
+    mesh: Any
+    learner: learner.LearnerConfig
+    tx: Any
+    settings: sampling.SamplingSettings
+    eval_settings: sampling.SamplingSettings
+    shapes: StepShapes
+    decode_sharding: Any
+    reference: bool = True
+    reference_on_host: bool = False
+    eval_every: int = 0
+    token_budget: bool = False
+    compiler_options: dict | None = None
+
+    @property
+    def platform(self) -> str:
+        return self.mesh.devices.flat[0].platform
+
+
+@dataclasses.dataclass
+class Program:
+    """One compiled program's per-chip figures.
+
+    Attributes:
+      name: see the module docstring.
+      calls: times it runs per RL step (a fraction for evaluation).
+      arguments, outputs, alias, temp: bytes per chip (`memory_analysis`);
+        alias: output bytes that reuse donated argument buffers.
+      flops, hbm_bytes: per call, loop trip counts included.
+      seconds: roofline time per call, max(flops / peak, bytes / bandwidth).
+      resident_args: bytes of the arguments that are resident anyway
+        (train state, reference weights), not added again to the phase.
+    """
+
+    name: str
+    calls: float
+    arguments: int
+    outputs: int
+    alias: int
+    temp: int
+    flops: float = 0.0
+    hbm_bytes: float = 0.0
+    seconds: float = 0.0
+    resident_args: int = 0
+    oom: bool = False  # the compiler refused it: temp is what it needed
+
+    @property
+    def total(self) -> int:
+        return self.arguments + self.outputs + self.temp - self.alias
+
+
+def _with_shardings(tree, shardings):
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        tree,
+        shardings,
+    )
+
+
+def abstract_params(run: Run, model: decoder.ModelConfig):
+    """Sharded ShapeDtypeStructs of the params."""
+    params = decoder.abstract_params(model)
+    return _with_shardings(params, sharding.tree_shardings(params, run.mesh))
+
+
+def reference_params(run: Run, model: decoder.ModelConfig):
+    """The reference policy's weights as train.run keeps them (None: no KL)."""
+    if not run.reference:
+        return None
+    params = abstract_params(run, model)
+    cast = jax.eval_shape(lambda p: sampling.compute_dtype_params(model, p), params)
+    return _with_shardings(cast, jax.tree.map(lambda a: a.sharding, params))
+
+
+def learner_batch(run: Run, rows: int | None = None, ref_logp: bool = False) -> dict:
+    """The widest learner batch, abstract and placed (`rows` rows, default
+    all of them), with `ref_logp` when the reference pass fills it."""
+    shapes = run.shapes.learner
+    if rows is not None:
+        shapes = {k: ((rows, *s[1:]), d) for k, (s, d) in shapes.items()}
+    return step_lib.abstract_batch(shapes, run.mesh, ref_logp)
+
+
+# --------------------------------------------------------------- programs
+def compile_prepare(run: Run, model: decoder.ModelConfig):
+    """The sampler's decode weights from the train params (`sampling.prepare`)."""
+    lowered = sampling.lower_prepare(
+        model,
+        abstract_params(run, model),
+        decode_sharding=run.decode_sharding,
+        platform=run.platform,
+    )
+    return compile_lib.compile_or_oom(lowered, run)
+
+
+def sampler_weights(run: Run, model: decoder.ModelConfig, prepared):
+    """Abstract `prepare` outputs, placed as the compiler placed them."""
+    if isinstance(prepared, compile_lib.OutOfMemory):
+        # Refused: place them as asked (replicated unless the compiler chose).
+        shardings = run.decode_sharding or sharding.replicated(run.mesh)
+    else:
+        shardings = prepared.output_shardings
+    return sampling.abstract_weights(
+        model, abstract_params(run, model), shardings, run.platform
+    )
+
+
+def compile_sample(run, model, weights, shape: engine.RolloutShape, settings):
+    """A rollout of `shape` (`engine.lower_rollout`)."""
+    lowered = engine.lower_rollout(model, weights, shape, settings, run.mesh)
+    return compile_lib.compile_or_oom(lowered, run)
+
+
+def mean_fill(run: Run, settings) -> int:
+    """Cache slots a decode step attends over, averaged over a rollout whose
+    responses all run to max_new_tokens: the fill grows by one a step, from
+    the prompt width to the whole cache."""
+    return run.shapes.prompt_width + -(-settings.max_new_tokens // 2)
+
+
+def compile_decode_step(run, model, weights, shape, settings, width=None):
+    """One decode step of `shape.slots` slots (`engine.lower_decode_step`)."""
+    lowered = engine.lower_decode_step(
+        model, weights.decode, shape, settings, run.mesh, width
+    )
+    return compile_lib.compile_or_oom(lowered, run)
+
+
+def compile_ref_logprobs(run, model, learner_config, rows: int | None = None):
+    """The reference policy's log-probs of a `rows`-row learner batch."""
+    lowered = step_lib.lower_logprobs(
+        model,
+        learner_config,
+        run.mesh,
+        reference_params(run, model),
+        learner_batch(run, rows),
+    )
+    return compile_lib.compile_or_oom(lowered, run)
+
+
+def compile_train_step(run, model, learner_config, rows: int | None = None):
+    """One optimizer update on a `rows`-row learner batch."""
+    lowered = step_lib.lower_train_step(
+        model, learner_config, run.tx, run.mesh, learner_batch(run, rows, run.reference)
+    )
+    return compile_lib.compile_or_oom(lowered, run)
+
+
+def compile_micro_step(run, model, learner_config, rows: int):
+    """The body of the micro-batch scan: one micro-batch's grads, accumulated."""
+    lowered = step_lib.lower_micro_step(
+        model,
+        learner_config,
+        run.mesh,
+        abstract_params(run, model),
+        learner_batch(run, rows, run.reference),
+    )
+    return compile_lib.compile_or_oom(lowered, run)
+
+
+def compile_update(run, model):
+    """The train step's optimizer update on accumulated grads."""
+    lowered = step_lib.lower_update(model, run.tx, run.mesh)
+    return compile_lib.compile_or_oom(lowered, run)
+
+
+# ------------------------------------------------------------------ costs
+def _program(name, compiled, calls, flops, hbm_bytes, chip, resident_args=0):
+    # Roofline: compute and memory traffic overlap perfectly at best.
+    seconds = max(flops / chip.bf16_flops_per_s, hbm_bytes / chip.hbm_bytes_per_s)
+    return Program(
+        name=name,
+        calls=calls,
+        flops=flops,
+        hbm_bytes=hbm_bytes,
+        seconds=seconds,
+        resident_args=resident_args,
+        oom=isinstance(compiled, compile_lib.OutOfMemory),
+        **compile_lib.memory(compiled),
+    )
+
+
+def _log(verbose: bool, message: str) -> None:
+    if verbose:
+        print(message, file=sys.stderr, flush=True)
+
+
+def sample_cost(run: Run, shape, settings, weights) -> tuple:
+    """(FLOPs, bytes, decode step program, its (FLOPs, bytes)) of one rollout,
+    its loop counted.
+
+    The rollout program at depth 1 and 2 counts the prefill, one refill and
+    one decode step. With every response full length (the worst case), the
+    R = prompts × n rows pass through the S slots in ceil(R / S) waves of
+    `max_new_tokens - 1` decode steps each (a row's first token comes from
+    the prefill), so all but one of those steps are added from the compiled
+    decode step. That step attends over a cache of the mean fill
+    (`mean_fill`): the run's loop reads the cache only up to the longest
+    live row, so the mean step is the step at the mean fill.
+    Refills (every 8 steps, a prompt-width copy of each slot's cache) are
+    counted once.
+    """
+    model = run.model
+
+    def build(m):
+        w = sampler_weights(run, m, compile_prepare(run, m))
+        return compile_sample(run, m, w, shape, settings)
+
+    flops, nbytes = compile_lib.depth_cost(build, model)
+    step = compile_decode_step(
+        run, model, weights, shape, settings, mean_fill(run, settings)
+    )
+    step_flops, step_bytes = compile_lib.cost(step)
+    waves = -(-shape.prompts * settings.n // shape.slots)
+    more = waves * (settings.max_new_tokens - 1) - 1
+    return (
+        flops + more * step_flops,
+        nbytes + more * step_bytes,
+        step,
+        (step_flops, step_bytes),
+    )
+
+
+def _cost_learner(run: Run) -> learner.LearnerConfig:
+    # One log-prob chunk (no scan, same FLOPs) for the cost programs.
+    return run.learner.replace(logits_chunk=run.shapes.learner_width)
+
+
+def ref_logprobs_cost(run: Run) -> tuple[float, float]:
+    """(FLOPs, bytes) of the reference pass: micro-batches × one, by depth."""
+    sh = run.shapes
+    flops, nbytes = compile_lib.depth_cost(
+        lambda m: compile_ref_logprobs(run, m, _cost_learner(run), sh.micro_batch),
+        run.model,
+    )
+    n_micro = sh.learner_rows // sh.micro_batch
+    return n_micro * flops, n_micro * nbytes
+
+
+def train_step_cost(run: Run) -> tuple[float, float]:
+    """(FLOPs, bytes) of the train step: M micro-batch scan bodies and the
+    optimizer update, each costed by depth (the step is exactly those: the
+    whole program would count its scan body once)."""
+    sh = run.shapes
+    cfg = _cost_learner(run)
+    body_flops, body_bytes = compile_lib.depth_cost(
+        lambda m: compile_micro_step(run, m, cfg, sh.micro_batch), run.model
+    )
+    flops, nbytes = compile_lib.depth_cost(lambda m: compile_update(run, m), run.model)
+    micro = sh.learner_rows // sh.micro_batch
+    return flops + micro * body_flops, nbytes + micro * body_bytes
+
+
+def compile_programs(
+    run: Run, chip: Chip, verbose: bool = False, costs: bool = True
+) -> list[Program]:
+    """Compiles the step's programs and costs them (see the module docstring).
+
+    With `costs=False` only the full programs are compiled (their memory is
+    all a fit check needs); FLOPs, bytes and times are then 0.
+    """
+    model, learner_config, sh = run.model, run.learner, run.shapes
+    state_bytes = sharding.bytes_per_device(
+        learner.sharded_abstract_state(model, run.tx, run.mesh)
+    )
+    ref = reference_params(run, model)
+    ref_bytes = 0 if ref is None else sharding.bytes_per_device(ref)
+    params_bytes = sharding.bytes_per_device(abstract_params(run, model))
+    programs = []
+
+    def timed(name, fn, *args):
+        t0 = time.time()
+        out = fn(*args)
+        _log(verbose, f"  {name}: {time.time() - t0:.0f} s")
+        return out
+
+    def priced(name, fn, *args):
+        return timed(f"{name} costs", fn, *args) if costs else (0.0, 0.0)
+
+    costed = compile_lib.cost_run(run)
+
+    # ---- sampler: weights, then the step's rollout (its loop counted per step).
+    prepared = timed("prepare", compile_prepare, run, model)
+    weights = sampler_weights(run, model, prepared)
+    prepare_cost = compile_lib.cost(prepared) if costs else (0.0, 0.0)
+    programs.append(_program("prepare", prepared, 1, *prepare_cost, chip, params_bytes))
+
+    def sampler_programs(name, shape, settings, calls):
+        full = timed(name, compile_sample, run, model, weights, shape, settings)
+        if not costs:
+            return [_program(name, full, calls, 0.0, 0.0, chip)]
+        flops, nbytes, step, step_cost = timed(
+            f"{name} costs", sample_cost, costed, shape, settings, weights
+        )
+        decode = _program(f"{name}.decode_step", step, 0, *step_cost, chip)
+        return [_program(name, full, calls, flops, nbytes, chip), decode]
+
+    # One rollout per step: every prompt prefilled, rollout.chunk_size slots.
+    programs += sampler_programs("sample", sh.sample, run.settings, 1)
+
+    # ---- learner: reference log-probs, train step (both micro-batched).
+    if ref is not None:
+        full = timed("ref_logprobs", compile_ref_logprobs, run, model, learner_config)
+        flops, nbytes = priced("ref_logprobs", ref_logprobs_cost, costed)
+        programs.append(
+            _program("ref_logprobs", full, 1, flops, nbytes, chip, ref_bytes)
+        )
+    full = timed("train_step", compile_train_step, run, model, learner_config)
+    flops, nbytes = priced("train_step", train_step_cost, costed)
+    # The state is donated: the program's outputs alias it.
+    programs.append(_program("train_step", full, 1, flops, nbytes, chip, state_bytes))
+
+    # ---- evaluation: greedy, one response per prompt, in chunks.
+    if sh.eval is not None and run.eval_every:
+        calls = sh.eval_calls / run.eval_every
+        programs += sampler_programs("eval_sample", sh.eval, run.eval_settings, calls)
+    for p in programs:
+        if p.name in ("sample", "eval_sample"):
+            # The prefill reads the train params (resident); the packed
+            # weights are the rollout's own.
+            p.resident_args = params_bytes
+    return programs

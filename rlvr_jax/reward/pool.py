@@ -1,0 +1,393 @@
+"""Batch scoring of responses in a pool of killable worker processes.
+
+The training loop scores ~1024 responses per step. A grader can hang or blow
+up memory on adversarial text, so scoring runs in worker processes that the
+parent watches: every item has a deadline, and a worker that passes it is
+killed (SIGKILL) and replaced; that item scores 0 and is counted as a timeout.
+Nothing relies on SIGALRM or on the worker cooperating.
+
+Workers are started with the "forkserver" method where available (else
+"spawn"), never plain fork: the parent process runs JAX, whose threads make
+fork unsafe. The fork server preloads `rlvr_jax.checker`, so a replacement
+worker starts in milliseconds. As with any spawn/forkserver child, a worker
+re-imports the parent's `__main__` module (guarded by `__name__`), so keep
+heavy imports of an entry point inside functions.
+
+Keep one `RewardPool` for the whole run; `score_batch` is a convenience wrapper
+over a shared pool for scripts.
+
+    with RewardPool(workers=8, timeout_s=5.0) as pool:
+        result = pool.score(responses, ground_truths)
+        result.rewards, result.timeouts, result.errors
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import dataclasses
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from multiprocessing.connection import wait
+
+from rlvr_jax.reward import checker
+
+DEFAULT_TIMEOUT_S = 5.0
+# Extracted answers sent back to the parent are cut to this many characters;
+# they are for logging only.
+MAX_EXTRACTED_CHARS = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreResult:
+    """The scores of one batch, in input order.
+
+    Attributes:
+      rewards: 1.0 or 0.0 per response.
+      extracted: the extracted answer per response (None when there was none,
+        or when the item timed out or crashed its worker), cut to
+        MAX_EXTRACTED_CHARS.
+      timeouts: items that passed their deadline (scored 0).
+      errors: items whose grading raised or crashed a worker (scored 0).
+    """
+
+    rewards: list[float]
+    extracted: list[str | None]
+    timeouts: int
+    errors: int
+
+
+def _worker_main(conn, scorer, memory_limit_mb: int | None) -> None:
+    """A worker's loop: score chunks of items, one result message per item."""
+    # Ctrl-C goes to the whole process group; the parent decides when we stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if memory_limit_mb and sys.platform.startswith("linux"):
+        import resource
+
+        limit = memory_limit_mb << 20
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        mode, items = msg
+        for index, response, gold in items:
+            try:
+                value, extracted, error = scorer(response, gold, mode)
+                value = float(value)
+            except Exception:  # noqa: BLE001 - MemoryError, RecursionError too
+                value, extracted, error = 0.0, None, True
+            if isinstance(extracted, str) and len(extracted) > MAX_EXTRACTED_CHARS:
+                extracted = extracted[:MAX_EXTRACTED_CHARS]
+            conn.send((index, value, extracted, bool(error)))
+
+
+class _Worker:
+    """Parent-side handle: the process, its pipe and the items it holds."""
+
+    def __init__(self, proc, conn, start_deadline: float):
+        self.proc = proc
+        self.conn = conn
+        self.ready = False
+        self.start_deadline = start_deadline
+        self.items: collections.deque[int] = collections.deque()
+        self.deadline = float("inf")
+
+
+def _default_workers() -> int:
+    return max(1, min(32, os.cpu_count() or 1))
+
+
+def _context(start_method: str | None):
+    methods = multiprocessing.get_all_start_methods()
+    if start_method is None:
+        start_method = "forkserver" if "forkserver" in methods else "spawn"
+    if start_method not in ("forkserver", "spawn"):
+        raise ValueError(
+            f"start_method must be forkserver or spawn, got {start_method}"
+        )
+    ctx = multiprocessing.get_context(start_method)
+    if start_method == "forkserver":
+        # No effect if this process's fork server is already running.
+        ctx.set_forkserver_preload(["rlvr_jax.reward.checker"])
+    return ctx
+
+
+class RewardPool:
+    """A reusable pool of grading processes with per-item deadlines.
+
+    Not thread-safe: one `score` call at a time. Use as a context manager or
+    call `close()`.
+
+    Attributes:
+      timeout_s: the default per-item deadline.
+      mode: the default extraction mode.
+      restarts: workers replaced so far after a timeout or a crash.
+    """
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        mode: str = "boxed",
+        *,
+        scorer=None,
+        memory_limit_mb: int | None = 4096,
+        start_timeout_s: float = 120.0,
+        start_method: str | None = None,
+    ):
+        """Starts the workers (they become ready in the background).
+
+        Args:
+          workers: number of processes; None means one per CPU (at most 32).
+          timeout_s: default per-item deadline in seconds.
+          mode: default extraction mode: "boxed" (training reward) or "eval".
+          scorer: a picklable `f(response, gold, mode) -> (reward, extracted,
+            error)`; defaults to `checker.score_item`. Tests use it to plant a
+            hanging grader.
+          memory_limit_mb: address-space limit per worker (Linux); None for none.
+          start_timeout_s: how long a new worker may take to become ready.
+          start_method: "forkserver" or "spawn"; None picks forkserver if the
+            platform has it.
+        """
+        if mode not in checker.MODES:
+            raise ValueError(f"mode must be one of {checker.MODES}, got {mode!r}")
+        if timeout_s <= 0:
+            raise ValueError("timeout_s must be positive")
+        self.timeout_s = float(timeout_s)
+        self.mode = mode
+        self._scorer = scorer or checker.score_item
+        self._memory_limit_mb = memory_limit_mb
+        self._start_timeout_s = start_timeout_s
+        self._ctx = _context(start_method)
+        self._closed = False
+        self.restarts = 0
+        self._workers = [self._spawn() for _ in range(workers or _default_workers())]
+
+    @property
+    def size(self) -> int:
+        """The number of worker processes."""
+        return len(self._workers)
+
+    def _spawn(self) -> _Worker:
+        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        proc = self._ctx.Process(
+            target=_worker_main,
+            args=(child_conn, self._scorer, self._memory_limit_mb),
+            name="rlvr-reward-worker",
+            daemon=True,
+        )
+        proc.start()
+        child_conn.close()
+        return _Worker(proc, parent_conn, time.monotonic() + self._start_timeout_s)
+
+    def _replace(self, k: int) -> None:
+        w = self._workers[k]
+        if w.proc.is_alive():
+            w.proc.kill()
+        w.proc.join(timeout=10)
+        w.conn.close()
+        self._workers[k] = self._spawn()
+        self.restarts += 1
+
+    def score(
+        self,
+        responses: list[str],
+        ground_truths: list,
+        *,
+        timeout_s: float | None = None,
+        mode: str | None = None,
+    ) -> ScoreResult:
+        """Scores responses against ground truths, in input order.
+
+        Args:
+          responses: model responses.
+          ground_truths: one gold answer per response.
+          timeout_s: per-item deadline; defaults to the pool's.
+          mode: "boxed" or "eval"; defaults to the pool's.
+
+        Returns:
+          A ScoreResult. Items past their deadline or that crash a worker
+          score 0 and are counted.
+        """
+        if self._closed:
+            raise RuntimeError("RewardPool is closed")
+        if len(responses) != len(ground_truths):
+            raise ValueError(
+                f"{len(responses)} responses but {len(ground_truths)} ground truths"
+            )
+        mode = mode or self.mode
+        if mode not in checker.MODES:
+            raise ValueError(f"mode must be one of {checker.MODES}, got {mode!r}")
+        timeout = float(timeout_s or self.timeout_s)
+        n = len(responses)
+        rewards = [0.0] * n
+        extracted: list[str | None] = [None] * n
+        counts = {"timeouts": 0, "errors": 0}
+        pending = collections.deque(range(n))
+        remaining = n
+        # Small chunks keep every worker busy without long queues behind a
+        # stuck item; a chunk is only sent to an idle worker, so a send never
+        # blocks on a worker that is not reading.
+        chunk = max(1, min(16, n // (4 * len(self._workers)) or 1))
+
+        def finish(index: int, value: float, answer, error: bool) -> None:
+            nonlocal remaining
+            rewards[index] = value
+            extracted[index] = answer
+            counts["errors"] += bool(error)
+            remaining -= 1
+
+        def drop_worker(k: int, outcome: str) -> None:
+            # The head item is the one being graded; the rest are re-queued.
+            w = self._workers[k]
+            if w.items:
+                finish(w.items.popleft(), 0.0, None, outcome == "error")
+                if outcome == "timeout":
+                    counts["timeouts"] += 1
+                pending.extendleft(reversed(w.items))
+                w.items.clear()
+            self._replace(k)
+
+        while remaining:
+            now = time.monotonic()
+            for k, w in enumerate(self._workers):
+                if w.ready and not w.items and pending:
+                    batch = [pending.popleft() for _ in range(min(chunk, len(pending)))]
+                    try:
+                        w.conn.send(
+                            (mode, [(i, responses[i], ground_truths[i]) for i in batch])
+                        )
+                    except (OSError, EOFError):
+                        pending.extendleft(reversed(batch))
+                        self._replace(k)
+                        continue
+                    w.items.extend(batch)
+                    w.deadline = now + timeout
+            deadlines = [
+                w.deadline if w.ready else w.start_deadline
+                for w in self._workers
+                if w.items or not w.ready
+            ]
+            wait_s = max(0.0, min(deadlines) - now) if deadlines else None
+            handles = [w.conn for w in self._workers] + [
+                w.proc.sentinel for w in self._workers
+            ]
+            wait(handles, timeout=wait_s)
+            for k in range(len(self._workers)):
+                w = self._workers[k]
+                dead = False
+                try:
+                    while w.conn.poll():
+                        msg = w.conn.recv()
+                        if msg[0] == "ready":
+                            w.ready = True
+                            continue
+                        index, value, answer, error = msg
+                        if not w.items or w.items[0] != index:
+                            raise RuntimeError("reward worker answered out of order")
+                        w.items.popleft()
+                        finish(index, value, answer, error)
+                        w.deadline = time.monotonic() + timeout
+                except (EOFError, OSError):
+                    dead = True
+                if dead or not w.proc.is_alive():
+                    if not w.ready:
+                        w.proc.join(timeout=1)
+                        self.close()
+                        raise RuntimeError(
+                            "a reward worker died while starting (exit code "
+                            f"{w.proc.exitcode}); is the main module guarded by "
+                            "`if __name__ == '__main__':`?"
+                        )
+                    drop_worker(k, "error")
+            now = time.monotonic()
+            for k, w in enumerate(self._workers):
+                if w.items and now > w.deadline:
+                    drop_worker(k, "timeout")
+                elif not w.ready and now > w.start_deadline:
+                    self.close()
+                    raise RuntimeError(
+                        f"a reward worker did not start within {self._start_timeout_s} s"
+                    )
+        return ScoreResult(rewards, extracted, counts["timeouts"], counts["errors"])
+
+    def close(self) -> None:
+        """Stops the workers. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for w in self._workers:
+            try:
+                w.conn.send(None)
+            except (OSError, EOFError):
+                pass
+        end = time.monotonic() + 2.0
+        for w in self._workers:
+            w.proc.join(timeout=max(0.0, end - time.monotonic()))
+            if w.proc.is_alive():
+                w.proc.kill()
+                w.proc.join(timeout=5)
+            w.conn.close()
+
+    def __enter__(self) -> RewardPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+_shared: dict = {}
+_shared_lock = threading.Lock()
+
+
+def _close_shared() -> None:
+    pool = _shared.pop("pool", None)
+    if pool is not None:
+        pool.close()
+
+
+def score_batch(
+    responses: list[str],
+    ground_truths: list,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    *,
+    mode: str = "boxed",
+) -> list[float]:
+    """Scores responses in a shared, lazily started pool (one per process).
+
+    For the rewards plus timeout/error counts, or control over the workers,
+    use a `RewardPool`.
+
+    Args:
+      responses: model responses.
+      ground_truths: one gold answer per response.
+      timeout_s: per-item deadline in seconds.
+      mode: "boxed" (the training reward) or "eval" (lenient extraction).
+
+    Returns:
+      1.0 or 0.0 per response, in input order.
+    """
+    with _shared_lock:
+        pool = _shared.get("pool")
+        if pool is None or pool._closed:
+            if not _shared:
+                atexit.register(_close_shared)
+            pool = _shared["pool"] = RewardPool()
+        return pool.score(
+            responses, ground_truths, timeout_s=timeout_s, mode=mode
+        ).rewards

@@ -19,8 +19,12 @@
 # from the newest checkpoint there (so WORKDIR must be gs://: a worker's disk
 # goes with the VM). At most MAX_RESTARTS (default 20) times.
 #
-# Optional: CONFIG (configs/pi1.py), VERSION (the TPU software version,
-# tpu-ubuntu2204-base), PROJECT, PYTHON (python3 on the workers).
+# VERSION is the slice's TPU software version; by default Cloud TPU's runtime
+# for ACCELERATOR's generation: tpu-ubuntu2204-base for v4 (v4-*),
+# v2-alpha-tpuv5-lite for v5e (v5litepod-*), v2-alpha-tpuv5 for v5p (v5p-*),
+# v2-alpha-tpuv6e for v6e (v6e-*). Another accelerator type needs VERSION.
+#
+# Optional: CONFIG (configs/pi1.py), PROJECT, PYTHON (python3 on the workers).
 # --dry-run prints every command without running those that change anything;
 # the read-only `describe` still runs, so the plan matches the slice's state.
 set -euo pipefail
@@ -44,12 +48,32 @@ state() {  # READY, STOPPED, PREEMPTED, ... or ABSENT
     echo ABSENT
 }
 
+# The TPU software version to create an ACCELERATOR slice with: VERSION when
+# set, else the runtime for the accelerator's generation.
+tpu_version() {
+  if [[ -n ${VERSION:-} ]]; then
+    echo "$VERSION"
+    return
+  fi
+  case $1 in
+    v4-*) echo tpu-ubuntu2204-base ;;
+    v5litepod-*) echo v2-alpha-tpuv5-lite ;;
+    v5p-*) echo v2-alpha-tpuv5 ;;
+    v6e-*) echo v2-alpha-tpuv6e ;;
+    *)
+      echo "unknown accelerator type $1 (known: v4-*, v5litepod-*, v5p-*, v6e-*): set VERSION to its TPU software version" >&2
+      return 1
+      ;;
+  esac
+}
+
 create() {
-  local spot=()
+  local spot=() version
+  version=$(tpu_version "${ACCELERATOR:?accelerator type to create, e.g. v4-32}") ||
+    exit 1
   if [[ ${SPOT:-0} == 1 ]]; then spot=(--spot); fi
   act "${G[@]}" create "$TPU" "${AT[@]}" \
-    --accelerator-type "${ACCELERATOR:?accelerator type to create, e.g. v4-32}" \
-    --version "${VERSION:-tpu-ubuntu2204-base}" "${spot[@]}"
+    --accelerator-type "$ACCELERATOR" --version "$version" "${spot[@]}"
 }
 
 ensure_slice() {
@@ -97,6 +121,8 @@ EOF
 
 run() {
   : "${MODEL:?HF model directory}" "${WORKDIR:?workdir (gs:// for spot slices)}"
+  # An unknown accelerator type stops here, not when a slice is (re)created.
+  if [[ -n ${ACCELERATOR:-} ]]; then tpu_version "$ACCELERATOR" > /dev/null || exit 1; fi
   local tmp code start model=$MODEL copy_model=0
   tmp=$(mktemp -d)
   code=$tmp/rlvr_jax.tar.gz

@@ -104,6 +104,10 @@ def base_config() -> config_dict.ConfigDict:
     # for its one log-prob pass a step: its HBM is free while sampling and
     # updating (the plan suggests it when a run does not fit otherwise).
     c.train.reference_on_host = False
+    # Consecutive updates skipped for a non-finite loss or gradient norm
+    # after which the run stops (saving its last good state): a run whose
+    # every update is skipped is going nowhere.
+    c.train.max_skipped_updates = 3
 
     c.mesh = config_dict.ConfigDict()
     # Params, gradients and AdamW state split over every chip (fsdp): at
@@ -130,6 +134,14 @@ def base_config() -> config_dict.ConfigDict:
     c.checkpoint.resume_from = ""  # explicit initial checkpoint (see checkpoint.py)
     c.checkpoint.export_hf_every = 0  # also export a HF checkpoint every N steps
     c.checkpoint.async_save = True
+
+    # Resuming a workdir with a config that differs from the one it was
+    # started with is refused for keys that change the run's meaning
+    # (model, data, seed, loss, optimizer, sampling, ...), unless named here
+    # (comma-separated dotted keys, e.g. "optim.lr"). Steps, cadences,
+    # logging and memory layout may change freely (train.RESUMABLE_KEYS).
+    c.resume = config_dict.ConfigDict()
+    c.resume.allow_changes = ""
 
     c.log = config_dict.ConfigDict()
     c.log.tensorboard = True

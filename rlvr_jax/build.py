@@ -16,14 +16,17 @@ functions `train.run` uses, so the plan compiles the run's own objects.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+from etils import epath
 
 from rlvr_jax import checkpoint as ckpt_lib
+from rlvr_jax import io as io_lib
 from rlvr_jax import learner, sharding
 from rlvr_jax.data import examples as data_lib
 from rlvr_jax.data import paper_data
@@ -258,6 +261,51 @@ def _eval_set_count(path: str) -> tuple[int, str]:
 
 
 # ------------------------------------------------------------- validation
+# Above this the optimizer's step outgrows what RL fine-tuning of a
+# pretrained model uses (the paper's 1e-6; the laptop lab's 1e-4; a tiny
+# random model's 3e-3): a likely typo, said but not refused.
+LR_WARN = 1e-2
+
+
+def check_config(config) -> list[str]:
+    """Checks that need no model or devices, run before anything is read or
+    written; returns warnings to print.
+
+    Raises:
+      ValueError: one line naming the key and the fix.
+    """
+    m, o = config.model, config.optim
+    if m.preset and m.path:
+        raise ValueError(
+            f"model.preset={m.preset!r} and model.path={m.path!r} are both set: "
+            "pass --config.model.path='' for the random preset, or "
+            "--config.model.preset='' to load the path"
+        )
+    if not o.lr > 0:  # NaN too
+        raise ValueError(
+            f"optim.lr={o.lr} must be positive (a negative rate ascends the loss)"
+        )
+    if config.checkpoint.every <= 0:
+        raise ValueError(
+            f"checkpoint.every={config.checkpoint.every} must be a positive "
+            "number of steps (set it above train.steps to save only at the end)"
+        )
+    if config.eval.every < 0:
+        raise ValueError(f"eval.every={config.eval.every}: 0 (none) or a step count")
+    if config.train.max_skipped_updates < 1:
+        raise ValueError(
+            f"train.max_skipped_updates={config.train.max_skipped_updates} must be "
+            ">= 1"
+        )
+    warnings = []
+    if o.lr > LR_WARN:
+        warnings.append(
+            f"warning: optim.lr={o.lr:g} is above {LR_WARN:g}, far above RL "
+            "fine-tuning rates (the paper: 1e-6); the run goes on"
+        )
+    return warnings
+
+
 def validate(config, model_config: decoder.ModelConfig, mesh) -> None:
     """Config checks that must pass before anything touches the workdir."""
     t, r, d = config.train, config.rollout, config.data
@@ -297,6 +345,91 @@ def validate(config, model_config: decoder.ModelConfig, mesh) -> None:
         raise ValueError(f"train.steps must be >= 0, got {t.steps}")
     if t.logits_chunk <= 0:
         raise ValueError(f"train.logits_chunk must be positive, got {t.logits_chunk}")
+
+
+# Keys a resumed run may change without saying so: how long it runs, how
+# often it evaluates, saves and logs, and how its work is laid out in memory
+# (what `rlvr_jax.plan` suggests changing), none of which changes what it
+# computes.
+RESUMABLE_KEYS = (
+    "train.steps",
+    "eval.every",
+    "eval.chunk_size",
+    "checkpoint.every",
+    "checkpoint.keep",
+    "checkpoint.export_hf_every",
+    "checkpoint.async_save",
+    "log.*",
+    "resume.*",
+    "mesh.*",
+    "model.attention",
+    "model.remat",
+    "rollout.chunk_size",
+    "rollout.decode_weights",
+    "train.micro_batch_size",
+    "train.max_tokens_per_micro_batch",
+    "train.logits_chunk",
+    "train.reference_on_host",
+    "train.max_skipped_updates",
+)
+
+
+def _flat(tree, prefix=""):
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _matches(key: str, patterns) -> bool:
+    return any(
+        key == p or (p.endswith(".*") and key.startswith(p[:-1])) for p in patterns
+    )
+
+
+def config_changes(config, saved: dict) -> list[str]:
+    """The keys whose values differ from the `saved` config (a run's first
+    launch, as JSON), other than `RESUMABLE_KEYS` and those named in
+    `resume.allow_changes`, each as "key: saved -> now"."""
+    now = _flat(json.loads(config.to_json_best_effort()))
+    before = _flat(saved)
+    allowed = list(RESUMABLE_KEYS) + [
+        k.strip() for k in config.resume.allow_changes.split(",") if k.strip()
+    ]
+    return [
+        f"{key}: {before.get(key, '(absent)')!r} -> {now.get(key, '(absent)')!r}"
+        for key in sorted(set(now) | set(before))
+        if now.get(key) != before.get(key) and not _matches(key, allowed)
+    ]
+
+
+def check_resume(config, workdir: str) -> None:
+    """Refuses to resume a workdir's checkpoints under a config that changes
+    the run's meaning (`config_changes` against the workdir's first launch).
+
+    Raises:
+      ValueError: one line with the differences and the override that
+        accepts them.
+    """
+    saved_path = epath.Path(workdir) / io_lib.CONFIG_FILE
+    if not ckpt_lib.available_steps(workdir) or not saved_path.exists():
+        return  # nothing to resume: the run starts over
+    try:
+        saved = json.loads(saved_path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{saved_path} is not readable JSON ({e})") from None
+    changes = config_changes(config, saved)
+    if changes:
+        keys = ",".join(c.split(":")[0] for c in changes)
+        raise ValueError(
+            f"{workdir} holds a run started with another config ("
+            + "; ".join(changes)
+            + f"): resume with --config.resume.allow_changes={keys} to accept "
+            "the change, or use another --workdir"
+        )
 
 
 # ---------------------------------------------------------------- learner
@@ -487,25 +620,25 @@ def benchmark_call_prompts(config, protocol) -> int:
 def start_state(checkpointer, model: decoder.ModelConfig, tx, mesh, params):
     """The train state a run starts from, and where: (state, step, meta).
 
-    The workdir's newest checkpoint when there is one (meta: its data
+    The workdir's newest intact checkpoint when there is one (meta: its data
     iterator position and history), else a fresh state from `params` (step
-    0, meta None).
+    0, meta None). A damaged newer step (unreadable, arrays that differ from
+    their saved digests, non-finite values) is skipped with one console line
+    and left in place (`Checkpointer.restore_verified`): a disk fault costs
+    the steps since the previous checkpoint, not the run.
 
     Raises:
-      ValueError: the newest checkpoint is unreadable.
+      ValueError: there are checkpoints, but none is intact (each step's
+        reason is named).
     """
-    start = checkpointer.latest_step()
-    if start is None:
+    if checkpointer.latest_step() is None:
         return learner.init_train_state(model, tx, mesh, params=params), 0, None
     abstract = learner.sharded_abstract_state(model, tx, mesh)
     rest = {k: v for k, v in abstract._asdict().items() if k != "params"}
-    try:
-        restored, items, meta = checkpointer.restore(start, abstract.params, rest)
-    except Exception as e:  # noqa: BLE001 - orbax raises many kinds
-        raise ValueError(
-            f"checkpoint {checkpointer.directory}/{start} is unreadable ({e!r}); "
-            "move it aside to resume from an earlier step"
-        ) from e
+    found = checkpointer.restore_verified(abstract.params, rest)
+    if found is None:  # the steps vanished since `latest_step` (moved aside)
+        return learner.init_train_state(model, tx, mesh, params=params), 0, None
+    start, restored, items, meta = found
     return learner.TrainState(params=restored, **items), start, meta
 
 
@@ -576,6 +709,7 @@ def plan_run(
     `hbm_bytes` is the memory per chip that `rollout.decode_weights="auto"`
     chooses by (default: the chip's).
     """
+    check_config(config)
     pad_id = 0
     if model is None:
         model, pad_id = _planned_model(config)

@@ -1,17 +1,47 @@
 """Training checkpoints: an orbax CheckpointManager wrapper.
 
-A checkpoint at step s lives in `<workdir>/checkpoints/<s>/` and holds three
+A checkpoint at step s lives in `<workdir>/checkpoints/<s>/` and holds four
 items: `params` (the policy), `train` (optimizer state, counters: everything
-else in the learner state) and `meta` (JSON: model config, data-iterator
-position, per-example accuracy history, RNG seed). Params are their own item
-so evaluation can restore a policy without knowing the optimizer.
+else in the learner state), `meta` (JSON: model config, data-iterator
+position, per-example accuracy history, RNG seed) and `digests` (JSON: a
+digest of every array saved in `params` and `train`). Params are their own
+item so evaluation can restore a policy without knowing the optimizer.
 
-Orbax writes each step into a temporary directory and renames it when
-complete, so a run killed mid-save leaves the previous checkpoint as the
-latest valid one.
+Orbax writes each step into a temporary directory
+(`<s>.orbax-checkpoint-tmp*`) and renames it when complete, so a run killed
+mid-save, or a save that failed (a full disk), leaves the previous checkpoint
+as the latest valid one: orbax lists only renamed steps. A failed save
+raises `CheckpointSaveError` (an OSError naming the step directory and the
+cause) when the cause is an OS error, else a ValueError.
+
+Verified resume (`Checkpointer.restore_verified`, what `build.start_state`
+calls): a file of a finished checkpoint can still be damaged later (a disk
+fault, a truncated copy). Orbax's array chunks carry no checksum: flipped
+bytes either fail to decode or restore silently as wrong values. Each save
+therefore records a digest per array (below); a resume tries the newest step first and skips one that is
+unreadable, whose arrays differ from their digests, or that holds a
+non-finite float (a diverged run's checkpoint), printing one line per skipped
+step and never deleting it. A step saved before digests existed restores
+unverified, saying so. A later save of a skipped step's number moves the
+damaged directory aside to `<s>.replaced-<UTC time>` (orbax refuses to write
+over a step).
+
+The digest of an array is computed on its devices by one small program: two
+32-bit sums, over every element, of a bijective mix of the element's bits
+and its flat index in the global array. It depends only on the global
+array's values, dtype and shape, not on how it is sharded, so a step saved on
+one mesh verifies on another, and every process of a multi-process run
+computes the same digest (a replicated result) and so reaches the same
+verdict; no process needs the whole array on its host, and no second copy of
+the state goes to the host. A change to one 32-bit word changes both sums
+for certain; other damage goes undetected with a chance of about 2^-64. It detects
+damage, not tampering. The digests are taken from the very arrays handed to
+orbax, before `save` returns (orbax copies them to the host in the same
+call), so they describe what the asynchronous save writes.
 
 Resume order (what `train.run` does on start):
-  1. the newest checkpoint in `<workdir>/checkpoints` (preemption restart);
+  1. the newest intact checkpoint in `<workdir>/checkpoints` (preemption
+     restart);
   2. else `checkpoint.resume_from`, an explicit checkpoint directory (a
      workdir, its `checkpoints/` folder, or one step folder), as new
      initial weights;
@@ -29,14 +59,20 @@ a Hugging Face directory, a directory of per-step HF exports (`<step>/` or
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from etils import epath
 
+from rlvr_jax import io as io_lib
+from rlvr_jax import sharding as sharding_lib
 from rlvr_jax.data import tokenizer as tokenizer_lib
 from rlvr_jax.model import params as params_lib
 from rlvr_jax.model.decoder import ModelConfig, abstract_params
@@ -46,8 +82,26 @@ def checkpoint_dir(workdir: str) -> str:
     return os.path.join(workdir, "checkpoints")
 
 
+class CheckpointSaveError(OSError):
+    """A checkpoint save that failed for an OS reason (a full disk, no write
+    permission).
+
+    `errno` is the cause's, `strerror` the cause in words and `filename` the
+    step's directory, so `io.describe_os_error` gives `<dir>/<step>: no space
+    left on device`; the message adds what orbax or tensorstore said.
+    """
+
+    def __init__(self, code: int, cause: str, where: str, detail: str):
+        super().__init__(code, cause, where)
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"checkpoint {self.filename} not saved: {self.strerror} ({self.detail})"
+
+
 class Checkpointer:
-    """Saves and restores (params, train state, meta) at integer steps."""
+    """Saves and restores (params, train state, meta) at integer steps, with
+    digests that a resume verifies (module docstring)."""
 
     def __init__(
         self, directory: str, *, keep: int | None = 3, async_save: bool = True
@@ -61,6 +115,7 @@ class Checkpointer:
                 create=True,
             ),
         )
+        self._pending: int | None = None  # a step whose async save may run
 
     def steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
@@ -69,19 +124,44 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def save(self, step: int, params: Any, train: Any, meta: dict) -> None:
-        """Starts saving; device→host copies finish before this returns."""
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardSave(params),
-                train=ocp.args.StandardSave(train),
-                meta=ocp.args.JsonSave(meta),
-            ),
-            force=True,
-        )
+        """Starts saving; device→host copies finish before this returns.
+
+        The digests of `params` and `train` are computed first, from the same
+        arrays, so they describe exactly what the (asynchronous) save writes.
+        A step that already exists can only be one a resume skipped as
+        damaged (a run resumes from its newest intact step and saves later
+        ones): it is moved aside to `<step>.replaced-<UTC time>`, not deleted.
+
+        Raises:
+          CheckpointSaveError: this save, or the previous asynchronous one,
+            failed for an OS reason; ValueError: for another reason.
+        """
+        digests = {
+            "format": _DIGEST_FORMAT,
+            "params": _inspect(params)[0],
+            "train": _inspect(train)[0],
+        }
+        self.wait()  # orbax waits here anyway; this names a failed previous step
+        if step in self._manager.all_steps():
+            self._move_aside(step)
+        try:
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    params=ocp.args.StandardSave(params),
+                    train=ocp.args.StandardSave(train),
+                    meta=ocp.args.JsonSave(meta),
+                    digests=ocp.args.JsonSave(digests),
+                ),
+                force=True,
+            )
+        except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise many kinds
+            raise self._save_error(step, e) from e
+        self._pending = step
 
     def restore(self, step: int, abstract_params: Any, abstract_train: Any):
-        """(params, train, meta) with arrays placed as the abstract trees say."""
+        """(params, train, meta) with arrays placed as the abstract trees say;
+        not verified (`restore_verified` is)."""
         restored = self._manager.restore(
             step,
             args=ocp.args.Composite(
@@ -91,6 +171,66 @@ class Checkpointer:
             ),
         )
         return restored["params"], restored["train"], restored["meta"]
+
+    def restore_verified(
+        self,
+        abstract_params: Any,
+        abstract_train: Any,
+        log: Callable[[str], None] | None = None,
+    ) -> tuple[int, Any, Any, dict] | None:
+        """The newest intact checkpoint: (step, params, train, meta).
+
+        Tries the steps newest first. A step is skipped when orbax cannot
+        read it, when an array differs from its saved digest, or when a
+        floating array holds a NaN or an infinity; each skipped step gets one
+        line, `checkpoint <dir>/<step> skipped: <reason>; resuming from step
+        <k>`, and stays where it is. A step saved without digests is restored
+        unverified (one line says so), still checked for non-finite values.
+        Every process reaches the same verdict on each step.
+
+        Args:
+          abstract_params, abstract_train: the trees to restore into
+            (ShapeDtypeStructs carrying their shardings).
+          log: where the lines go; printed by process 0 when None.
+
+        Returns:
+          None when there is no checkpoint at all.
+
+        Raises:
+          ValueError: no step is intact; names the directory and each step's
+            reason.
+        """
+        log = log or _say
+        skipped: list[tuple[int, str]] = []
+        for step in reversed(self.steps()):
+            found, reason, unverified = self._restore_checked(
+                step, abstract_params, abstract_train
+            )
+            if found is None:
+                skipped.append((step, reason))
+                # A failed orbax restore leaves coroutines in reference
+                # cycles that can hold restored shards: free them now, before
+                # the next step is restored beside them.
+                gc.collect()
+                continue
+            for bad, why in skipped:
+                log(
+                    f"checkpoint {self.directory}/{bad} skipped: {why}; "
+                    f"resuming from step {step}"
+                )
+            if unverified:
+                log(
+                    f"checkpoint {self.directory}/{step} {unverified}: resuming "
+                    "from it unverified"
+                )
+            return (step, *found)
+        if not skipped:
+            return None
+        reasons = "; ".join(f"step {s}: {why}" for s, why in skipped)
+        raise ValueError(
+            f"no intact checkpoint in {self.directory} ({reasons}); move the "
+            "directory aside to start the run afresh"
+        )
 
     def restore_params(self, step: int, abstract: Any) -> Any:
         restored = self._manager.restore(
@@ -105,11 +245,270 @@ class Checkpointer:
         return restored["meta"]
 
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        """Waits for the asynchronous save in flight.
+
+        Raises:
+          CheckpointSaveError, ValueError: that save failed (see `save`).
+        """
+        step, self._pending = self._pending, None
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise many kinds
+            raise self._save_error(step, e) from e
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
+
+    # -------------------------------------------------------------- internals
+    def _restore_checked(self, step: int, abstract_params: Any, abstract_train: Any):
+        """((params, train, meta) or None, why skipped, why unverified) for
+        one step; a reason is None where there is none.
+
+        The processes agree twice, so that all of them resume from the same
+        step: on whether the restore worked (a file that only one process
+        reads can fail there alone; the verification that follows is a
+        collective every process must join), and on the verdict.
+        """
+        found, reason, saved = None, None, None
+        unverified = "has no digests (saved before checkpoints carried them)"
+        try:
+            verified = self._has_digests(step)
+            items = {
+                "params": ocp.args.StandardRestore(abstract_params),
+                "train": ocp.args.StandardRestore(abstract_train),
+                "meta": ocp.args.JsonRestore(),
+            }
+            if verified:
+                items["digests"] = ocp.args.JsonRestore()
+            restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+            found = (restored["params"], restored["train"], restored["meta"])
+            if verified:
+                saved = restored["digests"]
+                unverified = None
+                if saved.get("format") != _DIGEST_FORMAT:  # a newer program's
+                    unverified = f"has digests of format {saved.get('format')!r}"
+                    saved = None
+            del restored
+        except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise many kinds
+            reason = f"unreadable ({_brief(e)})"
+        if sharding_lib.any_process(reason is not None):
+            return None, reason or "unreadable on another process", unverified
+        reason = _verify(found[0], found[1], saved)
+        if sharding_lib.any_process(reason is not None):
+            # Nothing keeps the rejected arrays: they are freed before the
+            # next step is restored (two full states may not fit in memory).
+            return None, reason or "damaged on another process", unverified
+        return found, None, unverified
+
+    def _has_digests(self, step: int) -> bool:
+        """Whether `step` was saved with digests: its metadata lists the item
+        (so a deleted `digests/` folder is damage, not an old checkpoint), or
+        the folder is there."""
+        if (self._step_dir(step) / "digests").exists():
+            return True
+        try:
+            handlers = self._manager.metadata(step).item_handlers or {}
+        except Exception:  # noqa: BLE001 - unreadable metadata: the restore says so
+            return False
+        return "digests" in handlers
+
+    def _step_dir(self, step: int) -> epath.Path:
+        return epath.Path(self.directory) / str(step)
+
+    def _move_aside(self, step: int) -> None:
+        """Moves an existing (skipped) step out of orbax's way; process 0
+        moves it, every process then forgets it."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = epath.Path(self.directory) / f"{step}.replaced-{stamp}"
+        if jax.process_index() == 0:
+            self._step_dir(step).rename(target)
+            _say(
+                f"checkpoint {self.directory}/{step} moved to {target}: "
+                f"a new step {step} replaces it"
+            )
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"rlvr_jax checkpoint replace {step}")
+        self._manager.reload()
+
+    def _save_error(self, step: int | None, e: Exception) -> Exception:
+        """A failed save as an error naming the step directory and the cause."""
+        where = f"{self.directory}/{step}" if step is not None else self.directory
+        code = _os_errno(e)
+        if code is not None:
+            cause = io_lib.describe_os_error(OSError(code, os.strerror(code)))
+            return CheckpointSaveError(code, cause, where, _brief(e))
+        return ValueError(f"checkpoint {where} not saved: {_brief(e)}")
+
+
+# ------------------------------------------------------------------ digests
+_DIGEST_FORMAT = 1  # bump when the digest of an array changes
+_SEEDS = (0x9E3779B9, 0x7F4A7C15)  # one per 32-bit sum: two unrelated sums
+
+
+def _fmix32(h: jax.Array) -> jax.Array:
+    """MurmurHash3's finalizer: a bijection on uint32 that spreads every input
+    bit over the output, so two different words never mix to the same one."""
+    h = h ^ (h >> 16)
+    h = h * jnp.uint32(0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = h * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def _words(x: jax.Array) -> jax.Array:
+    """An array's bits as uint32 words (a 64-bit element gives two)."""
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    if x.dtype == jnp.bool_:
+        return x.astype(jnp.uint32)
+    size = x.dtype.itemsize
+    if size in (1, 2):
+        unsigned = jnp.uint8 if size == 1 else jnp.uint16
+        return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+    return jax.lax.bitcast_convert_type(x, jnp.uint32)  # 4 bytes; 8: (..., 2)
+
+
+@jax.jit
+def _check_array(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(digest as uint32[2], whether every element is finite) of one array.
+
+    Each element's word is mixed with a key derived from its flat index in
+    the global array (so moved or swapped elements change the sums too), and
+    the mixed words are summed modulo 2^32: integer addition in any order, so
+    the result does not depend on the sharding. A replicated scalar result
+    reads on every process.
+    """
+    w = _words(x)
+    index = jnp.zeros(w.shape, jnp.uint32)
+    stride = 1
+    for axis in reversed(range(w.ndim)):
+        iota = jax.lax.broadcasted_iota(jnp.uint32, w.shape, axis)
+        index = index + iota * jnp.uint32(stride % 2**32)
+        stride *= w.shape[axis]
+    sums = [
+        jnp.sum(_fmix32(w ^ _fmix32(index ^ jnp.uint32(seed))), dtype=jnp.uint32)
+        for seed in _SEEDS
+    ]
+    finite = (
+        jnp.all(jnp.isfinite(x))
+        if jnp.issubdtype(x.dtype, jnp.inexact)
+        else jnp.array(True)
+    )
+    return jnp.stack(sums), finite
+
+
+def _inspect(tree: Any) -> tuple[dict[str, dict], list[str]]:
+    """({tree path: {"dtype", "shape", "digest"}}, paths of non-finite arrays).
+
+    Every array's program is dispatched before any result is read, so the
+    device work of all leaves overlaps; only 9 bytes per array reach the
+    host. An array of a dtype without a digest (complex, sub-byte) gets
+    none and is not verified.
+    """
+    pending = []
+    for path, x in jax.tree_util.tree_leaves_with_path(tree):
+        x = x if isinstance(x, jax.Array) else jnp.asarray(x)
+        try:
+            result = _check_array(x)
+        except TypeError:  # no bitcast to uint32 words for this dtype
+            result = None
+        pending.append((jax.tree_util.keystr(path), x, result))
+    results = jax.device_get([r for _, _, r in pending])
+    digests, nonfinite = {}, []
+    for (key, x, _), result in zip(pending, results, strict=True):
+        if result is None:
+            continue
+        (a, b), finite = result
+        digests[key] = {
+            "dtype": str(x.dtype),
+            "shape": list(x.shape),
+            "digest": f"{int(a):08x}{int(b):08x}",
+        }
+        if not finite:
+            nonfinite.append(key)
+    return digests, nonfinite
+
+
+def _verify(params: Any, train: Any, saved: dict | None) -> str | None:
+    """Why restored (params, train) are not intact, or None when they are.
+
+    An array is compared with its saved digest when both exist with the same
+    dtype and shape (a restore into another dtype casts, and is not damage).
+    Non-finite floats are refused with or without digests.
+    """
+    differ, nonfinite = [], []
+    for item, tree in (("params", params), ("train", train)):
+        found, bad = _inspect(tree)
+        nonfinite += [item + key for key in bad]
+        recorded = (saved or {}).get(item) or {}
+        for key, now in found.items():
+            then = recorded.get(key)
+            if (
+                then is not None
+                and (then["dtype"], then["shape"]) == (now["dtype"], now["shape"])
+                and then["digest"] != now["digest"]
+            ):
+                differ.append(item + key)
+    if differ:
+        return f"{_count(differ)} differ from their saved digests ({_some(differ)})"
+    if nonfinite:
+        return f"non-finite values in {_count(nonfinite)} ({_some(nonfinite)})"
+    return None
+
+
+def _count(names: list[str]) -> str:
+    return f"{len(names)} array" + ("s" if len(names) > 1 else "")
+
+
+def _some(names: list[str], shown: int = 3) -> str:
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
+
+
+# ----------------------------------------------------------------- failures
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")  # tensorstore's errors
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+    """`e` and the exceptions it was raised from, outermost first."""
+    seen = [e]
+    while (nxt := seen[-1].__cause__ or seen[-1].__context__) is not None:
+        if nxt in seen:
+            break
+        seen.append(nxt)
+    return seen
+
+
+def _os_errno(e: BaseException) -> int | None:
+    """The errno behind a failure: an OSError in its chain, or the OS error
+    code tensorstore writes into its messages."""
+    for x in _chain(e):
+        if isinstance(x, OSError) and x.errno is not None:
+            return x.errno
+    for x in _chain(e):
+        if m := _OS_ERROR_CODE.search(str(x)):
+            return int(m.group(1))
+    return None
+
+
+def _brief(e: BaseException, limit: int = 300) -> str:
+    """The innermost error of a chain in one line: it names the file or array
+    (orbax's outer errors wrap tensorstore's and print whole specs)."""
+    inner = _chain(e)[-1]
+    text = " ".join(str(inner).strip().splitlines()[:1]) or type(inner).__name__
+    text = f"{type(inner).__name__}: {text}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _say(line: str) -> None:
+    """A console line, from process 0 only (every process decides alike)."""
+    if jax.process_index() == 0:
+        print(line, flush=True)
 
 
 def config_to_meta(config: ModelConfig) -> dict:

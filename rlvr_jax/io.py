@@ -14,7 +14,10 @@ JSONL, as every reader here treats it:
     happen there: every writer ends each row with a newline.
 
 Whole files are written atomically (`write_atomic`, `write_jsonl`): a reader
-sees the old file or the new one, never part of one.
+sees the old file or the new one, never part of one, and a failed write
+leaves no temporary file behind. `describe_os_error` turns a failed file
+operation into the one line a console shows (`<path>: no space left on
+device`).
 
 This module is named `io` inside the package; the stdlib `io` stays reachable
 because imports are absolute. Import it as `from rlvr_jax import io as io_lib`
@@ -24,6 +27,7 @@ so that a module can use both.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -53,15 +57,58 @@ def is_remote(path) -> bool:
 # ------------------------------------------------------------------ writes
 def write_atomic(path, data: str | bytes) -> None:
     """Writes a whole file (text as UTF-8, or bytes) so that readers never see
-    a partial one; creates the parent directory."""
+    a partial one; creates the parent directory.
+
+    The data goes to `<path>.tmp<pid>` first and is renamed over `path`. When
+    the write or the rename fails (a full disk, a read-only mount) the
+    temporary file is removed before the error is re-raised: a failed write
+    leaves the directory as it was, not littered with partial files.
+    """
     path = epath.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f"{path.name}.tmp{os.getpid()}"
-    if isinstance(data, bytes):
-        tmp.write_bytes(data)
-    else:
-        tmp.write_text(data, encoding="utf-8")
-    tmp.replace(path)  # atomic on POSIX; a single object write on gs://
+    try:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data, encoding="utf-8")
+        tmp.replace(path)  # atomic on POSIX; a single object write on gs://
+    except BaseException:
+        # Also on KeyboardInterrupt: a half-written file is never useful.
+        # The original error matters more than a failed clean-up.
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+# The causes a user can act on, in plain words; other errors use strerror.
+_OS_ERROR_CAUSES = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EROFS: "read-only file system",
+}
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line naming the path of a failed file operation and its cause.
+
+    For a console `error:` line: `<path>: no space left on device` rather
+    than a traceback. ENOSPC, EDQUOT, EACCES/EPERM and EROFS get a fixed
+    phrase; other errors their strerror ("no such file or directory"); an
+    error without an errno its message. The path is `e.filename` (and
+    `e.filename2` for a rename); an error without one is described by its
+    cause alone.
+    """
+    cause = _OS_ERROR_CAUSES.get(e.errno) if e.errno is not None else None
+    if cause is None and e.strerror:
+        cause = e.strerror[:1].lower() + e.strerror[1:]
+    if cause is None:
+        cause = str(e) or type(e).__name__
+    paths = [str(f) for f in (e.filename, e.filename2) if f is not None]
+    line = f"{' -> '.join(paths)}: {cause}" if paths else cause
+    return " ".join(line.split())  # one line, whatever the message held
 
 
 def jsonl_text(rows: Iterable[dict]) -> str:

@@ -155,6 +155,8 @@ class Progress:
         parts += [
             f"{short} {float(metrics[k]):.4g}" for k, short in self.KEYS if k in metrics
         ]
+        if metrics.get("skipped_updates"):  # non-finite updates, when any
+            parts.append(f"skipped {int(metrics['skipped_updates'])}")
         parts += [  # evaluation steps also show their accuracy
             f"{k[len('eval/') : -len('/acc')]} acc {float(v):.4g}"
             for k, v in metrics.items()

@@ -160,6 +160,9 @@ def _rows(path: str, limit: int = 0) -> list[dict]:
 
 def run(config, workdir: str) -> dict[str, float]:
     """Fine-tunes as `config` says into `workdir`; returns the last metrics."""
+    for line in build.check_config(config):
+        print(line, flush=True)
+    build.check_resume(config, workdir)
     mesh = build.mesh(config)
     tokenizer, model_config, hf_path = build.tokenizer_and_model(config)
     tx = build.optimizer(config)
@@ -210,9 +213,7 @@ def run(config, workdir: str) -> dict[str, float]:
     nll_fn = jax.jit(functools.partial(nll_sums, model_config))
 
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-    io_lib.write_atomic(
-        epath.Path(workdir) / io_lib.CONFIG_FILE, config.to_json_best_effort(indent=2)
-    )
+    train_lib.record_launch(config, workdir, start)
     if not restored:
         tokenizer_lib.save(tokenizer, epath.Path(workdir) / "tokenizer")
     writer = metrics_lib.MetricsWriter(

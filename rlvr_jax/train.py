@@ -17,6 +17,7 @@ from a checkpoint replays exactly the batches and samples it would have drawn.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import threading
@@ -149,6 +150,95 @@ def check_fits(config, model_config) -> None:
     )
 
 
+# ---------------------------------------------------------------- guards
+LAUNCHES_FILE = "launches.jsonl"  # one row per launch of a workdir's run
+
+
+def record_launch(config, workdir: str, step: int) -> None:
+    """Keeps the first launch's config as the run's record (`CONFIG_FILE`,
+    what a resume is checked against) and appends every launch, with its
+    config and starting step, to `LAUNCHES_FILE`."""
+    root = epath.Path(workdir)
+    text = config.to_json_best_effort(indent=2)
+    if not (root / CONFIG_FILE).exists():
+        io_lib.write_atomic(root / CONFIG_FILE, text)
+    rows = io_lib.read_log(root / LAUNCHES_FILE)
+    rows.append(
+        {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "start_step": step,
+            "processes": jax.process_count(),
+            "config": json.loads(text),
+        }
+    )
+    io_lib.write_jsonl(root / LAUNCHES_FILE, rows)
+
+
+def check_architecture(checkpointer, model_config) -> None:
+    """Refuses a workdir whose newest checkpoint holds another architecture
+    (a changed model accepted by `resume.allow_changes` still cannot load)."""
+    step = checkpointer.latest_step()
+    if step is None:
+        return
+    try:
+        saved = ckpt_lib.config_from_meta(
+            checkpointer.restore_meta(step)["model_config"]
+        )
+    except Exception:  # noqa: BLE001 - an unreadable step: start_state decides
+        return
+    a, b = build.architecture(saved), build.architecture(model_config)
+    if a != b:
+        diff = [
+            f"{f.name} {getattr(a, f.name)!r} -> {getattr(b, f.name)!r}"
+            for f in dataclasses.fields(a)
+            if getattr(a, f.name) != getattr(b, f.name)
+        ]
+        raise ValueError(
+            f"{checkpointer.directory}/{step} holds another architecture than "
+            f"this config's ({', '.join(diff)}): use another --workdir"
+        )
+
+
+class Guard:
+    """Stops a run going nowhere and reports a runaway update.
+
+    `stuck` (a message) after `max_skipped` consecutive updates were skipped
+    for a non-finite loss or gradient; `outlier` when an update's size
+    relative to the weights (`update_ratio`) is above 1 or 10× the median of
+    the run's earlier ones (said once per step on the console).
+    """
+
+    def __init__(self, max_skipped: int, say):
+        self.max_skipped, self.say = max_skipped, say
+        self.skipped_run = 0
+        self.ratios: list[float] = []
+        self.stuck = ""
+        self.outlier = False
+
+    def update(self, step: int, learn: dict) -> None:
+        self.skipped_run = self.skipped_run + 1 if learn["skipped"] else 0
+        if self.skipped_run >= self.max_skipped:
+            self.stuck = (
+                f"the last {self.skipped_run} updates (to step {step}) were all "
+                "skipped: the loss or gradient norm was not finite (grad_norm "
+                f"{float(learn['grad_norm']):.3g}); train.max_skipped_updates="
+                f"{self.max_skipped}"
+            )
+        ratio = float(learn["update_ratio"])
+        self.outlier = False
+        if learn["skipped"]:
+            return
+        typical = float(np.median(self.ratios)) if len(self.ratios) >= 5 else None
+        if ratio > 1 or (typical and ratio > 10 * typical):
+            self.outlier = True
+            self.say(
+                f"warning: step {step}'s update moved the weights by {ratio:.3g} of "
+                "their norm"
+                + (f", {ratio / typical:.0f}x the run's median" if typical else "")
+            )
+        self.ratios.append(ratio)
+
+
 # ----------------------------------------------------------------------- run
 def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains as `config` says, checkpointing and logging into `workdir`.
@@ -156,7 +246,8 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
     Returns the metrics of the last step. Raises `Preempted` after saving when
     a SIGTERM arrived.
     """
-    # ---------------------------------------------------------------- mesh
+    # ---------------------------------------------------- checks, mesh
+    warnings = build.check_config(config)  # before anything is read or written
     mesh = build.mesh(config)
 
     # -------------------------------------------- tokenizer, model, checks
@@ -173,6 +264,9 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
     def say(line: str) -> None:  # one console line per phase, process 0 only
         if jax.process_index() == 0:
             print(line, flush=True)
+
+    for line in warnings:
+        say(line)
 
     t_run = time.time()
     # ------------------------------------------------------------------ data
@@ -193,6 +287,7 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
         )
     )
     sets = build.eval_sets(config, tokenizer)
+    build.check_resume(config, workdir)  # reads the workdir; writes nothing
     say(
         f"data: {len(examples)} rows of {len(distinct)} distinct example(s) from "
         f"{config.data.train_path or 'the built-in task'}; eval: "
@@ -222,6 +317,7 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
         async_save=config.checkpoint.async_save,
     )
     history: dict[str, list[float]] = {}
+    check_architecture(checkpointer, model_config)
     state, start, meta = build.start_state(
         checkpointer, model_config, tx, mesh, reference
     )
@@ -245,10 +341,7 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
     # -------------------------------------------------------------- workdir
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
-        # The full config of the latest launch, next to what it produced.
-        io_lib.write_atomic(
-            epath.Path(workdir) / CONFIG_FILE, config.to_json_best_effort(indent=2)
-        )
+        record_launch(config, workdir, start)
     if jax.process_index() == 0 and not restored:
         # Checkpoint sweeps (python -m rlvr_jax.evaluate) decode with this.
         tokenizer_lib.save(tokenizer, epath.Path(workdir) / "tokenizer")
@@ -311,6 +404,7 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
             decode_sharding=decode_sharding,
         )
 
+    guard = Guard(config.train.max_skipped_updates, say)
     last: dict[str, float] = {}
     try:
         step = start
@@ -382,6 +476,7 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
             learn = jax.tree.map(sharding_lib.local_value, learn)
             t_learn = time.time() - t0
             step += 1
+            guard.update(step, learn)
             # ----------------------------------------------------------- log
             generated = int(roll.lengths.sum())
             m = _rollout_metrics(roll, rewards, batch_examples, settings.n, history)
@@ -396,6 +491,8 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
                     "grad_norm": learn["grad_norm"],
                     "lr": lr,
                     "skipped_updates": learn["skipped_total"],
+                    "update_ratio": learn["update_ratio"],
+                    "warning/update_outlier": float(guard.outlier),
                     "checker/timeouts": scored.timeouts,
                     "checker/errors": scored.errors,
                     "time/sample_s": t_sample,
@@ -415,6 +512,11 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
             last = m
             if step % config.checkpoint.every == 0 or step == config.train.steps:
                 save(step)
+            if guard.stuck:  # the last good state saved, then stop
+                if step % config.checkpoint.every and step != config.train.steps:
+                    save(step)
+                checkpointer.wait()
+                raise ValueError(guard.stuck + f"; state saved at step {step}")
             if sharding_lib.any_process(sigterm.is_set()):
                 if step % config.checkpoint.every and step != config.train.steps:
                     save(step)

@@ -1,5 +1,7 @@
-"""rlvr_jax.io: atomic writes, the one JSONL behaviour, and JAX-free imports."""
+"""rlvr_jax.io: atomic writes (and their clean failure), the one JSONL
+behaviour, OS errors as one line, and JAX-free imports."""
 
+import errno
 import json
 import subprocess
 import sys
@@ -93,3 +95,78 @@ def test_results_plot_and_checker_import_no_jax():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert proc.stdout.strip() == "[]", proc.stdout
+
+
+@pytest.mark.parametrize("step", ["write", "rename"])
+def test_a_failed_write_atomic_removes_its_temporary_file_and_reraises(
+    tmp_path, monkeypatch, step
+):
+    from etils import epath
+
+    path = tmp_path / "f.json"
+    path.write_text("old")
+    path_type = type(epath.Path(tmp_path))
+    original = path_type.write_text
+
+    def half_then_full(self, data, *args, **kwargs):  # the disk fills mid-write
+        original(self, data[: len(data) // 2], *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    def refused(self, target):
+        raise OSError(errno.EACCES, "Permission denied", str(self), None, str(target))
+
+    if step == "write":
+        monkeypatch.setattr(path_type, "write_text", half_then_full)
+    else:
+        monkeypatch.setattr(path_type, "replace", refused)
+    with pytest.raises(OSError) as info:
+        io_lib.write_atomic(path, "new contents")
+    assert info.value.errno == (errno.ENOSPC if step == "write" else errno.EACCES)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.json"]  # no *.tmp*
+    assert path.read_text() == "old"
+
+
+@pytest.mark.parametrize(
+    "error, line",
+    [
+        (
+            OSError(errno.ENOSPC, "No space left on device", "/w/m"),
+            "/w/m: no space left on device",
+        ),
+        (
+            PermissionError(errno.EACCES, "Permission denied", "/w"),
+            "/w: permission denied",
+        ),
+        (
+            OSError(errno.EPERM, "Operation not permitted", "/w"),
+            "/w: permission denied",
+        ),
+        (
+            OSError(errno.EROFS, "Read-only file system", "/w"),
+            "/w: read-only file system",
+        ),
+        # Others by strerror; a rename names both paths; no path: the cause.
+        (
+            FileNotFoundError(errno.ENOENT, "No such file or directory", "/x"),
+            "/x: no such file or directory",
+        ),
+        (
+            OSError(errno.EXDEV, "Invalid cross-device link", "/a", None, "/b"),
+            "/a -> /b: invalid cross-device link",
+        ),
+        (OSError(errno.ENOSPC, "No space left on device"), "no space left on device"),
+        (OSError("disk\non fire"), "disk on fire"),
+    ],
+    ids=[
+        "enospc",
+        "eacces",
+        "eperm",
+        "erofs",
+        "other",
+        "rename",
+        "no_path",
+        "no_errno",
+    ],
+)
+def test_describe_os_error_is_one_line_naming_path_and_cause(error, line):
+    assert io_lib.describe_os_error(error) == line

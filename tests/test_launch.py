@@ -293,6 +293,55 @@ def test_tpu_pod_stop_and_delete(fake, sub, verb):
     assert len(records(root, "gcloud")) == 1
 
 
+def created_with(root):
+    (create,) = [c for c in records(root, "gcloud") if c[3] == "create"]
+    return option_value(create, "--accelerator-type"), option_value(create, "--version")
+
+
+def option_value(call, name):
+    return call[call.index(name) + 1]
+
+
+@pytest.mark.parametrize(
+    "accelerator,version",
+    [
+        ("v4-32", "tpu-ubuntu2204-base"),
+        ("v5litepod-16", "v2-alpha-tpuv5-lite"),
+        ("v5p-8", "v2-alpha-tpuv5"),
+        ("v6e-8", "v2-alpha-tpuv6e"),
+    ],
+)
+def test_tpu_pod_creates_each_generation_with_its_runtime(fake, accelerator, version):
+    env, root = fake
+    env = dict(env, ACCELERATOR=accelerator)
+    env.pop("VERSION", None)
+    out = launch(TPU_POD, env, "run", workers=2)
+    assert out.returncode == 0, out.stderr
+    assert created_with(root) == (accelerator, version)
+
+
+def test_tpu_pod_version_overrides_the_runtime(fake):
+    env, root = fake
+    for accelerator in ("v5p-8", "v3-8"):  # known or not, VERSION is used
+        env = dict(env, ACCELERATOR=accelerator, VERSION="tpu-vm-tf-2.16.1-pjrt")
+        out = launch(TPU_POD, env, "run")
+        assert out.returncode == 0, out.stderr
+        assert created_with(root) == (accelerator, "tpu-vm-tf-2.16.1-pjrt")
+        (root / "gcloud.jsonl").unlink()
+
+
+@pytest.mark.parametrize("dry", [[], ["--dry-run"]])
+def test_tpu_pod_unknown_accelerator_needs_a_version(fake, dry):
+    env, root = fake
+    env = dict(env, ACCELERATOR="v3-8")
+    env.pop("VERSION", None)
+    out = launch(TPU_POD, env, *dry, "run")
+    assert out.returncode == 1
+    (line,) = out.stderr.splitlines()
+    assert "v3-8" in line and "set VERSION" in line
+    assert records(root, "gcloud") == []  # stopped before touching anything
+
+
 def test_gpu_local_runs_one_process_on_all_gpus(fake):
     env, root = fake
     out = launch(GPU, env, "local", "--", "--config.train.steps=3")

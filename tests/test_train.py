@@ -301,10 +301,16 @@ def test_bad_config_raises_before_touching_the_workdir(
         config[section][field] = value
     from rlvr_jax import train
 
+    # A new initial checkpoint is a change of the run (refused on resume, as
+    # `tests/test_faults.py` checks): it is read for a new workdir.
+    workdir = trained_workdir
+    if "checkpoint.resume_from" in changes:
+        workdir = tmp_path / "new"
     before = _tree_digest(trained_workdir)
     with pytest.raises(error, match=message):
-        train.run(config, str(trained_workdir))
+        train.run(config, str(workdir))
     assert _tree_digest(trained_workdir) == before
+    assert workdir == trained_workdir or not workdir.exists()
 
 
 def test_pi1_config_with_only_a_model_path_trains_on_the_packaged_pi1(env, tmp_path):

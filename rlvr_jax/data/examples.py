@@ -83,6 +83,13 @@ def _row_to_example(row: dict, row_number: int, where: str, suffix: str) -> Exam
     problem = next((row[k] for k in _PROBLEM_KEYS if row.get(k)), None)
     answer = next((row[k] for k in _ANSWER_KEYS if row.get(k) is not None), None)
     if problem is None or answer is None:
+        empty = [
+            k
+            for k in (*_PROBLEM_KEYS, *_ANSWER_KEYS)
+            if k in row and row[k] in (None, "")
+        ]
+        if empty:
+            raise ValueError(f"{where}: the row's {', '.join(empty)} is empty")
         raise ValueError(
             f"{where}: row has neither a veRL `prompt` nor problem/answer fields "
             f"(keys: {sorted(row)})"
@@ -169,10 +176,14 @@ def load_examples(source: str, suffix: str = "") -> list[Example]:
       suffix: appended to bare problems (not to veRL prompts, which already
         carry their instruction).
     """
-    return [
+    path = resolve_source(source)
+    examples = [
         _row_to_example(row, i, where, suffix)
-        for i, (row, where) in enumerate(_read_rows(resolve_source(source)))
+        for i, (row, where) in enumerate(_read_rows(path))
     ]
+    if not examples:
+        raise ValueError(f"{path}: no examples (an empty file?)")
+    return examples
 
 
 def builtin_task() -> list[Example]:

@@ -365,7 +365,8 @@ def train_step(
     Returns:
       (new_state, metrics) with scalar metrics: loss, pg_loss, kl, entropy,
       clip_frac, ppo_kl, num_tokens, num_seqs, grad_norm (global, before
-      clipping), skipped (1 if this update was skipped) and skipped_total.
+      clipping), update_ratio, skipped (1 if this update was skipped) and
+      skipped_total.
       A non-finite loss or gradient norm leaves params and opt_state unchanged.
     """
     grads, metrics = loss_and_grads(
@@ -385,13 +386,17 @@ def apply_update(
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """The optimizer step of `train_step` on accumulated `grads`.
 
-    Returns (new_state, metrics: grad_norm, skipped, skipped_total); a
-    non-finite `loss` or gradient norm leaves params and opt_state unchanged.
+    Returns (new_state, metrics: grad_norm, update_ratio (‖update‖ / ‖params‖,
+    0 when skipped), skipped, skipped_total); a non-finite `loss` or gradient
+    norm leaves params and opt_state unchanged.
     """
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    # The update's size relative to the weights: how far one step moves them
+    # (a rate far outside the run's history, or above 1, is a run gone wrong).
+    update_ratio = optax.tree.norm(updates) / optax.tree.norm(state.params)
     keep = lambda new, old: jnp.where(ok, new, old)
     skipped = state.skipped + (~ok).astype(jnp.int32)
     new_state = TrainState(
@@ -401,7 +406,10 @@ def apply_update(
         skipped=skipped,
     )
     metrics = dict(
-        grad_norm=grad_norm, skipped=(~ok).astype(jnp.int32), skipped_total=skipped
+        grad_norm=grad_norm,
+        update_ratio=jnp.where(ok, update_ratio, 0.0),
+        skipped=(~ok).astype(jnp.int32),
+        skipped_total=skipped,
     )
     return new_state, metrics
 

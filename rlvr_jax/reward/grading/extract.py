@@ -7,11 +7,19 @@ over boxes; a hedge then reads as a list, never as its last box). Evaluation
 is lenient (docs/recipe.md, "Evaluation"): the boxes, else "the answer is
 ...", else a value stated with "is" at the end, else a closing display, else
 the last number.
+
+Every search here is linear in the length of the response and runs mostly in
+C (regexes, `str` methods): a 2 MB response of boxes, braces or digits is read
+in well under a second (tests/test_faults_checker.py).
 """
 
 from __future__ import annotations
 
+import bisect
+import collections
+import operator
 import re
+from itertools import accumulate, repeat
 
 MODES = ("boxed", "eval")
 
@@ -19,7 +27,6 @@ _BOX_COMMANDS = {
     "boxed": ("\\boxed", "\\fbox"),
     "eval": ("\\boxed", "\\fbox", "\\framebox"),
 }
-_BRACE_RE = re.compile(r"\\.|[{}]", re.S)
 _ANSWER_IS_RE = re.compile(
     r"(?:final answer|the answer)\s*(?:is|:|(?:must|should|would|will) be)\s*:?\s*",
     re.I,
@@ -36,19 +43,86 @@ _MATH_DELIMS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
 # The stated value is looked for in the closing part of the response only.
 _STATED_TAIL_CHARS = 600
 _NUMBER_RE = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+")
+_NOT_NUMBER_RE = re.compile(r"[^\d,.\-]")
+_DIGIT_RE = re.compile(r"\d")
 
 
-def _last_box(text: str, commands: tuple[str, ...], end: int) -> tuple[int, str]:
-    """The start of the last box command before `end`, and which command."""
-    best, best_cmd = -1, ""
-    for cmd in commands:
-        pos = text.rfind(cmd, 0, end)
-        # \boxed must not be the prefix of a longer command name.
-        while pos >= 0 and text[pos + len(cmd) : pos + len(cmd) + 1].isalpha():
-            pos = text.rfind(cmd, 0, pos)
-        if pos > best:
-            best, best_cmd = pos, cmd
-    return best, best_cmd
+class _Commands:
+    """The box commands of a text, found window by window from its end back.
+
+    The walk over the boxes goes backwards, and `window(end)` is asked with
+    `end` never growing: each window is searched once (two regex passes), and
+    windows double in size, so a walk over many boxes reads the text about
+    twice in all (where an `rfind` from each box would read it once per box)
+    and a walk over a few reads little more than they span.
+    """
+
+    def __init__(self, text: str, commands: tuple[str, ...]):
+        self.text = text
+        self.valid, self.other = _COMMAND_RES[commands]
+        self.reach = max(map(len, commands)) - 1
+        self.lo = len(text)  # text[lo:] has been searched
+        self.size = 256
+
+    def window(self, end: int) -> list[tuple[int, int]]:
+        """The spans of the box commands in the next window back from `end`
+        (all of them ending by `end`), in ascending order; empty when none is
+        left."""
+        text, found = self.text, []
+        self.lo = min(self.lo, end)  # the walk may jump back past a run
+        while not found and self.lo > 0:
+            lo = max(0, self.lo - self.size)
+            # Up to a command that starts before self.lo and ends after it,
+            # and the character after that, for the lookaheads.
+            hi = self.lo + self.reach + 1
+            found = list(map(_SPAN, self.valid.finditer(text, lo, hi)))
+            # \boxed must not be the prefix of a longer command name; the
+            # regexes leave only other letters than a-z to `isalpha`.
+            other = [
+                m.span()
+                for m in self.other.finditer(text, lo, hi)
+                if not text[m.end()].isalpha()
+            ]
+            if other:
+                found = sorted(found + other)
+            while found and found[-1][0] >= self.lo:
+                found.pop()
+            self.lo, self.size = lo, 2 * self.size
+        return found
+
+
+_BRACE_STEP = {"{": 1, "}": -1}
+
+
+def _closing_brace(text: str, j: int) -> int:
+    """The index of the `}` that closes the `{` at `j`, or -1 when unclosed.
+
+    A brace after a backslash (`\\{`; `\\\\` is an escape too) does not
+    count. Linear in the distance and at C speed: a chunk whose closing braces
+    cannot bring the depth down to zero is only counted, and the depth is
+    followed brace by brace (`accumulate`) only through a chunk that may close
+    the group. Chunks double in size (up to 64k), so a short group reads
+    little past its end.
+    """
+    depth, a, size, n = 1, j + 1, 64, len(text)
+    while a < n:
+        b = min(a + size, n)
+        # Escapes blanked, lengths kept; "\\\\" first pairs up the backslashes.
+        chunk = text[a:b].replace("\\\\", "__").replace("\\{", "__")
+        chunk = chunk.replace("\\}", "__")
+        if b < n and chunk[-1] == "\\":  # an escape cut in two: next chunk
+            b -= 1
+            chunk = chunk[:-1]
+        closes = chunk.count("}")
+        if closes >= depth:
+            steps = accumulate(map(_BRACE_STEP.get, chunk, repeat(0)), initial=depth)
+            try:
+                return a + operator.indexOf(steps, 0) - 1
+            except ValueError:
+                pass
+        depth += chunk.count("{") - closes
+        a, size = b, min(2 * size, 1 << 16)
+    return -1
 
 
 def _box_content(text: str, start: int) -> tuple[str | None, int]:
@@ -64,16 +138,10 @@ def _box_content(text: str, start: int) -> tuple[str | None, int]:
     while j < n and text[j] in " \t":
         j += 1
     if j < n and text[j] == "{":
-        depth = 0
-        for m in _BRACE_RE.finditer(text, j):
-            tok = m.group()
-            if tok == "{":
-                depth += 1
-            elif tok == "}":
-                depth -= 1
-                if depth == 0:
-                    return text[j + 1 : m.start()], m.end()
-        return None, n
+        close = _closing_brace(text, j)
+        if close < 0:
+            return None, n
+        return text[j + 1 : close], close + 1
     if j > start:  # "\boxed 5": the rest of the math, up to $ or a newline
         m = _UNBRACED_RE.match(text, j)
         return m.group(), m.end()
@@ -83,23 +151,78 @@ def _box_content(text: str, start: int) -> tuple[str | None, int]:
 _UNBRACED_RE = re.compile(r"[^$\n]*")
 # What may stand between two boxes that together state one answer:
 # "\boxed{4} and \boxed{9}", "$\boxed{(0, 3)}$, $\boxed{(3, 0)}$".
-_BOX_GAP_RE = re.compile(
-    r"(?:\s|\$|,|;|&|~|\\[,;:! ]|\\q?quad\b|\\[()\[\]]|\band\b|\bor\b"
-    r"|\\text\{\s*(?:and|or|,)?\s*\}"
+# A gap reads one way only, token by token, so it is matched atomically (the
+# lookahead and the group it captures): a failed match does not go back over
+# a long gap to try it again token by token.
+_BOX_GAP = (
+    r"(?=(?P<gap>(?:\s+|\$|,|;|&|~|\\[,;:! ]|\\q?quad\b|\\[()\[\]]|\band\b|\bor\b"
+    r"|\\text\{\s*(?:(?:and|or|,)\s*)?\}"
     # "$x = \boxed{2}$ and $x = \boxed{5}$": a one-letter label before a box.
-    r"|\b[a-zA-Z](?:_\{?[a-zA-Z0-9]{1,3}\}?)?\s*=)*"
+    r"|\b[a-zA-Z](?:_\{?[a-zA-Z0-9]{1,3}\}?)?\s*=)*))(?P=gap)"
 )
+_BOX_GAP_RE = re.compile(_BOX_GAP)
+# The box commands followed by no letter or numeral, and those followed by a
+# letter or numeral other than 0-9, a-z, A-Z (which `isalpha` then judges).
+_COMMAND_RES = {
+    cmds: tuple(
+        re.compile("(?:" + "|".join(map(re.escape, cmds)) + follower)
+        for follower in (r")(?![^\W\d_])", r")(?=[^\W\d_a-zA-Z])")
+    )
+    for cmds in _BOX_COMMANDS.values()
+}
+_SPAN = re.Match.span
+
+
+def _step_pattern() -> str:
+    """A regex for one step of the walk in `_boxed_answer`, read as
+    `_box_content` and `_BOX_GAP_RE` read it: after a box command, an optional
+    `[width]`, spacing, then a `{}` group nested at most 4 deep (group 1: its
+    content) or, after a space or `[width]`, an unbraced box (group 2), then
+    only a gap. Loops are unrolled, so a failed match backtracks linearly;
+    the lookarounds keep `_box_content`'s choices (all the spacing, no brace
+    for an unbraced box, which runs on to a $ or a newline)."""
+    content = r"[^{}\\]*(?:\\.[^{}\\]*)*"
+    for _ in range(3):
+        content = r"[^{}\\]*(?:(?:\\.|\{" + content + r"\})[^{}\\]*)*"
+    return (
+        r"(?:\[[^\]]*\])?[ \t]*(?![ \t])"
+        r"(?:\{(" + content + r")\}|(?<=[ \t\]])(?!\{)([^$\n]*)(?=[$\n]))" + _BOX_GAP
+    )
+
+
+_STEP_RE = re.compile(_step_pattern(), re.S)
+# Longer steps go the general way (a failed regex match costs more).
+_MAX_REGEX_STEP = 4096
 _MAX_JOINED_BOXES = 16
+_MAX_DECIDED = 4096  # steps remembered by `_boxed_answer`
 
 
-def _box_before(text: str, commands: tuple[str, ...], end: int):
-    """(start, stripped content, index after) of the last box starting before
-    `end`; start is -1 when there is none, content None when unclosed or empty."""
-    pos, cmd = _last_box(text, commands, end)
-    if pos < 0:
-        return -1, None, 0
-    content, after = _box_content(text, pos + len(cmd))
-    return pos, (content or "").strip() or None, after
+def _joined_box(text: str, start: int, end: int) -> str | None:
+    """The stripped content of the box whose command ends at `start` when only
+    a gap (`_BOX_GAP`) lies between the box and `end`; None when the box is
+    unclosed, empty, runs past `end`, or words stand between."""
+    if end - start <= _MAX_REGEX_STEP:
+        m = _STEP_RE.fullmatch(text, start, end)
+        if m:
+            braced, unbraced = m.group(1, 2)
+            return (braced if unbraced is None else unbraced).strip() or None
+    content, after = _box_content(text, start)
+    if content is None or after > end or not _BOX_GAP_RE.fullmatch(text, after, end):
+        return None
+    return content.strip() or None
+
+
+def _run_start(text: str, start: int, end: int) -> int:
+    """Where the copies of text[start:end] written right before it begin."""
+    unit = block = text[start:end]
+    while start >= len(block) and text.startswith(block, start - len(block)):
+        start -= len(block)
+        block += block
+    while len(block) > len(unit):
+        block = block[: len(block) // 2]
+        if start >= len(block) and text.startswith(block, start - len(block)):
+            start -= len(block)
+    return start
 
 
 def last_box(text: str) -> str | None:
@@ -109,7 +232,10 @@ def last_box(text: str) -> str | None:
     "Evaluation"): MATH500 writes "\\boxed{15\\frac{39}{40}}, or
     \\boxed{\\frac{639}{40}}" and its answer is the last of the two.
     """
-    return _box_before(text, _BOX_COMMANDS["boxed"], len(text))[1]
+    window = _Commands(text, _BOX_COMMANDS["boxed"]).window(len(text))
+    if not window:
+        return None
+    return (_box_content(text, window[-1][1])[0] or "").strip() or None
 
 
 def _boxed_answer(text: str, commands: tuple[str, ...]) -> str | None:
@@ -120,28 +246,51 @@ def _boxed_answer(text: str, commands: tuple[str, ...]) -> str | None:
     hedge "\\boxed{5} or \\boxed{6}" is the list "5, 6", never just 6. A box
     further back, with words between, is a step of the working and is left
     out. Repeated contents count once.
+
+    Linear in the length of the text: the commands are found in one pass
+    backwards (`_Commands`), and each box is read once (by one regex,
+    `_STEP_RE`, but for unusual ones). A step depends on the text from its
+    box to the next one alone, so a step seen before is looked up, and copies
+    of the same box and gap written in a row are passed together
+    (`_run_start`).
     """
-    pos, content, _ = _box_before(text, commands, len(text))
-    if content is None:
+    commands_before = _Commands(text, commands)
+    window = commands_before.window(len(text))
+    if not window:
+        return None
+    pos, start = window.pop()
+    content = (_box_content(text, start)[0] or "").strip()
+    if not content:
         return None
     contents = [content]
+    decided: dict[str, str] = {}  # text[prev:pos] -> the box's content
+    last = ""
     while len(contents) < _MAX_JOINED_BOXES:
-        prev, prev_content, prev_end = _box_before(text, commands, pos)
-        if prev < 0 or prev_content is None or prev_end > pos:
-            break  # none, unclosed, empty, or the box around the one we have
-        if not _BOX_GAP_RE.fullmatch(text, prev_end, pos):
-            break
-        if prev_content not in contents:
-            contents.append(prev_content)
-        pos = prev
+        if not window:
+            window = commands_before.window(pos)
+            if not window:
+                break
+        prev, start = window.pop()
+        unit = text[prev:pos]
+        content = decided.get(unit)
+        if content is None:
+            content = _joined_box(text, start, pos)
+            if content is None:
+                break  # unclosed, empty, around the one we have, or words between
+            if len(decided) < _MAX_DECIDED:
+                decided[unit] = content
+            if content not in contents:
+                contents.append(content)
+        elif unit == last:  # the same box and gap again: pass all the copies
+            prev = _run_start(text, prev, pos)
+            del window[bisect.bisect_left(window, (prev,)) :]
+        last, pos = unit, prev
     return ", ".join(reversed(contents))
 
 
 def _last_match(pattern: re.Pattern, text: str) -> re.Match | None:
-    last = None
-    for m in pattern.finditer(text):
-        last = m
-    return last
+    last = collections.deque(pattern.finditer(text), maxlen=1)  # at C speed
+    return last[0] if last else None
 
 
 def _answer_is(text: str) -> str | None:
@@ -191,8 +340,26 @@ def _closing_display(text: str) -> str | None:
 
 
 def _last_number(text: str) -> str | None:
-    last = _last_match(_NUMBER_RE, text)
-    return last.group().replace(",", "") if last else None
+    # No number contains a character `_NOT_NUMBER_RE` matches, so a scan that
+    # starts or ends just after one finds the numbers that a scan of the whole
+    # text finds there: scan back from the end in spans that double.
+    end, size = len(text), 4096
+    while True:
+        start = max(0, end - size)
+        if start:
+            stop = _NOT_NUMBER_RE.search(text, start, end)
+            if stop is None:  # all in one number: look further back
+                size *= 2
+                continue
+            start = stop.end()
+        last = None
+        if _DIGIT_RE.search(text, start, end):  # a faster scan than for numbers
+            last = collections.deque(_NUMBER_RE.finditer(text, start, end), maxlen=1)
+        if last:
+            return last[0].group().replace(",", "")
+        if start == 0:
+            return None
+        end, size = start, 2 * size
 
 
 def extract_answer(text: str, mode: str = "boxed") -> str | None:

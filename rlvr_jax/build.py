@@ -609,11 +609,12 @@ def decode_weights_sharding(config, mesh, model_config=None, hbm_bytes=None):
     )
 
 
-def benchmark_call_prompts(config, protocol) -> int:
-    """Prompts per sampler call of a benchmark evaluation: as many as fill
-    `sampling.chunk_rows` responses (at least one). Every call of a width is
-    padded to this many, so it runs one program."""
-    return max(1, config.sampling.chunk_rows // protocol.n)
+def benchmark_call_prompts(config, protocol, problems: int) -> int:
+    """Prompts per sampler call of a benchmark evaluation of `problems`
+    problems: as many as fill `sampling.chunk_rows` responses (at least one),
+    at most the problems. Every call of a width is padded to this many, so it
+    runs one program."""
+    return max(1, min(config.sampling.chunk_rows // protocol.n, problems))
 
 
 # ------------------------------------------------------------- train state

@@ -135,7 +135,7 @@ def sample_records(config, model: Model, task: tasks_lib.Task, mesh) -> list[dic
     order = sorted(range(len(problems)), key=lambda i: len(ids[i]))
     width = lambda i: sampling.bucket_width(len(ids[i]), buckets)  # noqa: E731
     records: list[dict | None] = [None] * (len(problems) * n)
-    per_call = build.benchmark_call_prompts(config, protocol)
+    per_call = build.benchmark_call_prompts(config, protocol, len(problems))
     first = 0
     for w, group in itertools.groupby(order, key=width):
         chosen = list(group)

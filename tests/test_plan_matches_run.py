@@ -103,15 +103,15 @@ def _config(tmp_path):
     c.rollout.max_new_tokens = 6
     c.eval.max_new_tokens = 6
     c.eval.chunk_size = 3
-    c.eval.every = 2
+    c.eval.every = 1
     c.eval.path = ",".join(
         [
             _write_set(tmp_path / "sets" / "small" / "test.jsonl", [1, 2, 3]),
             _write_set(tmp_path / "sets" / "large" / "test.jsonl", [4, 5, 6, 7]),
         ]
     )
-    c.train.steps = 2
-    c.checkpoint.every = 2
+    c.train.steps = 1
+    c.checkpoint.every = 1
     c.loss.kl_coef = 0.001  # the reference pass is part of the step
     return c
 
@@ -169,7 +169,7 @@ def test_the_plan_compiles_the_rollouts_the_run_ran(spied):
         assert any(_same(r[3], p[3]) for p in plan_rollouts), r[3][2:]
     statics = {dict(p[3][3])["slots"] for p in plan_rollouts}
     assert statics == {8}  # 6 slots rounded up to the 8 devices; 3 → 8
-    # Calls: a training rollout per step; evaluations at steps 0 and 2, of
+    # Calls: a training rollout per step; evaluations at steps 0 and 1, of
     # 3 chunks each: what the plan counts.
     calls = [e for e in ran if e[1] == "rollout"]
     train_sig = next(p for p in plan_rollouts if dict(p[3][3])["settings"].n == 4)
@@ -296,7 +296,9 @@ def test_a_benchmark_evaluation_runs_the_programs_its_shapes_give(tiny_model, tm
             settings = build.benchmark_sampling_settings(
                 config, task.protocol, model.eos_token_ids, tok.pad_token_id or 0
             )
-            prompts = build.benchmark_call_prompts(config, task.protocol)
+            prompts = build.benchmark_call_prompts(
+                config, task.protocol, len(task.problems)
+            )
             shape = engine.rollout_shape(
                 prompts,
                 config.sampling.prompt_buckets[0],

@@ -644,7 +644,7 @@ def start_state(checkpointer, model: decoder.ModelConfig, tx, mesh, params):
 
 
 # ------------------------------------------------------------------ shapes
-def eval_chunk(config, mesh, eval_examples: int) -> int:
+def eval_chunk(config, eval_examples: int) -> int:
     """Prompts per in-loop evaluation call: `eval.chunk_size`, at most the
     examples (the calls' shape; the last call's prompts are padded to it)."""
     return max(1, min(config.eval.chunk_size, eval_examples))
@@ -669,16 +669,10 @@ def step_shapes(
         divisor=divisor,
         old_logp=not learner_cfg.recompute_old_logp,
     )
-    rows, w = layout["tokens"][0]
-    micro = rows
-    if learner_cfg.max_tokens_per_micro_batch:
-        budget = learner_cfg.max_tokens_per_micro_batch
-        micro = min(rows, packing.rows_per_micro_batch(w, budget, divisor))
-    elif learner_cfg.micro_batch_size:
-        micro = learner_cfg.micro_batch_size
+    micro = learner.micro_rows(learner_cfg, layout["tokens"][0], mesh)
     eval_shape, calls = None, 0
     if eval_examples and config.eval.every:
-        chunk = eval_chunk(config, mesh, eval_examples)
+        chunk = eval_chunk(config, eval_examples)
         greedy = dataclasses.replace(settings, n=1)
         eval_shape = engine.rollout_shape(chunk, width, greedy, chunk, divisor)
         calls = -(-eval_examples // chunk)

@@ -142,38 +142,34 @@ def sample_records(config, model: Model, task: tasks_lib.Task, mesh) -> list[dic
         key = jax.random.key(_seed(config.seed, task.benchmark.name, first))
         first += len(chosen)
         # Calls of `per_call` prompts, each sized as a full one: one program
-        # per (protocol, width). Rows are numbered across the group's calls,
-        # so the tokens are those of one call over the whole group.
-        for start in range(0, len(chosen), per_call):
-            part = chosen[start : start + per_call]
-            roll = engine.rollout(
-                model.config,
-                model.params,
-                [ids[i] for i in part],
-                settings,
-                key,
-                buckets=(w,),
-                slots=config.sampling.chunk_rows,
-                mesh=mesh,
-                decode_sharding=sharding_lib.replicated(mesh),
-                prompt_rows=per_call,
-                row_offset=start * n,
-            )
-            responses = tokenizer_lib.decode_responses(model.tokenizer, roll)
-            for row, response in enumerate(responses):
-                i, sample = part[row // n], row % n
-                p = problems[i]
-                records[i * n + sample] = {
-                    "benchmark": p.benchmark,
-                    "index": p.index,
-                    "group": p.group,
-                    "sample": sample,
-                    "prompt": texts[i],
-                    "response": response,
-                    "gold": p.gold,
-                    "length": int(roll.lengths[row]),
-                    "finish_reason": "length" if roll.truncated[row] else "stop",
-                }
+        # per (protocol, width); the tokens are those of one call.
+        roll = engine.rollout_in_calls(
+            model.config,
+            model.params,
+            [ids[i] for i in chosen],
+            settings,
+            key,
+            per_call=per_call,
+            buckets=(w,),
+            slots=config.sampling.chunk_rows,
+            mesh=mesh,
+            decode_sharding=sharding_lib.replicated(mesh),
+        )
+        responses = tokenizer_lib.decode_responses(model.tokenizer, roll)
+        for row, response in enumerate(responses):
+            i, sample = chosen[row // n], row % n
+            p = problems[i]
+            records[i * n + sample] = {
+                "benchmark": p.benchmark,
+                "index": p.index,
+                "group": p.group,
+                "sample": sample,
+                "prompt": texts[i],
+                "response": response,
+                "gold": p.gold,
+                "length": int(roll.lengths[row]),
+                "finish_reason": "length" if roll.truncated[row] else "stop",
+            }
     assert all(r is not None for r in records), "a sample was not generated"
     return records
 

@@ -257,9 +257,7 @@ def run(config, workdir: str) -> dict[str, float]:
                 tokenizer,
                 pool,
                 buckets=(prompt_len,),
-                chunk=build.eval_chunk(
-                    config, mesh, sum(len(s.examples) for s in sets)
-                ),
+                chunk=build.eval_chunk(config, sum(len(s.examples) for s in sets)),
                 mesh=mesh,
             )
         )

@@ -50,41 +50,43 @@ class Preempted(Exception):
 
 # ---------------------------------------------------------------- evaluation
 def evaluate(
-    model_config, params, sets, settings, tokenizer, pool, *, chunk, **rollout_kwargs
+    model_config,
+    params,
+    sets,
+    settings,
+    tokenizer,
+    pool,
+    *,
+    chunk,
+    buckets=None,
+    **rollout_kwargs,
 ) -> dict[str, float]:
     """Greedy accuracy and mean response length of every set.
 
-    The sets' prompts are sampled together, `chunk` prompts a call (the last
-    call padded to `chunk`, so every call runs one program), each prompt
-    left-padded to the bucket (`buckets` in `rollout_kwargs`) of the longest
-    evaluation prompt. `settings` are the greedy eval sampling settings; the
-    other `rollout_kwargs` go to `engine.rollout` (mesh, decode_sharding).
+    The sets' prompts are sampled together, `chunk` prompts a call
+    (`engine.rollout_in_calls`: one program for every call), each prompt
+    left-padded to the bucket of the longest evaluation prompt. `settings`
+    are the greedy eval sampling settings; `rollout_kwargs` go to the
+    rollout (mesh, decode_sharding).
     """
     if not sets:
         return {}
     t0 = time.time()
     prompts = [p for s in sets for p in s.prompts]
-    buckets = rollout_kwargs.pop("buckets", None)
     width = sampling.bucket_width(max(map(len, prompts)), buckets)
-    parts = []
-    for start in range(0, len(prompts), chunk):
-        parts.append(
-            engine.rollout(
-                model_config,
-                params,
-                prompts[start : start + chunk],
-                settings,
-                jax.random.key(0),
-                buckets=(width,),
-                slots=chunk,
-                prompt_rows=chunk,
-                **rollout_kwargs,
-            )
-        )
-    texts = [
-        t for roll in parts for t in tokenizer_lib.decode_responses(tokenizer, roll)
-    ]
-    lengths = np.concatenate([roll.lengths for roll in parts])
+    roll = engine.rollout_in_calls(
+        model_config,
+        params,
+        prompts,
+        settings,
+        jax.random.key(0),
+        per_call=chunk,
+        slots=chunk,
+        buckets=(width,),
+        **rollout_kwargs,
+    )
+    texts = tokenizer_lib.decode_responses(tokenizer, roll)
+    lengths = roll.lengths
     golds = [ex.ground_truth for s in sets for ex in s.examples]
     rewards = np.asarray(pool.score(texts, golds).rewards, np.float32)
     out, start = {}, 0
@@ -398,7 +400,7 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
             eval_settings,
             tokenizer,
             pool,
-            chunk=build.eval_chunk(config, mesh, sum(len(s.examples) for s in sets)),
+            chunk=build.eval_chunk(config, sum(len(s.examples) for s in sets)),
             buckets=config.data.prompt_buckets,
             mesh=mesh,
             decode_sharding=decode_sharding,

@@ -65,28 +65,21 @@ def test_eval_path_takes_several_sets_each_logged_on_its_own(tmp_path, monkeypat
     def one_rollout(model_config, params, prompts, settings, key, **kwargs):
         # The sampler itself is tested elsewhere (and compiling it costs the
         # suite tens of seconds): here, every prompt's row i answers i tokens.
-        calls.append((prompts, kwargs["prompt_rows"], kwargs["slots"]))
+        calls.append((prompts, kwargs["per_call"], kwargs["slots"]))
         lengths = np.arange(1, len(prompts) + 1)
         return types.SimpleNamespace(
             tokens=np.full((len(prompts), len(prompts)), 40), lengths=lengths
         )
 
-    monkeypatch.setattr(train.engine, "rollout", one_rollout)
+    monkeypatch.setattr(train.engine, "rollout_in_calls", one_rollout)
     pool = _GoldIsOnePool()
-    out = train.evaluate(None, None, sets, None, tok, pool, chunk=8)
+    out = train.evaluate(None, None, sets, None, tok, pool, chunk=3)
     prompts = sets[0].prompts + sets[1].prompts
-    assert calls == [(prompts, 8, 8)]  # one sampler call of all 8 prompts
+    # Every set's prompts in one sampler run, in calls of 3 prompts.
+    assert calls == [(prompts, 3, 3)]
     assert out["eval/easy/acc"] == 1.0 and out["eval/hard/acc"] == 0.0
     assert out["eval/easy/response_len"] == 2.0  # rows 1..3
     assert out["eval/hard/response_len"] == 6.0  # rows 4..8
-    # In chunks of 3 prompts: 3 calls, the last (2 prompts) sized as the
-    # others, so every call runs the same program; the sets split as before.
-    calls.clear()
-    out = train.evaluate(None, None, sets, None, tok, pool, chunk=3)
-    assert calls == [(prompts[:3], 3, 3), (prompts[3:6], 3, 3), (prompts[6:], 3, 3)]
-    assert out["eval/easy/acc"] == 1.0 and out["eval/hard/acc"] == 0.0
-    assert out["eval/easy/response_len"] == 2.0  # rows 1..3 of the first call
-    assert out["eval/hard/response_len"] == (1 + 2 + 3 + 1 + 2) / 5
     assert train.evaluate(None, None, [], None, tok, pool, chunk=3) == {}
     config.eval.path = f"{a},{a}"
     with pytest.raises(ValueError, match="share a metric name"):

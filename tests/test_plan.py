@@ -349,7 +349,7 @@ def test_a_token_budget_sets_the_micro_batch_as_the_learner_splits_it(
     learner = build.learner_config(budget, tiny_run.mesh)
     shapes = build.step_shapes(budget, tiny_run.mesh, 8, tiny_run.settings, learner)
     rows = (shapes.learner_rows, width)
-    assert shapes.micro_batch == learner_step._micro_rows(learner, rows, tiny_run.mesh)
+    assert shapes.micro_batch == learner_step.micro_rows(learner, rows, tiny_run.mesh)
     assert shapes.micro_batch == 3 * divisor == 12
     assert shapes.learner_rows == 132  # 11 micro-batches, the last padded
     assert shapes.responses == 128

@@ -238,7 +238,7 @@ def test_the_planned_batch_is_what_the_widest_step_packs(spied):
     for key, array in packed.items():
         assert array.shape == planned[key].shape, key
         assert array.dtype == planned[key].dtype, key
-    micro = step_lib._micro_rows(run.learner, packed["tokens"].shape, run.mesh)
+    micro = step_lib.micro_rows(run.learner, packed["tokens"].shape, run.mesh)
     assert micro == run.shapes.micro_batch
 
 

@@ -382,28 +382,20 @@ def test_prefill_sharing_and_chunking_do_not_change_samples(hf_model):
         np.testing.assert_allclose(shared.logprobs, other.logprobs, atol=1e-5)
     np.testing.assert_array_equal(shared.prompt_index, np.repeat(np.arange(5), 3))
     # The prompts in calls of 3 (each sized for 3: the last one padded), rows
-    # numbered on from the previous call: the same samples.
+    # numbered on from the previous call: the same samples, the decode
+    # weights packed once.
     settings = S.SamplingSettings(
         **{k: v for k, v in kwargs.items() if k != "seed"}, n=3
     )
-    parts = [
-        S.rollout(
-            config,
-            params,
-            prompts[start : start + 3],
-            settings,
-            jax.random.key(4),
-            prompt_rows=3,
-            row_offset=start * 3,
+    packs = mock.patch.object(sampling, "_pack_jit", wraps=sampling._pack_jit)
+    with packs as pack:
+        calls = S.rollout_in_calls(
+            config, params, prompts, settings, jax.random.key(4), per_call=3
         )
-        for start in (0, 3)
-    ]
-    np.testing.assert_array_equal(
-        shared.tokens, np.concatenate([p.tokens for p in parts])
-    )
-    np.testing.assert_allclose(
-        shared.logprobs, np.concatenate([p.logprobs for p in parts]), atol=1e-5
-    )
+        assert pack.call_count == 1
+    for field in ("tokens", "lengths", "prompt_index", "prompt_tokens"):
+        np.testing.assert_array_equal(getattr(shared, field), getattr(calls, field))
+    np.testing.assert_allclose(shared.logprobs, calls.logprobs, atol=1e-5)
 
 
 def test_prepared_weights_are_packed_once_and_sample_like_params(hf_model):

@@ -38,6 +38,7 @@ from rlvr_jax.learner.step import (
     lower_micro_step,
     lower_train_step,
     lower_update,
+    micro_rows,
     sharded_abstract_state,
     state_shardings,
     train_step,

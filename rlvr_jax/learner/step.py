@@ -174,7 +174,7 @@ def _loss_and_grads(params, batch, model_config, learner_config, mesh):
     statics = dict(model_config=model_config, cfg=cfg)
 
     rows = batch["tokens"].shape[0]
-    mb = _micro_rows(cfg, batch["tokens"].shape, mesh)
+    mb = micro_rows(cfg, batch["tokens"].shape, mesh)
     n = _micro_batches(rows, mb)
     if n == 1:
         grads, metrics = grad_fn(params, batch, num_tokens, num_seqs, **statics)
@@ -214,7 +214,7 @@ def _num_seqs(mask_bt: jax.Array, segment_ids_bt: jax.Array | None) -> jax.Array
     return jnp.sum(mask_bt & ~same_next_bt)
 
 
-def _micro_rows(cfg: LearnerConfig, shape: tuple[int, ...], mesh: Mesh | None) -> int:
+def micro_rows(cfg: LearnerConfig, shape: tuple[int, ...], mesh: Mesh | None) -> int:
     """Rows per micro-batch of a [rows, width] batch: by token budget or rows."""
     rows, width = shape[:2]
     if cfg.max_tokens_per_micro_batch:
@@ -474,7 +474,7 @@ def jit_logprobs(
     def fn(params, batch):
         with _mesh_context(mesh):
             rows = batch["tokens"].shape[0]
-            mb = _micro_rows(learner_config, batch["tokens"].shape, mesh)
+            mb = micro_rows(learner_config, batch["tokens"].shape, mesh)
             n = _micro_batches(rows, mb)
             if n == 1:
                 return one(params, batch)

@@ -21,6 +21,7 @@ from rlvr_jax.rollout.engine import (
     lower_decode_step,
     lower_rollout,
     rollout,
+    rollout_in_calls,
     rollout_shape,
 )
 from rlvr_jax.rollout.sampling import (

@@ -588,6 +588,55 @@ def rollout(
     )
 
 
+def rollout_in_calls(
+    config: decoder.ModelConfig,
+    params: Params,
+    prompts: Sequence[Sequence[int]],
+    settings: SamplingSettings,
+    key: jax.Array,
+    *,
+    per_call: int,
+    decode_sharding: jax.sharding.Sharding | None = None,
+    **rollout_kwargs,
+) -> Rollout:
+    """`rollout` of `prompts` in calls of `per_call` prompts, as one `Rollout`.
+
+    Every call is sized for `per_call` prompts (the last one padded), so all
+    run one program; the decode weights are prepared once; rows are numbered
+    across calls (`row_offset`), so the tokens are those one call over every
+    prompt would draw. `rollout_kwargs` go to each `rollout` (slots, buckets,
+    mesh); give `buckets` a single width for one program.
+    """
+    weights = sampling.prepare(config, params, decode_sharding=decode_sharding)
+    starts = range(0, len(prompts), per_call)
+    parts = [
+        rollout(
+            config,
+            weights,
+            prompts[start : start + per_call],
+            settings,
+            key,
+            prompt_rows=per_call,
+            row_offset=start * settings.n,
+            **rollout_kwargs,
+        )
+        for start in starts
+    ]
+    return Rollout(
+        tokens=np.concatenate([p.tokens for p in parts]),
+        logprobs=np.concatenate([p.logprobs for p in parts]),
+        lengths=np.concatenate([p.lengths for p in parts]),
+        truncated=np.concatenate([p.truncated for p in parts]),
+        prompt_index=np.concatenate(
+            [p.prompt_index + start for p, start in zip(parts, starts, strict=True)]
+        ),
+        prompt_tokens=np.concatenate([p.prompt_tokens for p in parts]),
+        prompt_mask=np.concatenate([p.prompt_mask for p in parts]),
+        decode_steps=sum(p.decode_steps for p in parts),
+        slots=parts[0].slots,
+    )
+
+
 def generate(
     config: decoder.ModelConfig,
     params: Params,

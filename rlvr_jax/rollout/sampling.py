@@ -404,7 +404,7 @@ def abstract_weights(
     """
     dtype = pack_dtype(config, platform)
     decode = jax.eval_shape(lambda p: decoding.pack(config, p, dtype), params)
-    if not isinstance(decode_shardings, (list, tuple, dict, decoding.Weights)):
+    if isinstance(decode_shardings, jax.sharding.Sharding):
         decode_shardings = jax.tree.map(lambda _: decode_shardings, decode)
     decode = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
@@ -429,7 +429,7 @@ def decode_weights_dtype(config: decoder.ModelConfig, params: Params) -> str:
     (exactly, once per rollout): XLA:CPU has no bf16 matmul kernels and would
     convert every weight at every decode step.
     """
-    return "float32" if platforms_of(params) == {"cpu"} else config.dtype
+    return pack_dtype(config, platform_of(params))
 
 
 def platforms_of(params: Params) -> set[str]:

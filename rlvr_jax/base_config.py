@@ -30,7 +30,10 @@ def base_config() -> config_dict.ConfigDict:
 
     c.model = config_dict.ConfigDict()
     c.model.path = "Qwen/Qwen2.5-Math-1.5B"  # local HF dir, or hub id in the HF cache
-    c.model.preset = ""  # "tiny"/"lab": random init of ModelConfig.tiny()/lab()
+    c.model.preset = ""  # "tiny"/"tiny_llama"/"lab": random init of that ModelConfig
+    # The random presets' tokenizer's chat format ("qwen-math", "llama3", "r1");
+    # "" = the preset's own (llama3 for tiny_llama, qwen-math otherwise).
+    c.model.tiny_chat = ""
     c.model.dtype = "bfloat16"  # compute dtype (bf16 compute)
     c.model.param_dtype = "float32"  # fp32 master weights and optimizer state
     c.model.remat = True  # gradient checkpointing per decoder layer
@@ -64,6 +67,9 @@ def base_config() -> config_dict.ConfigDict:
     # every step), for models whose copy does not fit (rlvr_jax.plan says);
     # "auto": replicated when the copy is at most a quarter of a chip's memory.
     c.rollout.decode_weights = "auto"
+
+    c.reward = config_dict.ConfigDict()
+    c.reward.think = False  # R1-Distill: grade after </think> only; unclosed: 0
 
     c.loss = config_dict.ConfigDict()
     c.loss.pg_coef = 1.0  # policy-gradient term; 0 = entropy-only ablation
@@ -151,11 +157,21 @@ def base_config() -> config_dict.ConfigDict:
     return c
 
 
-def apply_arg(c: config_dict.ConfigDict, arg: str | None) -> config_dict.ConfigDict:
-    """Applies a `get_config` argument string (see the module docstring)."""
+def apply_arg(
+    c: config_dict.ConfigDict,
+    arg: str | None,
+    *,
+    tiny_preset: str = "tiny",
+    tiny_chat: str = "",
+) -> config_dict.ConfigDict:
+    """Applies a `get_config` argument string (see the module docstring).
+
+    `tiny_preset` and `tiny_chat` are what `tiny` swaps in: a config of
+    another model family keeps its family and prompt format at laptop size.
+    """
     for token in filter(None, (arg or "").split(",")):
         if token == "tiny":
-            make_tiny(c)
+            make_tiny(c, tiny_preset, tiny_chat)
         elif "=" in token:
             key, value = token.split("=", 1)
             if key not in SHORTCUTS:
@@ -169,10 +185,12 @@ def apply_arg(c: config_dict.ConfigDict, arg: str | None) -> config_dict.ConfigD
     return c
 
 
-def make_tiny(c: config_dict.ConfigDict) -> None:
-    """Shrinks a config to a laptop-CPU run (minutes, no downloads, no files)."""
+def make_tiny(c: config_dict.ConfigDict, preset: str = "tiny", chat: str = "") -> None:
+    """Shrinks a config to a laptop-CPU run (minutes, no downloads, no files):
+    the random `preset` with the tiny tokenizer in the `chat` format."""
     c.model.path = ""
-    c.model.preset = "tiny"
+    c.model.preset = preset
+    c.model.tiny_chat = chat
     c.model.dtype = "float32"  # CPUs are slow at bf16 matmuls
     c.data.train_path = ""  # the built-in one-example task
     c.data.indices = ()

@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 from etils import epath
 
+from rlvr_jax import base_config, learner, sharding
 from rlvr_jax import checkpoint as ckpt_lib
 from rlvr_jax import io as io_lib
-from rlvr_jax import learner, sharding
 from rlvr_jax.data import examples as data_lib
 from rlvr_jax.data import paper_data
 from rlvr_jax.data import tokenizer as tokenizer_lib
@@ -39,7 +39,22 @@ from rlvr_jax.planning import chips, programs
 from rlvr_jax.rollout import engine, sampling
 
 # ------------------------------------------------------------------ model
-RANDOM_PRESETS = ("tiny", "lab")  # random init, the character-level tokenizer
+RANDOM_PRESETS = ("tiny", "tiny_llama", "lab")  # random init, the tiny tokenizer
+# Each random preset's own prompt format (`model.tiny_chat` overrides it).
+TINY_CHATS = {"tiny": "qwen-math", "tiny_llama": "llama3", "lab": "qwen-math"}
+
+# Hub model names (lower case, without the organisation) whose architecture
+# the planner knows without their files: each maps to the `ModelConfig`
+# preset built from that model's published config.json.
+HUB_PRESETS = {
+    "qwen2.5-math-1.5b": "qwen2_5_math_1_5b",
+    "qwen2.5-math-1.5b-instruct": "qwen2_5_math_1_5b",
+    "qwen2.5-math-7b": "qwen2_5_math_7b",
+    "qwen2.5-7b": "qwen2_5_7b",
+    "qwen2.5-0.5b": "qwen2_5_0_5b",
+    "deepseek-r1-distill-qwen-1.5b": "deepseek_r1_distill_qwen_1_5b",
+    "llama-3.2-3b-instruct": "llama3_2_3b_instruct",
+}
 
 
 def random_preset(config) -> tuple[Any, decoder.ModelConfig]:
@@ -47,7 +62,7 @@ def random_preset(config) -> tuple[Any, decoder.ModelConfig]:
     m = config.model
     if m.preset not in RANDOM_PRESETS:
         raise ValueError(f"unknown model.preset {m.preset!r} (known: {RANDOM_PRESETS})")
-    tok = tokenizer_lib.build_tiny()
+    tok = tokenizer_lib.build_tiny(chat=m.get("tiny_chat") or TINY_CHATS[m.preset])
     # model.remat is the learner's (LearnerConfig.remat), not the model's.
     model_config = getattr(decoder.ModelConfig, m.preset)(
         vocab_size=len(tok), eos_token_ids=tokenizer_lib.stop_token_ids(tok)
@@ -74,7 +89,8 @@ def model_config(config) -> decoder.ModelConfig:
 
     `model.preset` names a `ModelConfig` constructor ('tiny', 'qwen2_5_7b',
     ...); a local HF directory is read; otherwise a hub id is matched to the
-    preset of the same name (Qwen2.5-Math-1.5B, Qwen2.5-7B, Qwen2.5-0.5B).
+    preset of the same model (`HUB_PRESETS`: the paper's four models and a
+    few other Qwen2.5 sizes).
     """
     m = config.model
     # model.remat is the learner's (LearnerConfig.remat), not the model's.
@@ -86,19 +102,12 @@ def model_config(config) -> decoder.ModelConfig:
     if os.path.isdir(m.path):
         return params_lib.read_config(m.path, **overrides)
     name = os.path.basename(m.path.rstrip("/")).lower()
-    presets = {
-        "qwen2.5-math-1.5b": "qwen2_5_math_1_5b",
-        "qwen2.5-math-1.5b-instruct": "qwen2_5_math_1_5b",
-        "qwen2.5-7b": "qwen2_5_7b",
-        "qwen2.5-math-7b": "qwen2_5_7b",
-        "qwen2.5-0.5b": "qwen2_5_0_5b",
-    }
-    if name not in presets:
+    if name not in HUB_PRESETS:
         raise ValueError(
             f"model.path={m.path!r} is not a local directory and not a known "
-            f"hub id ({sorted(presets)}); pass --config.model.preset"
+            f"hub id ({sorted(HUB_PRESETS)}); pass --config.model.preset"
         )
-    return getattr(decoder.ModelConfig, presets[name])(**overrides)
+    return getattr(decoder.ModelConfig, HUB_PRESETS[name])(**overrides)
 
 
 def initial_params(config, model_config, hf_path, shardings):
@@ -395,7 +404,12 @@ def config_changes(config, saved: dict) -> list[str]:
     launch, as JSON), other than `RESUMABLE_KEYS` and those named in
     `resume.allow_changes`, each as "key: saved -> now"."""
     now = _flat(json.loads(config.to_json_best_effort()))
-    before = _flat(saved)
+    # A key added to the project after the run's first launch holds its
+    # default there: the run was made under that default.
+    before = {
+        **_flat(json.loads(base_config.base_config().to_json_best_effort())),
+        **_flat(saved),
+    }
     allowed = list(RESUMABLE_KEYS) + [
         k.strip() for k in config.resume.allow_changes.split(",") if k.strip()
     ]

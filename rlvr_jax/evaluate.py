@@ -13,11 +13,16 @@ training workdir, its `checkpoints/` folder or one step folder (orbax; a sweep
 over `model.steps`: "all", "latest" or "0,20,40").
 
 Protocol: the registry's per benchmark (`rlvr_jax.data.suites`, docs/recipe.md),
-avg@k and pass@k for each; `rlvr_jax.data.tasks` loads and checks every benchmark
-before a model is read. Generation is training's sampler (`sampler.rollout`)
-over every device of every process, weights replicated; a group's sampling key
-derives from (seed, benchmark, its first row), so tokens do not depend on the
-number of devices or processes.
+or the config's, per benchmark too (`sampling.n_by_benchmark`,
+`sampling.temperature_by_benchmark`); avg@k and pass@k for each;
+`rlvr_jax.data.tasks` loads and checks every benchmark before a model is read.
+Scoring: lenient extraction by default; `score.mode=boxed` reads the last box
+only, and `score.think` applies the think rule of reasoning models (only the
+text after `</think>` is graded; `checker.after_thinking`), as
+configs/r1_distill_eval.py does. Generation is training's sampler
+(`sampler.rollout`) over every device of every process, weights replicated; a
+group's sampling key derives from (seed, benchmark, its first row), so tokens
+do not depend on the number of devices or processes.
 
 Several processes (a TPU pod, a GPU cluster) run the same command with the
 process flags of `rlvr_jax.distributed`; every process reads the model and
@@ -61,6 +66,7 @@ from rlvr_jax.data import tokenizer as tokenizer_lib
 from rlvr_jax.data.tasks import EvalError  # re-exported
 from rlvr_jax.evaluation import results as results_lib
 from rlvr_jax.model import decoder
+from rlvr_jax.reward import checker
 from rlvr_jax.rollout import engine, sampling
 
 
@@ -177,9 +183,10 @@ def sample_records(config, model: Model, task: tasks_lib.Task, mesh) -> list[dic
 def score(pool: reward_lib.RewardPool, records: list[dict]) -> tuple[int, int]:
     """Adds `extracted` and `correct` to each record (in place).
 
-    `pool` is an eval-mode `RewardPool` (lenient extraction: last \\boxed{},
-    else "the answer is", else the last number); a comparison past its
-    deadline counts as wrong. Returns (timeouts, errors).
+    `pool` is the run's `RewardPool` (by default in "eval" mode, lenient
+    extraction: last \\boxed{}, else "the answer is", else the last number;
+    `score.mode` and `score.think` set its mode and think rule); a comparison
+    past its deadline counts as wrong. Returns (timeouts, errors).
     """
     if not records:
         return 0, 0
@@ -261,11 +268,22 @@ def evaluate_source(
         metrics = results_lib.benchmark_metrics(records, words)
         metrics["protocol"] = protocol.label
         metrics["title"] = task.benchmark.title
+        closed = ""
+        if config.score.think:
+            # How often the model finished thinking within max_new_tokens:
+            # the rest scored 0 whatever they wrote.
+            metrics["think_closed"] = float(
+                np.mean(
+                    [checker.after_thinking(r["response"]) is not None for r in records]
+                )
+            )
+            closed = f"  thinking closed {100 * metrics['think_closed']:.1f}%"
         per_benchmark[name] = metrics
         k = metrics["k"]
         log(
             f"[{source.tag}] {name} ({protocol.label}): "
             f"avg@{k} {100 * metrics['avg@k']:.2f}  pass@{k} {100 * metrics['pass@k']:.2f}"
+            + closed
         )
     if not lead:
         return None
@@ -296,6 +314,7 @@ def _run_settings(config) -> dict:
         "sampling": config.sampling.to_dict(),
         "limit": config.data.limit,
         "data": {"dir": config.data.dir, "format": config.data.format},
+        **tasks_lib.score_settings(config),
     }
     return json.loads(json.dumps(settings))
 
@@ -344,7 +363,8 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> list[dict]:
                 pool = reward_lib.RewardPool(
                     workers=config.score.workers or None,
                     timeout_s=config.score.timeout_s,
-                    mode="eval",
+                    mode=config.score.mode,
+                    think=config.score.think,
                 )
             out.append(evaluate_source(config, source, tasks, workdir, pool, mesh, log))
             if lead:  # keep the summary current during a sweep

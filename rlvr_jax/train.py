@@ -41,6 +41,7 @@ from rlvr_jax.io import CONFIG_FILE, HISTORY_FILE
 from rlvr_jax.learner import packing
 from rlvr_jax.model import decoder
 from rlvr_jax.model import params as params_lib
+from rlvr_jax.reward import checker
 from rlvr_jax.rollout import engine, sampling
 
 
@@ -125,6 +126,23 @@ def _rollout_metrics(roll, rewards, examples, n, history) -> dict[str, float]:
 def _write_history(workdir: str, history: dict) -> None:
     if jax.process_index() == 0:
         io_lib.write_atomic(epath.Path(workdir) / HISTORY_FILE, json.dumps(history))
+
+
+def check_think_decodes(tokenizer) -> None:
+    """Raises ValueError when decoding would drop `</think>` from responses.
+
+    The reward reads responses decoded without special tokens
+    (`tokenizer.decode_responses`); were `</think>` a special token of
+    `tokenizer`, no response would close its thinking and, under
+    `reward.think`, every reward would be 0.
+    """
+    ids = tokenizer.encode(checker.THINK_END, add_special_tokens=False)
+    if tokenizer.decode(ids, skip_special_tokens=True) != checker.THINK_END:
+        raise ValueError(
+            f"reward.think: the tokenizer decodes {checker.THINK_END!r} to "
+            f"{tokenizer.decode(ids, skip_special_tokens=True)!r} (a special "
+            "token is dropped from responses): every reward would be 0"
+        )
 
 
 # ------------------------------------------------------------------ fit check
@@ -255,6 +273,8 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
     # -------------------------------------------- tokenizer, model, checks
     tokenizer, model_config, hf_path = build.tokenizer_and_model(config)
     build.validate(config, model_config, mesh)
+    if config.reward.think:
+        check_think_decodes(tokenizer)
     check_fits(config, model_config)
     learner_config = build.learner_config(config, mesh, model_config)
     tx = build.optimizer(config)
@@ -355,9 +375,12 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
         run_config=config.to_dict(),
     )
     progress = metrics_lib.Progress(config.train.steps, start)
+    # The think rule holds for the rewards and the in-loop evaluation alike,
+    # as the reference grades both with one function.
     pool = reward_lib.RewardPool(
         workers=config.log.checker_workers or None,
         timeout_s=config.log.checker_timeout_s,
+        think=config.reward.think,
     )
 
     sigterm = threading.Event()
@@ -505,6 +528,8 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
                     "rollout/slot_efficiency": roll.slot_efficiency,
                 }
             )
+            if config.reward.think:
+                m["reward/think_closed_rate"] = 1.0 - scored.unclosed / len(texts)
             # ------------------------------------------------ eval and save
             if config.eval.every and step % config.eval.every == 0:
                 m.update(run_eval())

@@ -1,4 +1,5 @@
-"""Builders for tiny random Hugging Face Qwen2 checkpoints used as references.
+"""Builders for tiny random Hugging Face Qwen2 and Llama checkpoints used as
+references.
 
 Weights are drawn with a larger spread than HF's default init so that logits
 differ meaningfully between tokens and parity tests can fail.
@@ -7,7 +8,12 @@ differ meaningfully between tokens and parity tests can fail.
 from __future__ import annotations
 
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 TINY = dict(
     vocab_size=256,
@@ -23,12 +29,36 @@ TINY = dict(
 )
 
 
-def make_model(seed: int = 0, **overrides) -> Qwen2ForCausalLM:
-    """A random fp32 Qwen2ForCausalLM in eval mode, eager attention."""
-    cfg = {**TINY, **overrides}
+# A tiny Llama 3: no attention biases, llama3 RoPE scaling over an original
+# context of 16 positions (so rows of a few dozen tokens reach the scaled
+# band), tied head, GQA.
+LLAMA_TINY = dict(
+    TINY,
+    rope_theta=500000.0,
+    rms_norm_eps=1e-5,
+    rope_scaling={
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16,
+    },
+)
+
+_FAMILIES = {
+    "qwen2": (TINY, Qwen2Config, Qwen2ForCausalLM),
+    "llama": (LLAMA_TINY, LlamaConfig, LlamaForCausalLM),
+}
+
+
+def make_model(seed: int = 0, family: str = "qwen2", **overrides):
+    """A random fp32 Qwen2ForCausalLM (or LlamaForCausalLM) in eval mode,
+    eager attention."""
+    base, config_cls, model_cls = _FAMILIES[family]
+    cfg = {**base, **overrides}
     torch.manual_seed(seed)
-    config = Qwen2Config(**cfg, attn_implementation="eager")
-    model = Qwen2ForCausalLM(config).eval()
+    config = config_cls(**cfg, attn_implementation="eager")
+    model = model_cls(config).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
@@ -38,14 +68,17 @@ def make_model(seed: int = 0, **overrides) -> Qwen2ForCausalLM:
     return model
 
 
-def make_checkpoint(path, seed: int = 0, **overrides) -> str:
+def make_checkpoint(path, seed: int = 0, family: str = "qwen2", **overrides) -> str:
     """Saves a random model with `save_pretrained` and returns the directory."""
-    make_model(seed, **overrides).save_pretrained(str(path))
+    make_model(seed, family, **overrides).save_pretrained(str(path))
     return str(path)
 
 
-def load_reference(path) -> Qwen2ForCausalLM:
-    return Qwen2ForCausalLM.from_pretrained(
+def load_reference(path):
+    """The checkpoint at `path` in transformers (its own class), fp32, eager."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
         str(path), attn_implementation="eager", dtype=torch.float32
     ).eval()
 
@@ -90,3 +123,13 @@ PI1_CPU_SIZES = {
     "eval.max_new_tokens": 4,
     "log.checker_workers": 2,
 }
+
+
+def set_keys(config, overrides: dict) -> None:
+    """Sets dotted keys ("train.steps") of a ConfigDict, as --config.x=y does."""
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value

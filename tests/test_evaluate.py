@@ -381,6 +381,97 @@ def test_unknown_template_and_data_format(eval_dir, tmp_path):
         tasks_lib.load_tasks(_config(**{"data.format": "csv", "data.dir": eval_dir}))
 
 
+# ------------------------------------------------ per-benchmark protocol
+def test_per_benchmark_samples_and_temperatures(eval_dir):
+    config = _config(
+        **{
+            "benchmarks": "math500,aime24,amc23",
+            "data.dir": eval_dir,
+            "sampling.n": 4,  # the rest: amc23
+            "sampling.n_by_benchmark": " math500=16, aime24=64,olympiadbench=2",
+            "sampling.temperature_by_benchmark": "math500=0.6",
+        }
+    )
+    protocols = {t.benchmark.name: t.protocol for t in tasks_lib.load_tasks(config)}
+    # olympiadbench is named but not run: ignored. The registry's
+    # temperatures (math500 greedy, AIME and AMC 0.6) but where overridden.
+    assert {k: (p.n, p.temperature) for k, p in protocols.items()} == {
+        "math500": (16, 0.6),
+        "aime24": (64, 0.6),
+        "amc23": (4, 0.6),
+    }
+    assert protocols["math500"].label == "T=0.6 x 16"
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("sampling.n_by_benchmark", "math500=16,gsm9k=4", "unknown benchmark 'gsm9k'"),
+        ("sampling.n_by_benchmark", "math500=0", "must be a positive integer"),
+        ("sampling.n_by_benchmark", "math500=2.5", "must be a positive integer"),
+        ("sampling.n_by_benchmark", "math500", "'math500' is not name="),
+        ("sampling.n_by_benchmark", "aime24=2,aime24=4", "'aime24' is given twice"),
+        ("sampling.temperature_by_benchmark", "aime24=-1", "temperature >= 0"),
+        ("score.mode", "strict", "score.mode='strict'"),
+    ],
+)
+def test_bad_protocol_spec_fails_before_any_model(eval_dir, key, value, message):
+    with pytest.raises(evaluate.EvalError, match=re.escape(message)) as e:
+        tasks_lib.load_tasks(_config(**{key: value, "data.dir": eval_dir}))
+    assert str(e.value).startswith(key)
+
+
+def test_two_benchmarks_with_their_own_sample_counts_under_the_think_rule(
+    tiny_model, eval_dir, tmp_path
+):
+    config = _config(
+        **{
+            "model.path": tiny_model,
+            "data.dir": eval_dir,
+            "benchmarks": "math500,aime25",
+            "sampling.n_by_benchmark": "math500=2,aime25=3",
+            "score.mode": "boxed",
+            "score.think": True,
+        }
+    )
+    logs: list[str] = []
+    (results,) = evaluate.run(config, str(tmp_path), log=logs.append)
+    gen_dir = tmp_path / "eval" / os.path.basename(tiny_model) / "generations"
+    for name, n, protocol in (("math500", 2, "greedy x 2"), ("aime25", 3, "T=0.6 x 3")):
+        recs = io_lib.read_jsonl(str(gen_dir / f"{name}.jsonl"))
+        assert len(recs) == 2 * n  # tiny: 2 problems
+        for g in (0, 1):
+            assert sorted(r["sample"] for r in recs if r["group"] == g) == list(
+                range(n)
+            )
+        m = results["benchmarks"][name]
+        assert (m["k"], m["protocol"]) == (n, protocol)
+        # A random tiny model never closes a thinking it never began; so
+        # under the rule nothing is extracted and every sample scores 0.
+        assert not any("</think>" in r["response"] for r in recs)
+        assert all(r["extracted"] is None and not r["correct"] for r in recs)
+        assert (m["think_closed"], m["avg@k"], m["pass@k"]) == (0.0, 0.0, 0.0)
+        saved = results_lib.read_json(str(gen_dir / f"{name}.settings.json"))
+        assert saved["n"] == n
+        assert saved["score"] == {"mode": "boxed", "think": True}
+    assert sum("thinking closed 0.0%" in line for line in logs) == 2
+
+
+def test_saved_generations_are_reused_only_under_the_rule_that_graded_them(
+    eval_dir,
+):
+    def saved_settings(**score):
+        config = _config(**{"benchmarks": "aime25", "data.dir": eval_dir}, **score)
+        return tasks_lib.load_tasks(config)[0].settings(config, "m")
+
+    default = saved_settings()
+    assert "score" not in default  # as before the rule existed: old runs reuse
+    think = saved_settings(**{"score.mode": "boxed", "score.think": True})
+    boxed = saved_settings(**{"score.mode": "boxed"})
+    assert think["score"] == {"mode": "boxed", "think": True}
+    assert len({str(default), str(think), str(boxed)}) == 3
+
+
 def test_cli_console_is_progress_lines_only(tiny_model, tmp_path):
     """Packaged benchmarks by default; orbax's INFO logs stay off the console."""
     from rlvr_jax import checkpoint

@@ -305,3 +305,16 @@ def test_a_full_disk_is_one_line_leaves_no_temporary_file_and_resumes(
     _, b = ckpt_lib.load_params(str(broken / "checkpoints" / "2"))
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_a_key_added_after_the_first_launch_is_not_a_change():
+    """A run launched before a config key existed resumes under that key's
+    default, and only a non-default value counts as a change."""
+    from rlvr_jax import base_config, build
+
+    config = base_config.base_config()
+    saved = json.loads(config.to_json_best_effort())
+    del saved["model"]["tiny_chat"]  # as an older release wrote it
+    assert build.config_changes(config, saved) == []
+    config.model.tiny_chat = "r1"
+    assert build.config_changes(config, saved) == ["model.tiny_chat: '' -> 'r1'"]

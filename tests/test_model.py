@@ -140,8 +140,8 @@ def test_from_hf_round_trip_and_errors():
     del hf["rope_theta"]
     hf["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0}
     assert M.ModelConfig.from_hf(hf).rope_theta == 10000.0
-    with pytest.raises(ValueError, match="not a Qwen2"):
-        M.ModelConfig.from_hf({**hf, "model_type": "llama", "architectures": ["X"]})
+    with pytest.raises(ValueError, match="unsupported architecture.*mistral"):
+        M.ModelConfig.from_hf({**hf, "model_type": "mistral", "architectures": ["X"]})
     with pytest.raises(ValueError, match="RoPE scaling"):
         M.ModelConfig.from_hf({**hf, "rope_parameters": {"rope_type": "yarn"}})
     with pytest.raises(ValueError, match="multiple of"):

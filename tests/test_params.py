@@ -177,11 +177,11 @@ def test_missing_directory_is_clear(tmp_path):
         PR.load_hf(str(tmp_path / "nope"))
 
 
-def test_non_qwen2_architecture_is_rejected(tmp_path):
+def test_unsupported_architecture_is_rejected(tmp_path):
     (tmp_path / "config.json").write_text(
-        json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]})
+        json.dumps({"model_type": "gemma2", "architectures": ["Gemma2ForCausalLM"]})
     )
-    with pytest.raises(ValueError, match="not a Qwen2 checkpoint.*llama"):
+    with pytest.raises(ValueError, match="unsupported architecture.*gemma2"):
         PR.load_hf(str(tmp_path))
 
 

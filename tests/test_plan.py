@@ -161,6 +161,7 @@ def _four_micro_batches_config():
     )
 
 
+@pytest.mark.slow  # ~40 s: compiles unrolled cost programs
 def test_train_step_flops_agree_with_the_analytic_count():
     """Per token: 6·N (forward + backward) + the remat forward of the layers
     and the checkpointed head (2·N) + attention's two [T, T] products in each
@@ -215,6 +216,7 @@ def test_xla_counts_the_micro_batch_loop_body_once():
     assert once < 0.5 * flops
 
 
+@pytest.mark.slow  # ~40 s: compiles unrolled cost programs
 def test_decode_step_bytes_agree_with_weights_plus_filled_cache():
     """At real width (weights and cache far beyond on-chip memory), one decode
     step reads the compute-dtype weights and this chip's cache once."""

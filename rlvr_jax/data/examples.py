@@ -26,8 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from rlvr_jax import io as io_lib
-from rlvr_jax.data import paper_data
-from rlvr_jax.data.tokenizer import QWEN_MATH_CHAT_TEMPLATE
+from rlvr_jax.data import chat_templates, paper_data
 
 # The suffix the training prompts carry (docs/recipe.md), for jsonl sources that
 # store bare problems and want the training-style instruction.
@@ -285,9 +284,15 @@ def render_prompt(tokenizer, messages: Sequence[dict]) -> str:
     inserts its default system prompt); otherwise the Qwen2.5-Math template.
     """
     messages = [dict(m) for m in messages]
-    template = getattr(tokenizer, "chat_template", None) or QWEN_MATH_CHAT_TEMPLATE
+    template = getattr(tokenizer, "chat_template", None) or chat_templates.QWEN_MATH
     return tokenizer.apply_chat_template(
-        messages, chat_template=template, tokenize=False, add_generation_prompt=True
+        messages,
+        chat_template=template,
+        tokenize=False,
+        add_generation_prompt=True,
+        # Llama 3.2's template prints today's date unless given one: a fixed
+        # date keeps prompts, and so runs, the same every day; others ignore it.
+        date_string=chat_templates.DATE_STRING,
     )
 
 

@@ -3,8 +3,15 @@
 A `Task` is a benchmark's problems (the first `data.limit` groups), how they
 are sampled (`Protocol`: the registry's temperature and sample count unless
 the config overrides them) and where they came from. `load_tasks` builds every
-configured task and checks the template before any model is loaded, so a bad
-file or name fails in seconds. `render` turns a problem into prompt text.
+configured task and checks the template and the scoring rule before any model
+is loaded, so a bad file or name fails in seconds. `render` turns a problem
+into prompt text.
+
+Sample counts and temperatures can differ per benchmark in one run (rllm's
+protocol for DeepSeek-R1-Distill: avg@16 on MATH500, avg@64 on AIME):
+`sampling.n_by_benchmark` / `sampling.temperature_by_benchmark` take
+"math500=16,aime24=64" (`parse_per_benchmark`) and win over `sampling.n` /
+`sampling.temperature`, which win over the registry's protocol.
 
 No JAX here: `rlvr_jax.evaluate` samples and scores what this module loads.
 """
@@ -16,6 +23,7 @@ import os
 
 from rlvr_jax.data import examples as examples_lib
 from rlvr_jax.data import paper_data, suites
+from rlvr_jax.reward import checker
 
 
 class EvalError(ValueError):
@@ -86,7 +94,69 @@ class Task:
             "template": config.template,
             "seed": config.seed,
             **dataclasses.asdict(self.protocol),
+            **score_settings(config),
         }
+
+
+def score_settings(config) -> dict:
+    """The scoring rule (`score.mode`, `score.think`) when it is not the
+    default (lenient "eval" extraction, think rule off), else nothing.
+
+    Saved generations carry their grades, so they are reused only under the
+    rule that graded them; the default adds no key, so that workdirs written
+    before these keys existed stay reusable.
+    """
+    s = config.score
+    if s.mode == "eval" and not s.think:
+        return {}
+    return {"score": {"mode": s.mode, "think": bool(s.think)}}
+
+
+def parse_per_benchmark(spec: str, key: str, cast, valid, want: str) -> dict:
+    """{benchmark: value} from "name=value,name=value" (`key` names the config
+    field in errors).
+
+    Names must be registry benchmarks (a typo is an error, not a silent
+    default); a benchmark named here but not run is ignored, so one protocol
+    string serves any subset of `benchmarks`.
+
+    Args:
+      spec: the spec string; "" gives {}.
+      key: the config field, for messages.
+      cast: turns a value string into a value (int, float).
+      valid: whether a cast value is allowed.
+      want: what a value must be, in words, for messages.
+
+    Raises:
+      EvalError: an unknown or repeated name, or a bad value, naming which.
+    """
+    out = {}
+    for item in filter(None, (t.strip() for t in spec.split(","))):
+        name, sep, text = (t.strip() for t in item.partition("="))
+        if not sep or not name:
+            raise EvalError(f"{key}: {item!r} is not name={want}")
+        if name not in suites.REGISTRY:
+            raise EvalError(
+                f"{key}: unknown benchmark {name!r} (known: "
+                f"{', '.join(suites.REGISTRY)})"
+            )
+        if name in out:
+            raise EvalError(f"{key}: {name!r} is given twice")
+        try:
+            value = cast(text)
+        except ValueError:
+            value = None
+        if value is None or not valid(value):
+            raise EvalError(f"{key}: {item!r}: the value must be {want}")
+        out[name] = value
+    return out
+
+
+def _check_score(config) -> None:
+    if config.score.mode not in checker.MODES:
+        raise EvalError(
+            f"score.mode={config.score.mode!r}: want one of {checker.MODES}"
+        )
 
 
 def _load_problems(config, name: str, path: str | None):
@@ -123,13 +193,29 @@ def load_tasks(config) -> list[Task]:
         template, naming which.
     """
     check_template(config.template)
+    _check_score(config)
     s, tasks = config.sampling, []
+    n_by = parse_per_benchmark(
+        s.n_by_benchmark,
+        "sampling.n_by_benchmark",
+        int,
+        lambda n: n > 0,
+        "a positive integer",
+    )
+    t_by = parse_per_benchmark(
+        s.temperature_by_benchmark,
+        "sampling.temperature_by_benchmark",
+        float,
+        lambda t: t >= 0,  # NaN fails too
+        "a temperature >= 0",
+    )
     for name, path in suites.parse_spec(config.benchmarks):
         bench = suites.get(name)
         problems, data_source = _load_problems(config, name, path)
+        temperature = bench.temperature if s.temperature < 0 else s.temperature
         protocol = Protocol(
-            temperature=bench.temperature if s.temperature < 0 else s.temperature,
-            n=bench.n_samples if s.n <= 0 else s.n,
+            temperature=t_by.get(name, temperature),
+            n=n_by.get(name, bench.n_samples if s.n <= 0 else s.n),
             max_new_tokens=s.max_new_tokens,
             top_p=s.top_p,
             top_k=s.top_k,

@@ -50,13 +50,18 @@ MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
 ATTENTION_KERNELS = ("xla", "flash")
+FAMILIES = ("qwen2", "llama")
+ROPE_TYPES = ("default", "llama3")
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Qwen2 architecture hyperparameters (hashable: usable as a jit static arg).
+    """Decoder architecture hyperparameters (hashable: a jit static arg).
 
-    Field names follow the model, the HF `config.json` key is in the comment.
+    One decoder serves the Qwen2 and Llama families (pre-norm SwiGLU blocks,
+    GQA, RoPE, RMSNorm): they differ in the q/k/v biases, the RoPE frequency
+    rule and the HF names written back, which are fields here. Field names
+    follow the model, the HF `config.json` key is in the comment.
     """
 
     vocab_size: int  # vocab_size
@@ -91,6 +96,18 @@ class ModelConfig:
     # no score block through HBM). A run-time choice like `remat`: the
     # learner sets it from LearnerConfig.attention_kernel.
     attention_kernel: str = "xla"
+    # The family decides the HF architecture `to_hf` writes back; the fields
+    # below it are the architectural differences the decoder implements.
+    family: str = "qwen2"  # model_type: "qwen2" or "llama"
+    attention_bias: bool = True  # q/k/v biases (Qwen2: always; Llama 3: none)
+    # RoPE frequency scaling (rope_scaling / rope_parameters): "default" (none)
+    # or "llama3", which divides the low frequencies by `rope_factor` and
+    # blends the band between (Llama 3.1/3.2's long-context rule).
+    rope_type: str = "default"  # rope_type
+    rope_factor: float = 1.0  # factor
+    rope_low_freq_factor: float = 1.0  # low_freq_factor
+    rope_high_freq_factor: float = 4.0  # high_freq_factor
+    rope_original_max_len: int = 8192  # original_max_position_embeddings
 
     def __post_init__(self):
         if self.attention_kernel not in ATTENTION_KERNELS:
@@ -102,6 +119,10 @@ class ModelConfig:
                 f"n_heads={self.n_heads} is not a multiple of "
                 f"n_kv_heads={self.n_kv_heads}"
             )
+        if self.family not in FAMILIES:
+            raise ValueError(f"family={self.family!r} not in {FAMILIES}")
+        if self.rope_type not in ROPE_TYPES:
+            raise ValueError(f"rope_type={self.rope_type!r} not in {ROPE_TYPES}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
         for name in ("dtype", "param_dtype"):
@@ -113,18 +134,28 @@ class ModelConfig:
     # ---------------------------------------------------------------- HF I/O
     @classmethod
     def from_hf(cls, hf: dict, **overrides) -> ModelConfig:
-        """Builds a config from a Hugging Face Qwen2 `config.json` dict."""
-        archs = hf.get("architectures") or []
-        if hf.get("model_type") != "qwen2" and "Qwen2ForCausalLM" not in archs:
-            raise ValueError(
-                "not a Qwen2 checkpoint: model_type="
-                f"{hf.get('model_type')!r}, architectures={archs!r}"
-            )
+        """Builds a config from a Hugging Face `config.json` dict.
+
+        Qwen2 (`Qwen2ForCausalLM`) and Llama (`LlamaForCausalLM`) checkpoints
+        are read; anything this decoder would compute differently (another
+        architecture, sliding windows, another RoPE rule, biases on the output
+        or MLP projections, another activation) is refused with the reason.
+        """
+        family = _hf_family(hf)
         if hf.get("use_sliding_window"):
             raise ValueError("sliding-window attention is not supported")
-        rope = hf.get("rope_parameters") or {}
-        if rope.get("rope_type", "default") != "default" or hf.get("rope_scaling"):
-            raise ValueError(f"unsupported RoPE scaling: {rope or hf['rope_scaling']}")
+        if hf.get("hidden_act", "silu") != "silu":
+            raise ValueError(f"hidden_act={hf['hidden_act']!r}: only silu is supported")
+        if hf.get("mlp_bias"):
+            raise ValueError("mlp_bias=true is not supported (no MLP biases)")
+        if family == "llama" and hf.get("attention_bias"):
+            # Llama's attention_bias also puts a bias on o_proj.
+            raise ValueError("attention_bias=true is not supported for Llama")
+        if hf.get("partial_rotary_factor", 1.0) != 1.0:
+            raise ValueError(
+                f"partial_rotary_factor={hf['partial_rotary_factor']}: only full "
+                "rotary embeddings are supported"
+            )
         eos = hf.get("eos_token_id")
         eos = () if eos is None else tuple(eos) if isinstance(eos, list) else (eos,)
         heads = hf["num_attention_heads"]
@@ -136,12 +167,14 @@ class ModelConfig:
             n_kv_heads=hf.get("num_key_value_heads", heads),
             head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
             mlp_dim=hf["intermediate_size"],
-            rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
             rms_eps=hf.get("rms_norm_eps", 1e-6),
             tie_embeddings=hf.get("tie_word_embeddings", False),
             max_seq_len=hf.get("max_position_embeddings", 4096),
             bos_token_id=hf.get("bos_token_id"),
             eos_token_ids=eos,
+            family=family,
+            attention_bias=family == "qwen2",
+            **_hf_rope(hf),
         )
         kwargs.update(overrides)
         return cls(**kwargs)
@@ -149,9 +182,7 @@ class ModelConfig:
     def to_hf(self) -> dict:
         """The Hugging Face `config.json` dict for this architecture."""
         eos = list(self.eos_token_ids)
-        return {
-            "architectures": ["Qwen2ForCausalLM"],
-            "model_type": "qwen2",
+        common = {
             "vocab_size": self.vocab_size,
             "hidden_size": self.d_model,
             "num_hidden_layers": self.n_layers,
@@ -166,9 +197,39 @@ class ModelConfig:
             "max_position_embeddings": self.max_seq_len,
             "bos_token_id": self.bos_token_id,
             "eos_token_id": eos[0] if len(eos) == 1 else (eos or None),
-            "use_sliding_window": False,
             "attention_dropout": 0.0,
             "torch_dtype": self.param_dtype,
+        }
+        if self.family == "llama":
+            scaling = None
+            if self.rope_type == "llama3":
+                scaling = {
+                    "rope_type": "llama3",
+                    "factor": self.rope_factor,
+                    "low_freq_factor": self.rope_low_freq_factor,
+                    "high_freq_factor": self.rope_high_freq_factor,
+                    "original_max_position_embeddings": self.rope_original_max_len,
+                }
+            return {
+                "architectures": ["LlamaForCausalLM"],
+                "model_type": "llama",
+                **common,
+                "attention_bias": False,
+                "mlp_bias": False,
+                "pretraining_tp": 1,
+                "rope_scaling": scaling,
+            }
+        if not self.attention_bias or self.rope_type != "default":
+            raise ValueError(
+                "a Qwen2 checkpoint always has q/k/v biases and no RoPE scaling; "
+                f"this config has attention_bias={self.attention_bias}, "
+                f"rope_type={self.rope_type!r}"
+            )
+        return {
+            "architectures": ["Qwen2ForCausalLM"],
+            "model_type": "qwen2",
+            **common,
+            "use_sliding_window": False,
         }
 
     # --------------------------------------------------------------- presets
@@ -242,6 +303,66 @@ class ModelConfig:
         )
 
     @classmethod
+    def qwen2_5_math_7b(cls, **overrides) -> ModelConfig:
+        """Qwen2.5-Math-7B, the paper's 7B model (7,615,616,512 parameters).
+
+        Values: huggingface.co/Qwen/Qwen2.5-Math-7B config.json. Unlike
+        Qwen2.5-7B it keeps rope_theta 10,000 and a 4,096-token context.
+        """
+        return cls.qwen2_5_7b(
+            **{**dict(rope_theta=10000.0, max_seq_len=4096), **overrides}
+        )
+
+    @classmethod
+    def deepseek_r1_distill_qwen_1_5b(cls, **overrides) -> ModelConfig:
+        """DeepSeek-R1-Distill-Qwen-1.5B (1,777,088,000 parameters).
+
+        Values: huggingface.co/deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B
+        config.json. Qwen2.5-Math-1.5B's shape with an untied head and a
+        131,072-token context (rope_theta stays 10,000).
+        """
+        return cls.qwen2_5_math_1_5b(
+            **{**dict(tie_embeddings=False, max_seq_len=131072), **overrides}
+        )
+
+    @classmethod
+    def llama3_2_3b_instruct(cls, **overrides) -> ModelConfig:
+        """Llama-3.2-3B-Instruct (3,212,749,824 parameters, tied head).
+
+        Values: huggingface.co/meta-llama/Llama-3.2-3B-Instruct config.json
+        and generation_config.json (stop on <|end_of_text|>, <|eom_id|>,
+        <|eot_id|>): no attention biases, llama3 RoPE scaling (factor 32
+        over an original 8,192-token context), rms_norm_eps 1e-5.
+        """
+        return cls(
+            **{
+                **dict(
+                    vocab_size=128256,
+                    d_model=3072,
+                    n_layers=28,
+                    n_heads=24,
+                    n_kv_heads=8,
+                    head_dim=128,
+                    mlp_dim=8192,
+                    rope_theta=500000.0,
+                    rms_eps=1e-5,
+                    tie_embeddings=True,
+                    max_seq_len=131072,
+                    bos_token_id=128000,
+                    eos_token_ids=(128001, 128008, 128009),
+                    family="llama",
+                    attention_bias=False,
+                    rope_type="llama3",
+                    rope_factor=32.0,
+                    rope_low_freq_factor=1.0,
+                    rope_high_freq_factor=4.0,
+                    rope_original_max_len=8192,
+                ),
+                **overrides,
+            }
+        )
+
+    @classmethod
     def tiny(cls, **overrides) -> ModelConfig:
         """A CPU-sized Qwen2 (GQA, tied head) for tests and laptop runs."""
         return cls(
@@ -263,6 +384,26 @@ class ModelConfig:
         )
 
     @classmethod
+    def tiny_llama(cls, **overrides) -> ModelConfig:
+        """`tiny` as a Llama: no attention biases, llama3 RoPE scaling whose
+        original context (64) a tiny run's rows exceed, so the scaled band
+        is exercised."""
+        return cls.tiny(
+            **{
+                **dict(
+                    family="llama",
+                    attention_bias=False,
+                    rope_theta=500000.0,
+                    rms_eps=1e-5,
+                    rope_type="llama3",
+                    rope_factor=8.0,
+                    rope_original_max_len=64,
+                ),
+                **overrides,
+            }
+        )
+
+    @classmethod
     def lab(cls, **overrides) -> ModelConfig:
         """The laptop lab's model: `tiny` twice as wide (2 layers, d_model 128).
 
@@ -270,6 +411,51 @@ class ModelConfig:
         ~1.3× the tiny model's), depth is not (each layer adds about half).
         """
         return cls.tiny(**{**dict(d_model=128, head_dim=32, mlp_dim=256), **overrides})
+
+
+_HF_ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama"}
+
+
+def _hf_family(hf: dict) -> str:
+    """ "qwen2" or "llama" from a HF config's model_type / architectures."""
+    archs = hf.get("architectures") or []
+    model_type = hf.get("model_type")
+    if model_type in FAMILIES:
+        return model_type
+    for arch in archs:
+        if arch in _HF_ARCHITECTURES:
+            return _HF_ARCHITECTURES[arch]
+    raise ValueError(
+        f"unsupported architecture: model_type={model_type!r}, "
+        f"architectures={archs!r} (supported: Qwen2ForCausalLM, LlamaForCausalLM)"
+    )
+
+
+def _hf_rope(hf: dict) -> dict:
+    """The RoPE fields of a HF config: `rope_scaling` (transformers 4) or
+    `rope_parameters` (transformers 5, which also holds rope_theta)."""
+    params = dict(hf.get("rope_parameters") or {})
+    params.update(hf.get("rope_scaling") or {})
+    rope_type = params.get("rope_type", params.get("type")) or "default"
+    theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    if rope_type == "default":
+        return dict(rope_theta=theta)
+    if rope_type != "llama3":
+        raise ValueError(
+            f"unsupported RoPE scaling {rope_type!r} ({params}); supported: "
+            "none and llama3"
+        )
+    try:
+        return dict(
+            rope_theta=theta,
+            rope_type="llama3",
+            rope_factor=float(params["factor"]),
+            rope_low_freq_factor=float(params["low_freq_factor"]),
+            rope_high_freq_factor=float(params["high_freq_factor"]),
+            rope_original_max_len=int(params["original_max_position_embeddings"]),
+        )
+    except KeyError as e:
+        raise ValueError(f"llama3 RoPE scaling without {e.args[0]!r}: {params}") from e
 
 
 class KVCache(NamedTuple):
@@ -315,11 +501,35 @@ def rope(x_btnh: jax.Array, sin_bth: jax.Array, cos_bth: jax.Array) -> jax.Array
     return (x * cos + rotated * sin).astype(x_btnh.dtype)
 
 
-def rope_tables(positions_bt: jax.Array, head_dim: int, theta: float):
-    """sin/cos tables [B, T, H] for integer positions, computed in fp32."""
-    inv_freq_h = 1.0 / (
-        theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+def inverse_frequencies(config: ModelConfig) -> jax.Array:
+    """RoPE's per-pair angular frequencies [H/2] in fp32, as HF computes them.
+
+    "llama3" scaling (HF `_compute_llama3_parameters`): wavelengths longer
+    than original_context / low_freq_factor are stretched by `rope_factor`,
+    those shorter than original_context / high_freq_factor are kept, and the
+    band between blends the two linearly in original_context / wavelength.
+    """
+    h = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
+    if config.rope_type == "default":
+        return inv_freq
+    factor, low, high = (
+        config.rope_factor,
+        config.rope_low_freq_factor,
+        config.rope_high_freq_factor,
     )
+    context = config.rope_original_max_len
+    wavelen = 2 * math.pi / inv_freq
+    scaled = jnp.where(wavelen > context / low, inv_freq / factor, inv_freq)
+    smooth = (context / wavelen - low) / (high - low)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= context / high) & (wavelen <= context / low)
+    return jnp.where(medium, blended, scaled)
+
+
+def rope_tables(positions_bt: jax.Array, config: ModelConfig):
+    """sin/cos tables [B, T, H] for integer positions, computed in fp32."""
+    inv_freq_h = inverse_frequencies(config)
     angles = positions_bt.astype(jnp.float32)[..., None] * inv_freq_h
     angles = jnp.concatenate([angles, angles], axis=-1)
     return jnp.sin(angles), jnp.cos(angles)
@@ -439,7 +649,8 @@ def _bias(module: nn.Module, name: str, shape):
 
 
 class Attention(nn.Module):
-    """Grouped-query self-attention with q/k/v bias and an optional KV cache."""
+    """Grouped-query self-attention (q/k/v biases when the config has them)
+    with an optional KV cache."""
 
     config: ModelConfig
 
@@ -452,15 +663,18 @@ class Attention(nn.Module):
         q_btnh = jnp.einsum(
             "btd,dnh->btnh", x_btd, _kernel(self, "q_kernel", (d, n, h), d)
         )
-        q_btnh = q_btnh + _bias(self, "q_bias", (n, h))
+        if cfg.attention_bias:
+            q_btnh = q_btnh + _bias(self, "q_bias", (n, h))
         k_btkh = jnp.einsum(
             "btd,dkh->btkh", x_btd, _kernel(self, "k_kernel", (d, k, h), d)
         )
-        k_btkh = k_btkh + _bias(self, "k_bias", (k, h))
+        if cfg.attention_bias:
+            k_btkh = k_btkh + _bias(self, "k_bias", (k, h))
         v_btkh = jnp.einsum(
             "btd,dkh->btkh", x_btd, _kernel(self, "v_kernel", (d, k, h), d)
         )
-        v_btkh = v_btkh + _bias(self, "v_bias", (k, h))
+        if cfg.attention_bias:
+            v_btkh = v_btkh + _bias(self, "v_bias", (k, h))
         q_btnh = rope(q_btnh, sin_bth, cos_bth)
         k_btkh = rope(k_btkh, sin_bth, cos_bth)
 
@@ -612,7 +826,7 @@ class Qwen2(nn.Module):
         """
         cfg = self.config
         x_btd = self.embed(tokens_bt)
-        sin_bth, cos_bth = rope_tables(positions_bt, cfg.head_dim, cfg.rope_theta)
+        sin_bth, cos_bth = rope_tables(positions_bt, cfg)
         t = tokens_bt.shape[1]
         if cache is None:
             q_slot_t = jnp.arange(t)

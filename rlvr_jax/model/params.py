@@ -1,5 +1,8 @@
 """Hugging Face safetensors checkpoints ⇄ rlvr_jax parameter pytrees.
 
+Qwen2 and Llama checkpoints share the tensor names; a Llama has no q/k/v
+bias rows (`ModelConfig.attention_bias`).
+
 The mapping between the two layouts is one declarative table, `WEIGHT_MAP`.
 Each row names an HF tensor, the path of our tensor, and the layout rule:
 
@@ -53,7 +56,7 @@ WEIGHT_MAP: tuple[tuple[str, str, str], ...] = (
     ("model.layers.{i}.mlp.down_proj.weight", "layers/mlp/down_kernel", "lin1"),
 )
 
-# Tensors some Qwen2 checkpoints carry that hold nothing we need.
+# Tensors some checkpoints carry that hold nothing we need.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 _ST_DTYPES = {
@@ -102,6 +105,8 @@ def _entries(
     for hf_name, path, rule in WEIGHT_MAP:
         if path == "lm_head" and config.tie_embeddings:
             continue
+        if path.endswith("_bias") and not config.attention_bias:
+            continue  # Llama: no q/k/v biases
         shape = tuple(_get(shapes, path).shape)
         if "{i}" in hf_name:
             for i in range(config.n_layers):
@@ -208,7 +213,7 @@ def load_hf(
     shardings: Any = None,
     **config_overrides,
 ) -> tuple[ModelConfig, Any]:
-    """Loads a local Hugging Face Qwen2 directory.
+    """Loads a local Hugging Face Qwen2 or Llama directory.
 
     Args:
       path: directory with config.json and model.safetensors (or an index with
@@ -226,7 +231,7 @@ def load_hf(
 
     Raises:
       FileNotFoundError: missing directory or files.
-      ValueError: a non-Qwen2 architecture, missing/unexpected tensors (all
+      ValueError: an unsupported architecture, missing/unexpected tensors (all
         listed), or a shape mismatch (name, expected, got).
     """
     param_dtype = np.dtype(dtype)
@@ -252,7 +257,8 @@ def load_hf(
     )
     if missing or unexpected:
         raise ValueError(
-            f"{path}: checkpoint does not match the Qwen2 layout of its config: "
+            f"{path}: checkpoint does not match the {config.family} layout of its "
+            "config: "
             f"missing tensors {missing}, unexpected tensors {unexpected}"
         )
     for hf_name, _, rule, _, shape in entries:
@@ -311,7 +317,8 @@ def save_hf(
     dtype: Any = None,
     max_shard_bytes: int = 5 * 1024**3,
 ) -> None:
-    """Writes a Hugging Face Qwen2 checkpoint (safetensors + config.json).
+    """Writes a Hugging Face checkpoint (safetensors + config.json) of the
+    config's family (`Qwen2ForCausalLM` or `LlamaForCausalLM`).
 
     The result loads with `transformers.AutoModelForCausalLM.from_pretrained`
     and vLLM. Tensors are fetched to the host one layer at a time.

@@ -7,7 +7,10 @@ The public face of the grader; the work is done in `rlvr_jax.reward.grading`:
                 reward"), leniently in the "eval" mode (docs/recipe.md,
                 "Evaluation"); boxes joined only by "and", "or"
                 or commas are one answer, so a hedge "\\boxed{5} or
-                \\boxed{6}" is the list {5, 6}, never its last box
+                \\boxed{6}" is the list {5, 6}, never its last box;
+                with the think rule (`think=True`, DeepSeek-R1-Distill) only
+                the text after `</think>` is read, and a response that never
+                closes its thinking has no answer (`after_thinking`)
     normalize   notation that never changes a value (spacing, \\left, $, ...)
     lexer       whitelisted tokens; anything else is an error
     parser      a typed, inert syntax tree (`grading.nodes`)
@@ -42,7 +45,13 @@ import sys
 from typing import NamedTuple
 
 from rlvr_jax.reward.grading import parser
-from rlvr_jax.reward.grading.extract import MODES, extract_answer, last_box
+from rlvr_jax.reward.grading.extract import (
+    MODES,
+    THINK_END,
+    after_thinking,
+    extract_answer,
+    last_box,
+)
 from rlvr_jax.reward.grading.lexer import MAX_CHARS, GrammarError
 from rlvr_jax.reward.grading.nodes import Error
 from rlvr_jax.reward.grading.normalize import normalize
@@ -51,7 +60,9 @@ from rlvr_jax.reward.grading.rules import EVAL, STRICT, Tol, match, prepare
 
 __all__ = [
     "MODES",
+    "THINK_END",
     "Explanation",
+    "after_thinking",
     "clear_caches",
     "explain",
     "extract_answer",
@@ -192,7 +203,7 @@ def _gold_answer(gold):
 
 
 def score_item(
-    response: str, gold, mode: str = "boxed"
+    response: str, gold, mode: str = "boxed", *, think: bool = False
 ) -> tuple[float, str | None, bool]:
     """Scores one response; never raises for string input.
 
@@ -203,12 +214,18 @@ def score_item(
       response: the model's full response.
       gold: the ground-truth answer, or a list of acceptable answers.
       mode: "boxed" or "eval".
+      think: the think rule (`after_thinking`): grade only the text after
+        `</think>`; a response that never closes its thinking scores 0.
 
     Returns:
       (reward 1.0/0.0, the extracted answer or None, whether an unexpected
       internal error occurred).
     """
     tol = _tol(mode)
+    if think:
+        response = after_thinking(response)
+        if response is None:
+            return 0.0, None, False
     try:
         extracted = extract_answer(response, mode)
     except Exception:  # noqa: BLE001 - untrusted input; counted as an error
@@ -226,19 +243,21 @@ def score_item(
     return 0.0, extracted, error
 
 
-def reward(response: str, ground_truth) -> float:
+def reward(response: str, ground_truth, *, think: bool = False) -> float:
     """The training reward: 1.0 if the last box matches the ground truth, else 0.0.
 
     Args:
       response: the model's full response.
       ground_truth: the dataset's answer (`reward_model.ground_truth`).
+      think: the think rule: only the box after `</think>` counts, and a
+        response that never closes its thinking scores 0 (`after_thinking`).
 
     Returns:
       1.0 or 0.0. No box, an unclosed last box, or an empty one scores 0.
       Boxes right before the last one, joined to it only by "and", "or" or
       commas, are part of the answer (`extract_answer`).
     """
-    return score_item(response, ground_truth, "boxed")[0]
+    return score_item(response, ground_truth, "boxed", think=think)[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -250,8 +269,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("pred", help="an answer, or a whole response with \\boxed{}")
     parser.add_argument("gold", help="the ground-truth answer")
     parser.add_argument("--mode", choices=MODES, default="boxed")
+    parser.add_argument(
+        "--think", action="store_true", help="grade only the text after </think>"
+    )
     args = parser.parse_args(argv)
     pred = args.pred
+    if args.think:
+        pred = after_thinking(pred)
+        if pred is None:
+            print(f"NOT EQUAL ({args.mode}, think): thinking never closed")
+            return 1
     if args.mode == "eval" or "\\boxed" in pred or "\\fbox" in pred:
         pred = extract_answer(pred, args.mode)
         print(f"extracted: {pred!r}")

@@ -19,6 +19,11 @@ over a shared pool for scripts.
     with RewardPool(workers=8, timeout_s=5.0) as pool:
         result = pool.score(responses, ground_truths)
         result.rewards, result.timeouts, result.errors
+
+`think=True` (per pool or per call) applies the think rule of reasoning
+models (`checker.after_thinking`): the workers grade only the text after
+`</think>`, and a response that never closes its thinking scores 0 without
+being sent to a worker.
 """
 
 from __future__ import annotations
@@ -53,12 +58,15 @@ class ScoreResult:
         MAX_EXTRACTED_CHARS.
       timeouts: items that passed their deadline (scored 0).
       errors: items whose grading raised or crashed a worker (scored 0).
+      unclosed: under the think rule, responses that never closed their
+        thinking (scored 0); 0 when the rule is off.
     """
 
     rewards: list[float]
     extracted: list[str | None]
     timeouts: int
     errors: int
+    unclosed: int = 0
 
 
 def _worker_main(conn, scorer, memory_limit_mb: int | None) -> None:
@@ -78,8 +86,13 @@ def _worker_main(conn, scorer, memory_limit_mb: int | None) -> None:
             return
         if msg is None:
             return
-        mode, items = msg
+        mode, think, items = msg
         for index, response, gold in items:
+            if think:
+                # Here rather than in the scorer, so that any scorer (tests
+                # plant their own) grades what the rule leaves; the parent
+                # sends only responses that closed their thinking.
+                response = checker.after_thinking(response)
             try:
                 value, extracted, error = scorer(response, gold, mode)
                 value = float(value)
@@ -130,6 +143,7 @@ class RewardPool:
     Attributes:
       timeout_s: the default per-item deadline.
       mode: the default extraction mode.
+      think: whether the think rule is on by default.
       restarts: workers replaced so far after a timeout or a crash.
     """
 
@@ -139,6 +153,7 @@ class RewardPool:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         mode: str = "boxed",
         *,
+        think: bool = False,
         scorer=None,
         memory_limit_mb: int | None = 4096,
         start_timeout_s: float = 120.0,
@@ -150,6 +165,9 @@ class RewardPool:
           workers: number of processes; None means one per CPU (at most 32).
           timeout_s: default per-item deadline in seconds.
           mode: default extraction mode: "boxed" (training reward) or "eval".
+          think: the default for the think rule (`checker.after_thinking`):
+            grade only the text after `</think>`; a response that never
+            closes its thinking scores 0.
           scorer: a picklable `f(response, gold, mode) -> (reward, extracted,
             error)`; defaults to `checker.score_item`. Tests use it to plant a
             hanging grader.
@@ -164,6 +182,7 @@ class RewardPool:
             raise ValueError("timeout_s must be positive")
         self.timeout_s = float(timeout_s)
         self.mode = mode
+        self.think = bool(think)
         self._scorer = scorer or checker.score_item
         self._memory_limit_mb = memory_limit_mb
         self._start_timeout_s = start_timeout_s
@@ -205,6 +224,7 @@ class RewardPool:
         *,
         timeout_s: float | None = None,
         mode: str | None = None,
+        think: bool | None = None,
     ) -> ScoreResult:
         """Scores responses against ground truths, in input order.
 
@@ -213,6 +233,7 @@ class RewardPool:
           ground_truths: one gold answer per response.
           timeout_s: per-item deadline; defaults to the pool's.
           mode: "boxed" or "eval"; defaults to the pool's.
+          think: the think rule on or off; defaults to the pool's.
 
         Returns:
           A ScoreResult. Items past their deadline or that crash a worker
@@ -227,13 +248,20 @@ class RewardPool:
         mode = mode or self.mode
         if mode not in checker.MODES:
             raise ValueError(f"mode must be one of {checker.MODES}, got {mode!r}")
+        think = self.think if think is None else bool(think)
         timeout = float(timeout_s or self.timeout_s)
         n = len(responses)
         rewards = [0.0] * n
         extracted: list[str | None] = [None] * n
         counts = {"timeouts": 0, "errors": 0}
         pending = collections.deque(range(n))
-        remaining = n
+        unclosed = 0
+        if think:  # never closed its thinking: 0 at once, no worker needed
+            pending = collections.deque(
+                i for i in range(n) if checker.after_thinking(responses[i]) is not None
+            )
+            unclosed = n - len(pending)
+        remaining = len(pending)
         # Small chunks keep every worker busy without long queues behind a
         # stuck item; a chunk is only sent to an idle worker, so a send never
         # blocks on a worker that is not reading.
@@ -264,7 +292,11 @@ class RewardPool:
                     batch = [pending.popleft() for _ in range(min(chunk, len(pending)))]
                     try:
                         w.conn.send(
-                            (mode, [(i, responses[i], ground_truths[i]) for i in batch])
+                            (
+                                mode,
+                                think,
+                                [(i, responses[i], ground_truths[i]) for i in batch],
+                            )
                         )
                     except (OSError, EOFError):
                         pending.extendleft(reversed(batch))
@@ -318,7 +350,9 @@ class RewardPool:
                     raise RuntimeError(
                         f"a reward worker did not start within {self._start_timeout_s} s"
                     )
-        return ScoreResult(rewards, extracted, counts["timeouts"], counts["errors"])
+        return ScoreResult(
+            rewards, extracted, counts["timeouts"], counts["errors"], unclosed
+        )
 
     def close(self) -> None:
         """Stops the workers. Idempotent."""
@@ -367,6 +401,7 @@ def score_batch(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     *,
     mode: str = "boxed",
+    think: bool = False,
 ) -> list[float]:
     """Scores responses in a shared, lazily started pool (one per process).
 
@@ -378,6 +413,7 @@ def score_batch(
       ground_truths: one gold answer per response.
       timeout_s: per-item deadline in seconds.
       mode: "boxed" (the training reward) or "eval" (lenient extraction).
+      think: the think rule (`RewardPool`).
 
     Returns:
       1.0 or 0.0 per response, in input order.
@@ -389,5 +425,5 @@ def score_batch(
                 atexit.register(_close_shared)
             pool = _shared["pool"] = RewardPool()
         return pool.score(
-            responses, ground_truths, timeout_s=timeout_s, mode=mode
+            responses, ground_truths, timeout_s=timeout_s, mode=mode, think=think
         ).rewards

@@ -1,4 +1,4 @@
-"""Single-token decoding of the Qwen2 model over packed per-layer weights.
+"""Single-token decoding of the decoder over packed per-layer weights.
 
 A decode step multiplies a few rows (one token per response) by every weight
 of the model, so its speed is the speed of reading the weights. `pack` lays
@@ -50,7 +50,7 @@ class LayerWeights(NamedTuple):
     Attributes:
       input_norm_d, post_attn_norm_d: RMSNorm scales (fp32, as the model).
       qkv_od: fused q|k|v projection, O = (n + 2k) * h rows.
-      qkv_bias_o: the fused q|k|v bias.
+      qkv_bias_o: the fused q|k|v bias; None for a model without biases.
       o_dm: attention output projection, m = n * h.
       gate_up_od: fused gate|up projection, O = 2 * f rows.
       down_df: MLP down projection.
@@ -58,7 +58,7 @@ class LayerWeights(NamedTuple):
 
     input_norm_d: jax.Array
     qkv_od: jax.Array
-    qkv_bias_o: jax.Array
+    qkv_bias_o: jax.Array | None
     o_dm: jax.Array
     post_attn_norm_d: jax.Array
     gate_up_od: jax.Array
@@ -136,7 +136,11 @@ def pack(config: decoder.ModelConfig, params: Params, dtype=None) -> Weights:
             qkv_od=out_in(
                 attn["q_kernel"][i], attn["k_kernel"][i], attn["v_kernel"][i]
             ),
-            qkv_bias_o=flat(attn["q_bias"][i], attn["k_bias"][i], attn["v_bias"][i]),
+            qkv_bias_o=(
+                flat(attn["q_bias"][i], attn["k_bias"][i], attn["v_bias"][i])
+                if config.attention_bias
+                else None
+            ),
             o_dm=cast(attn["o_kernel"][i].reshape(m, d).T),
             post_attn_norm_d=stacked["post_attn_norm"]["scale"][i],
             gate_up_od=out_in(mlp["gate_kernel"][i], mlp["up_kernel"][i]),
@@ -292,7 +296,9 @@ def _attention(
     r = x_rd.shape[0]
     n, k, h = config.n_heads, config.n_kv_heads, config.head_dim
     g = n // k
-    qkv_ro = project(x_rd, w.qkv_od) + w.qkv_bias_o
+    qkv_ro = project(x_rd, w.qkv_od)
+    if w.qkv_bias_o is not None:
+        qkv_ro = qkv_ro + w.qkv_bias_o
     q_r1nh = qkv_ro[:, : n * h].reshape(r, 1, n, h)
     k_r1kh = qkv_ro[:, n * h : (n + k) * h].reshape(r, 1, k, h)
     v_rkh = qkv_ro[:, (n + k) * h :].reshape(r, k, h)
@@ -354,9 +360,7 @@ def step(
         )
     table_vd = weights.head_vd if weights.embed_vd is None else weights.embed_vd
     x_rd = jnp.take(table_vd, tokens_r, axis=0).astype(config.dtype)
-    sin_r1h, cos_r1h = decoder.rope_tables(
-        positions_r[:, None], config.head_dim, config.rope_theta
-    )
+    sin_r1h, cos_r1h = decoder.rope_tables(positions_r[:, None], config)
     s = valid_rs.shape[1]
     mask_rs = valid_rs & (jnp.arange(s)[None] <= jnp.reshape(slot, (-1, 1)))
     new_k, new_v = [], []

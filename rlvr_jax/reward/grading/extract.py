@@ -8,6 +8,10 @@ is lenient (docs/recipe.md, "Evaluation"): the boxes, else "the answer is
 ...", else a value stated with "is" at the end, else a closing display, else
 the last number.
 
+Reasoning models (DeepSeek-R1-Distill) think first: with the think rule
+(`after_thinking`) only the text after the thinking is graded, and a response
+that never closes its thinking has no answer.
+
 Every search here is linear in the length of the response and runs mostly in
 C (regexes, `str` methods): a 2 MB response of boxes, braces or digits is read
 in well under a second (tests/test_faults_checker.py).
@@ -22,6 +26,9 @@ import re
 from itertools import accumulate, repeat
 
 MODES = ("boxed", "eval")
+# What closes a reasoning model's thinking (DeepSeek-R1's delimiter; its
+# opening `<think>\n` ends the chat template's generation prompt).
+THINK_END = "</think>"
 
 _BOX_COMMANDS = {
     "boxed": ("\\boxed", "\\fbox"),
@@ -360,6 +367,40 @@ def _last_number(text: str) -> str | None:
         if start == 0:
             return None
         end, size = start, 2 * size
+
+
+def after_thinking(response: str) -> str | None:
+    """The part of `response` that the think rule grades, or None.
+
+    The rule of the 1-shot RLVR reference for DeepSeek-R1-Distill (rllm /
+    DeepScaleR's reward, used for its training reward and validation): the
+    graded text is what follows the first `</think>`, up to a second one if
+    there is one (the reference keeps piece 1 of a split on `</think>`), and
+    a text without both `<think>` and `</think>` scores 0. The reference
+    tests the prompt and the response decoded together; R1's chat template
+    ends the prompt with `<think>` and a newline, so `<think>` is always there
+    and the first `</think>` is the response's. This function sees the
+    response alone and needs only `</think>`: the same decision for prompts
+    that open the thinking. (Under a prompt that does not, it would also
+    grade a response that closes a thinking it never opened, which the
+    reference scores 0; a model that opens its own thinking writes `<think>`
+    first, and then both agree.)
+
+    Args:
+      response: the model's response (without the prompt).
+
+    Returns:
+      The text after the first `</think>` and before a second one, or None
+      when the response never closes its thinking.
+    """
+    if not isinstance(response, str):
+        return None
+    start = response.find(THINK_END)
+    if start < 0:
+        return None
+    start += len(THINK_END)
+    end = response.find(THINK_END, start)
+    return response[start:] if end < 0 else response[start:end]
 
 
 def extract_answer(text: str, mode: str = "boxed") -> str | None:

@@ -17,6 +17,7 @@ CORE = [
     "ml-dtypes==0.7.0",  # bf16 safetensors
     "safetensors==0.8.0",
     "mpmath==1.3.0",  # the checker's high-precision numeric equality
+    "sympy==1.14.0",  # the checker's sets of reals (relations, intervals)
     "numpy==2.4.6",
     "pyarrow==26.0.1",
     "tensorboardX==2.6.5",

@@ -14,6 +14,9 @@ reference ships no Llama script).
   python -m rlvr_jax.main --config=configs/llama32_3b.py --workdir=/tmp/pi1_llama \
       --config.model.path=/path/to/Llama-3.2-3B-Instruct
   python -m rlvr_jax.plan --config=configs/llama32_3b.py --topology=v5e:2x4
+On a v5e-8 its KV cache (8 KV heads: 4× the 1.5B model's per token) needs
+fewer decode slots and a smaller micro-batch (docs/plan.md, "The paper's
+other models"): --config.rollout.chunk_size=128 --config.train.micro_batch_size=8
 Laptop CPU (a tiny random Llama with llama3 RoPE scaling, the tiny tokenizer
 in the Llama 3 chat format, the built-in task):
   python -m rlvr_jax.main --config=configs/llama32_3b.py:tiny --workdir=/tmp/tl

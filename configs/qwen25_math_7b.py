@@ -11,8 +11,10 @@ context exactly.
       --config.model.path=/path/to/Qwen2.5-Math-7B
 Plan it first (the fp32 train state alone is 122 GB):
   python -m rlvr_jax.plan --config=configs/qwen25_math_7b.py --topology=v5e:4x4
-The overrides below are the ones that plan needs (docs/plan.md, "The paper's
-other models").
+On a v5e-16 it fits (peak 17.10 of 17.18 GB, the update) under the overrides
+the plan finds (docs/plan.md, "The paper's other models"):
+  --config.train.reference_on_host=True --config.train.logits_chunk=256 \
+  --config.rollout.chunk_size=128
 Laptop CPU (a tiny random Qwen2, the built-in task):
   python -m rlvr_jax.main --config=configs/qwen25_math_7b.py:tiny --workdir=/tmp/t7
 """

@@ -8,6 +8,9 @@ file is. `get_config(arg)` arguments are comma-separated:
   tiny          a tiny random Qwen2 + in-process tokenizer on a built-in
                 one-example task; runs on a laptop CPU in minutes
   steps=N       shortcut for train.steps (also batch=, n=, lr=, seed=)
+  paper_protocol
+                the paper's evaluation protocol (`paper_protocol`): a HF export
+                of every 20th step and of step 0, for the six-benchmark sweep
 """
 
 from __future__ import annotations
@@ -53,6 +56,9 @@ def base_config() -> config_dict.ConfigDict:
     c.data.shuffle = True  # shuffled with `seed`, drop_last
     c.data.max_prompt_len = 1024  # prompt ≤ 1024 tokens, left-padded
     c.data.prompt_buckets = (256, 512, 1024)  # padded prompt lengths (one compile each)
+    # Ground truths replaced by example index, "INDEX=LABEL;..." (e.g.
+    # "124=13"): the label-robustness ablation (train on a wrong label).
+    c.data.label_override = ""
 
     c.rollout = config_dict.ConfigDict()
     c.rollout.n = 8  # G: samples per prompt, each prompt row is its own group
@@ -70,6 +76,14 @@ def base_config() -> config_dict.ConfigDict:
 
     c.reward = config_dict.ConfigDict()
     c.reward.think = False  # R1-Distill: grade after </think> only; unclosed: 0
+    # What a response earns: "correct" (the paper's verifiable reward),
+    # "format" (1 for a well-formed final boxed answer, right or wrong),
+    # "random" (Bernoulli(random_p) per response from the seed, blind to it),
+    # "correct_or_format" (1 if correct, format_value if only well formed).
+    # The controls of Shao et al. 2025 ("Spurious Rewards").
+    c.reward.kind = "correct"
+    c.reward.random_p = 0.5
+    c.reward.format_value = 0.5
 
     c.loss = config_dict.ConfigDict()
     c.loss.pg_coef = 1.0  # policy-gradient term; 0 = entropy-only ablation
@@ -154,6 +168,10 @@ def base_config() -> config_dict.ConfigDict:
     c.log.wandb_project = ""  # "" = W&B off
     c.log.checker_timeout_s = 5.0  # per-answer deadline in the reward pool
     c.log.checker_workers = 0  # 0 = number of CPUs
+    # Every N steps, K decoded training responses with their rewards go to
+    # <workdir>/samples.jsonl (for reading what the model writes); 0 = off.
+    c.log.samples_every = 0
+    c.log.samples_count = 8
     return c
 
 
@@ -172,6 +190,8 @@ def apply_arg(
     for token in filter(None, (arg or "").split(",")):
         if token == "tiny":
             make_tiny(c, tiny_preset, tiny_chat)
+        elif token == "paper_protocol":
+            paper_protocol(c)
         elif "=" in token:
             key, value = token.split("=", 1)
             if key not in SHORTCUTS:
@@ -183,6 +203,29 @@ def apply_arg(
         else:
             raise ValueError(f"unknown config argument {token!r}")
     return c
+
+
+# Steps between the checkpoints the paper evaluates (0, 20, ..., 2000).
+PAPER_EVAL_EVERY = 20
+
+
+def paper_protocol(c: config_dict.ConfigDict) -> None:
+    """The paper's evaluation protocol: every 20th step's weights, evaluated.
+
+    Validation (`eval.path`) before the first step and every PAPER_EVAL_EVERY
+    steps, and a Hugging Face export of the weights at each of those steps
+    (step 0, the base model, included) into `<workdir>/hf/step_<n>`, so that
+      python -m rlvr_jax.evaluate --config=configs/eval.py --workdir=W \
+          --config.model.path=W/hf
+    sweeps the six benchmarks over steps 0, 20, ..., as the reference's
+    evaluation script (`eval_one_experiment_all_ckpts.sh`) sweeps its
+    checkpoints. An export is written when a checkpoint is, so the checkpoint
+    cadence is the same. Disk: 101 exports over 2,000 steps, each in the
+    parameter dtype (fp32: ~6.2 GB at 1.5B parameters, ~620 GB in all).
+    """
+    c.eval.every = PAPER_EVAL_EVERY
+    c.checkpoint.every = PAPER_EVAL_EVERY
+    c.checkpoint.export_hf_every = PAPER_EVAL_EVERY
 
 
 def make_tiny(c: config_dict.ConfigDict, preset: str = "tiny", chat: str = "") -> None:

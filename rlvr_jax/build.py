@@ -28,6 +28,7 @@ from etils import epath
 from rlvr_jax import base_config, learner, sharding
 from rlvr_jax import checkpoint as ckpt_lib
 from rlvr_jax import io as io_lib
+from rlvr_jax import reward as reward_lib
 from rlvr_jax.data import examples as data_lib
 from rlvr_jax.data import paper_data
 from rlvr_jax.data import tokenizer as tokenizer_lib
@@ -188,9 +189,28 @@ def train_examples(config) -> list[data_lib.Example]:
         )
     else:
         examples = data_lib.builtin_task()
+    if d.label_override:  # before replication: every copy carries the new label
+        overrides = label_overrides(config)
+        try:
+            examples = data_lib.override_labels(examples, overrides)
+        except ValueError as e:
+            raise ValueError(f"data.label_override={d.label_override!r}: {e}") from None
     if d.replicate:
         examples = data_lib.replicate(examples, d.replicate)
     return examples
+
+
+def label_overrides(config) -> dict[int, str]:
+    """`data.label_override` parsed: {example index: the label it trains on}.
+
+    Raises:
+      ValueError: one line naming the key and the malformed entry.
+    """
+    spec = config.data.label_override
+    try:
+        return data_lib.parse_label_override(spec)
+    except ValueError as e:
+        raise ValueError(f"data.label_override={spec!r}: {e}") from None
 
 
 def eval_name(path: str) -> str:
@@ -306,12 +326,31 @@ def check_config(config) -> list[str]:
             f"train.max_skipped_updates={config.train.max_skipped_updates} must be "
             ">= 1"
         )
+    rw = config.reward
+    if rw.kind not in reward_lib.KINDS:
+        raise ValueError(
+            f"reward.kind={rw.kind!r} must be one of {', '.join(reward_lib.KINDS)}"
+        )
+    for key in ("random_p", "format_value"):
+        if not 0 <= rw[key] <= 1:  # NaN too
+            raise ValueError(f"reward.{key}={rw[key]} must be in [0, 1]")
+    if config.log.samples_every < 0 or config.log.samples_count < 1:
+        raise ValueError(
+            f"log.samples_every={config.log.samples_every} must be >= 0 (0: off) "
+            f"and log.samples_count={config.log.samples_count} >= 1"
+        )
     warnings = []
     if o.lr > LR_WARN:
         warnings.append(
             f"warning: optim.lr={o.lr:g} is above {LR_WARN:g}, far above RL "
             "fine-tuning rates (the paper: 1e-6); the run goes on"
         )
+    # A malformed spec fails here, before any work; a good one is said.
+    warnings += [
+        f"note: data.label_override: example {index} trains on the label {label!r} "
+        "instead of its own"
+        for index, label in label_overrides(config).items()
+    ]
     return warnings
 
 

@@ -32,8 +32,13 @@ decides what is left to do and the others follow it (so a workdir on process
 
 Output, per model, in `<workdir>/eval/<tag>/` (tag `step_<n>` or the model
 directory's name): results.{json,md,csv} and `generations/<benchmark>.jsonl`
-(prompt, response, extracted answer, gold, correct, length, finish reason per
-sample). A sweep also writes `<workdir>/eval/summary.{json,md,csv}`.
+(prompt, response, extracted answer, gold, correct, length, finish reason and
+the problem's categories, e.g. MATH500's subject and level, per sample).
+Besides accuracy, each benchmark reports `format_rate` (responses with a
+well-formed final box) and, where its problems have categories, accuracy per
+category (`rlvr_jax.evaluation.results`). A sweep also writes
+`<workdir>/eval/summary.{json,md,csv}`; `python -m rlvr_jax.evaluation.show`
+prints one problem's responses.
 
 Resumption: each benchmark's generations are written atomically when it
 finishes and reused when the settings match; a model whose results.json
@@ -175,9 +180,23 @@ def sample_records(config, model: Model, task: tasks_lib.Task, mesh) -> list[dic
                 "gold": p.gold,
                 "length": int(roll.lengths[row]),
                 "finish_reason": "length" if roll.truncated[row] else "stop",
+                **p.categories(),
             }
     assert all(r is not None for r in records), "a sample was not generated"
     return records
+
+
+def add_categories(records: list[dict], problems: Sequence[suites.Problem]) -> None:
+    """Sets each record's category fields from its problem (in place).
+
+    Generations saved before records carried categories are reused as they
+    are (same settings, same file, so `index` still names the problem); this
+    gives them the categories the results break down by.
+    """
+    by_index = {p.index: p for p in problems}
+    for r in records:
+        for field, value in by_index[r["index"]].categories().items():
+            r.setdefault(field, value)
 
 
 def score(pool: reward_lib.RewardPool, records: list[dict]) -> tuple[int, int]:
@@ -240,6 +259,7 @@ def evaluate_source(
             if not lead:
                 continue
             records = io_lib.read_jsonl(gen_path)
+            add_categories(records, task.problems)
             log(f"[{source.tag}] {name}: reusing {len(records)} saved generations")
         else:
             if model is None:
@@ -265,7 +285,7 @@ def evaluate_source(
                 f"[{source.tag}] {name}: {len(records)} generations in "
                 f"{time.time() - t0:.1f}s"
             )
-        metrics = results_lib.benchmark_metrics(records, words)
+        metrics = results_lib.benchmark_metrics(records, words, config.score.think)
         metrics["protocol"] = protocol.label
         metrics["title"] = task.benchmark.title
         closed = ""
@@ -283,7 +303,7 @@ def evaluate_source(
         log(
             f"[{source.tag}] {name} ({protocol.label}): "
             f"avg@{k} {100 * metrics['avg@k']:.2f}  pass@{k} {100 * metrics['pass@k']:.2f}"
-            + closed
+            f"  format {100 * metrics['format_rate']:.1f}%" + closed
         )
     if not lead:
         return None

@@ -10,6 +10,9 @@ Object stores cannot append, so for a remote workdir the JSONL is rewritten
 whole at each step (it is small), and the TensorBoard events are written to a
 local directory that is printed.
 
+`<workdir>/samples.jsonl` (`SamplesWriter`, with `log.samples_every`) keeps
+a few decoded training responses with their grades, for reading later.
+
 A resumed run first drops every logged row after the restored step, so the
 files read as if the run had never been interrupted. Only process 0 writes.
 """
@@ -126,6 +129,68 @@ class MetricsWriter:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+SAMPLES_FILE = "samples.jsonl"  # decoded training responses (`SamplesWriter`)
+
+
+class SamplesWriter:
+    """Every `every` steps, `count` decoded training responses with their
+    grades, one JSON object a line in `<workdir>/samples.jsonl`.
+
+    A row: step, row (the response's row in the step), index (the example's
+    `extra_info.index`), response, answer (extracted), reward, correct,
+    well_formed, length (tokens), finish_reason ("stop" or "length"). The rows
+    are spread evenly over the step's responses, so they cover its groups.
+    The file is kept as `MetricsWriter` keeps metrics.jsonl: a resumed
+    run first drops the rows after its restored step (so a replayed step is
+    not written twice), and a remote file is rewritten whole (atomically). A
+    local file is appended to, each step's rows at once: a crash can cut only
+    the last line, which `io.read_log` drops and a resumed run's rewrite
+    removes. Process 0 only.
+    """
+
+    def __init__(self, workdir: str, every: int, count: int, resume_step):
+        self.every, self.count = every, count
+        self.enabled = every > 0 and jax.process_index() == 0
+        self.path = epath.Path(workdir) / SAMPLES_FILE
+        self._remote = io_lib.is_remote(workdir)
+        if not self.enabled:
+            return
+        keep_until = -1 if resume_step is None else resume_step
+        self._rows = [
+            r for r in io_lib.read_log(self.path) if r.get("step", -1) <= keep_until
+        ]
+        io_lib.write_jsonl(self.path, self._rows)
+        if not self._remote:
+            self._rows = []  # appended from here on; nothing to keep in memory
+
+    def write(self, step: int, texts, roll, scored, examples, n: int) -> None:
+        if not self.enabled or step % self.every:
+            return
+        total, reasons = len(texts), roll.finish_reason
+        picked = sorted({k * total // self.count for k in range(self.count)})
+        rows = [
+            {
+                "step": int(step),
+                "row": i,
+                "index": int(examples[i // n].index),
+                "response": texts[i],
+                "answer": scored.extracted[i],
+                "reward": float(scored.rewards[i]),
+                "correct": bool(scored.correct[i]),
+                "well_formed": bool(scored.well_formed[i]),
+                "length": int(roll.lengths[i]),
+                "finish_reason": reasons[i],
+            }
+            for i in picked
+        ]
+        if self._remote:  # object stores cannot append
+            self._rows.extend(rows)
+            io_lib.write_jsonl(self.path, self._rows)
+            return
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(io_lib.jsonl_text(rows))
 
 
 class Progress:

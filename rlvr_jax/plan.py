@@ -98,6 +98,8 @@ def plan(
                 f"{p.name}: the compiler ran out of HBM; it needs "
                 f"{p.temp / GB:.1f} GB of temporaries"
             )
+        if p.cost_note:
+            notes.append(f"{p.name}: {p.cost_note}")
     times = report.step_times(run, compiled)
     initial_eval = 0.0
     if "eval_sample" in {p.name for p in compiled}:

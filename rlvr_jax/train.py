@@ -11,8 +11,16 @@ is logged as t + 1. Evaluation and checkpoints happen at multiples of their
 intervals, including step 0 (before the first update).
 
 Everything random derives from `config.seed`: the data order (numpy, seeded
-per epoch) and the sampling keys (`fold_in(key(seed), t)`), so a run resumed
-from a checkpoint replays exactly the batches and samples it would have drawn.
+per epoch), the sampling keys (`fold_in(key(seed), t)`) and the "random"
+reward kind's draws (keyed by seed, t and the response's row), so a run
+resumed from a checkpoint replays exactly the batches, samples and rewards it
+would have drawn.
+
+`reward.kind` picks what a response earns: its correctness (the paper), or a
+control of "Spurious Rewards" (format only, random, correct-or-format;
+`reward.RewardKind`). Whatever the kind, every step logs `reward/format_rate`
+and, for a control, `reward/correct_rate`: the real accuracy beside the reward
+the run was trained on.
 """
 
 from __future__ import annotations
@@ -101,21 +109,28 @@ def evaluate(
 
 
 # ------------------------------------------------------------------- metrics
-def _rollout_metrics(roll, rewards, examples, n, history) -> dict[str, float]:
+def _rollout_metrics(roll, scored, kind, examples, n, history) -> dict[str, float]:
     lengths = roll.lengths
+    rewards = np.asarray(scored.rewards, np.float32)
+    correct = np.asarray(scored.correct, np.float32)
     out = {
         "reward/mean": float(np.mean(rewards)),
         "reward/std": float(np.std(rewards)),
+        # Format apart from correctness, whatever the run is paid for.
+        "reward/format_rate": float(np.mean(scored.well_formed)),
         "response_len/mean": float(lengths.mean()),
         "response_len/min": float(lengths.min()),
         "response_len/max": float(lengths.max()),
         "response_len/truncated_frac": float(roll.truncated.mean()),
     }
+    if kind.kind != "correct":  # a control: its real accuracy beside its reward
+        out["reward/correct_rate"] = float(np.mean(correct))
     # Accuracy per distinct example this step, appended to its history (the
-    # historical-variance selection reads one value per time it was sampled).
+    # historical-variance selection reads one value per time it was sampled):
+    # correctness, not a control's reward.
     per_example: dict[int, list[float]] = {}
     for i, ex in enumerate(examples):
-        per_example.setdefault(ex.index, []).extend(rewards[i * n : (i + 1) * n])
+        per_example.setdefault(ex.index, []).extend(correct[i * n : (i + 1) * n])
     for index, values in per_example.items():
         acc = float(np.mean(values))
         out[f"train_acc/{index}"] = acc
@@ -374,6 +389,12 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
         wandb_project=config.log.wandb_project,
         run_config=config.to_dict(),
     )
+    samples = metrics_lib.SamplesWriter(
+        workdir,
+        config.log.samples_every,
+        config.log.samples_count,
+        resume_step=start if restored else None,
+    )
     progress = metrics_lib.Progress(config.train.steps, start)
     # The think rule holds for the rewards and the in-loop evaluation alike,
     # as the reference grades both with one function.
@@ -381,6 +402,13 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
         workers=config.log.checker_workers or None,
         timeout_s=config.log.checker_timeout_s,
         think=config.reward.think,
+    )
+    # What a training response earns; evaluation always grades correctness.
+    kind = reward_lib.RewardKind(
+        config.reward.kind,
+        random_p=config.reward.random_p,
+        format_value=config.reward.format_value,
+        seed=config.seed,
     )
 
     sigterm = threading.Event()
@@ -463,7 +491,11 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
             golds = [
                 ex.ground_truth for ex in batch_examples for _ in range(settings.n)
             ]
-            scored = pool.score(texts, golds)
+            # Every process holds and scores the whole step (`texts` is
+            # gathered from all hosts), so a response's position in it is its
+            # global row: the "random" kind draws the same rewards whatever
+            # the number of processes.
+            scored = pool.score(texts, golds, kind=kind, step=step, row_offset=0)
             rewards = np.asarray(scored.rewards, np.float32)
             t_score = time.time() - t0
             # ---------------------------------------------------- advantages
@@ -504,7 +536,10 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
             guard.update(step, learn)
             # ----------------------------------------------------------- log
             generated = int(roll.lengths.sum())
-            m = _rollout_metrics(roll, rewards, batch_examples, settings.n, history)
+            m = _rollout_metrics(
+                roll, scored, kind, batch_examples, settings.n, history
+            )
+            samples.write(step, texts, roll, scored, batch_examples, settings.n)
             m.update(
                 {
                     "loss/total": learn["loss"],

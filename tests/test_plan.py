@@ -187,7 +187,7 @@ def test_train_step_flops_agree_with_the_analytic_count():
         run = build.plan_run(config, devices, 8, model)
         assert run.shapes.learner_width == t
         assert run.learner.attention_kernel == ("flash" if kernel == "auto" else kernel)
-        flops[kernel, blocks], _ = programs.train_step_cost(run)
+        flops[kernel, blocks], _, _ = programs.train_step_cost(run)
     sh = run.shapes
     assert sh.responses // sh.micro_batch == 4  # the scan runs four times
     layers, head = _matmul_params(MODEL)
@@ -210,7 +210,7 @@ def test_xla_counts_the_micro_batch_loop_body_once():
     config = _four_micro_batches_config()
     run = build.plan_run(config, chips.topology_devices(TOPOLOGY), 8, MODEL)
     assert run.shapes.responses // run.shapes.micro_batch == 4
-    flops, _ = programs.train_step_cost(run)
+    flops, _, _ = programs.train_step_cost(run)
     compiled = programs.compile_train_step(run, MODEL, run.learner, 16)
     once, _ = compile_lib.cost(compiled)
     assert once < 0.5 * flops
@@ -544,3 +544,55 @@ def _load(path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config()
+
+
+def test_a_cost_program_out_of_memory_is_said_not_counted_as_free():
+    """A cost program the compiler refused must not cost 0 s in the plan."""
+    from rlvr_jax.planning import compile as compile_lib
+
+    refused = compile_lib.OutOfMemory(
+        "RESOURCE_EXHAUSTED: Ran out of memory in memory space hbm. Used 40.5G of 15.75G"
+    )
+    with pytest.raises(ValueError, match="no time estimate.*Used 40.5G"):
+        compile_lib.cost(refused)
+
+
+def test_micro_batches_too_big_to_cost_are_costed_halved_and_said(monkeypatch):
+    """At 8k-token rows the unrolled cost copy of a 16-row micro-batch may not
+    fit a chip where the scanned run does: it is costed at 8 rows × twice as
+    many micro-batches, and the plan says the bytes are an upper bound."""
+    import types
+
+    from rlvr_jax.planning import compile as compile_lib
+    from rlvr_jax.planning import programs
+
+    built = []
+
+    def depth_cost(build, model):
+        rows = build(model)
+        built.append(rows)
+        if rows > 8:
+            raise compile_lib.CostOutOfMemory("Used 16.91G of 15.75G")
+        return 3.0, 5.0
+
+    monkeypatch.setattr(compile_lib, "depth_cost", depth_cost)
+    mesh = types.SimpleNamespace(shape={"data": 1, "fsdp": 8, "tensor": 1})
+    monkeypatch.setattr(programs.sharding, "batch_divisor", lambda m: 8)
+    run = types.SimpleNamespace(
+        shapes=types.SimpleNamespace(micro_batch=16, learner_rows=1024),
+        mesh=mesh,
+        model=None,
+    )
+    flops, nbytes, note = programs.micro_batches_cost(run, lambda m, rows: rows)
+    assert built == [16, 8]
+    assert (flops, nbytes) == (128 * 3.0, 128 * 5.0)
+    assert "128 micro-batches of 8 rows" in note and "upper bound" in note
+    # At one row per chip nothing smaller is left: the refusal stands.
+    run.shapes.micro_batch = 8
+    monkeypatch.setattr(
+        compile_lib,
+        "depth_cost",
+        lambda b, m: (_ for _ in ()).throw(compile_lib.CostOutOfMemory("x")),
+    )
+    with pytest.raises(compile_lib.CostOutOfMemory):
+        programs.micro_batches_cost(run, lambda m, rows: rows)

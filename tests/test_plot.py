@@ -61,9 +61,12 @@ def _eval_result(workdir, step, acc):
         }
         for g in range(4)
     ]
+    # MATH500's problems carry categories: 2 Algebra then 2 Geometry, levels.
+    subjects = ("Algebra", "Algebra", "Geometry", "Geometry")
+    math = [dict(r, subject=subjects[g], level=g + 1) for g, r in enumerate(recs)]
     per = {}
-    for name in ("math500", "aime24"):
-        m = results_lib.benchmark_metrics(recs)
+    for name, rows in (("math500", math), ("aime24", recs)):
+        m = results_lib.benchmark_metrics(rows)
         m["protocol"] = "greedy"
         per[name] = m
     source = checkpoint.ModelSource("orbax", workdir, step)
@@ -93,7 +96,12 @@ def test_all_figures_are_written(tmp_path):
         _eval_result(workdir, step, acc)
     written = plot.plot_all(workdir)
     names = sorted(os.path.basename(p) for p in written)
-    assert names == ["eval_analysis.png", "eval_curves.png", "training_curves.png"]
+    assert names == [
+        "eval_analysis.png",
+        "eval_curves.png",
+        "eval_subjects.png",
+        "training_curves.png",
+    ]
     for p in written:
         width, height = _png_size(p)
         assert width >= 800 and height >= 300
@@ -112,6 +120,13 @@ def test_eval_series_merges_sweep_and_in_training(tmp_path):
     assert steps.tolist() == [0, 20] and acc.tolist() == [0.25, 0.5]
     steps, acc = curves["in-training"]["math500"]
     assert steps.tolist() == [0, 20, 40]
+    # Per category: the first problems (Algebra) are right first.
+    by = plot.category_series(workdir)
+    assert list(by) == [("math500", "subject"), ("math500", "level")]
+    steps, acc, n = by["math500", "subject"]["Algebra"]
+    assert (steps.tolist(), acc.tolist(), n) == ([0, 20], [0.5, 1.0], 2)
+    assert by["math500", "subject"]["Geometry"][1].tolist() == [0.0, 0.0]
+    assert list(by["math500", "level"]) == ["1", "2", "3", "4"]
 
 
 def test_only_training_metrics_gives_only_the_training_figure(tmp_path):

@@ -116,6 +116,7 @@ def test_r1_distill_eval_config_is_rllms_protocol():
 
 
 # --------------------------------------------------------------- training
+@pytest.mark.slow  # ~20 s: a tiny R1 run; the rule itself is tested above
 def test_one_training_step_with_the_rule_logs_the_closed_rate(tmp_path, monkeypatch):
     """R1's tiny config: every other response gets a `</think>` in front, so
     at least half close their thinking (the random model may close others

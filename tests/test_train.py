@@ -79,10 +79,15 @@ def assert_same_params(a, b):
 
 def test_pulse_writes_metrics_checkpoints_and_hf_export(env, tmp_path):
     wd = tmp_path / "run"
-    out = run_main(env, wd, "tiny,steps=3")
+    out = run_main(env, wd, "tiny,steps=3", "--config.log.samples_every=3")
     assert out.returncode == 0, out.stderr[-3000:]
     rows = io_lib.read_log(str(wd / "metrics.jsonl"))
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    # Format apart from correctness; read-later samples of the step-3 batch.
+    assert all(0 <= r["reward/format_rate"] <= 1 for r in rows[1:])
+    samples = io_lib.read_log(str(wd / "samples.jsonl"))
+    assert len(samples) == 8 and {s["step"] for s in samples} == {3}
+    assert all(s["index"] == 0 and isinstance(s["response"], str) for s in samples)
     assert "eval/builtin/acc" in rows[0] and "eval/builtin/acc" in rows[3]
     # The console: a line per phase, a line per step, a closing summary.
     lines = out.stdout.splitlines()
@@ -95,6 +100,7 @@ def test_pulse_writes_metrics_checkpoints_and_hf_export(env, tmp_path):
     assert json.loads((wd / "run_config.json").read_text())["train"]["steps"] == 3
     for key in (
         "reward/mean",
+        "reward/format_rate",
         "loss/kl",
         "loss/entropy",
         "grad_norm",

@@ -1,4 +1,5 @@
-"""Training data: loading, example selection, replication, shuffling, prompts.
+"""Training data: loading, example selection, label overrides, replication,
+shuffling, prompts.
 
 Accepted sources (`resolve_source` turns a config value into a file):
   - a packaged name (`dsr_sub`, `pi1_r128`, `math500`: see `rlvr_jax.data.paper_data`);
@@ -227,6 +228,57 @@ def replicate(examples: Sequence[Example], size: int) -> list[Example]:
             f"replication size {size} is not a multiple of {len(examples)} examples"
         )
     return [ex for ex in examples for _ in range(size // len(examples))]
+
+
+def parse_label_override(spec: str) -> dict[int, str]:
+    """{example index: label} from "INDEX=LABEL;INDEX=LABEL" ("" gives {}).
+
+    A label runs from the first "=" to the next ";" (it may hold "=" but not
+    ";"), spaces around it trimmed.
+
+    Raises:
+      ValueError: one line naming the malformed entry or repeated index.
+    """
+    overrides: dict[int, str] = {}
+    for entry in filter(None, (e.strip() for e in spec.split(";"))):
+        index, sep, label = (part.strip() for part in entry.partition("="))
+        if not sep or not label or not index.removeprefix("-").isdigit():
+            raise ValueError(
+                f"label override {entry!r} is not INDEX=LABEL (an integer "
+                "example index, '=', a non-empty label; entries split by ';')"
+            )
+        if int(index) in overrides:
+            raise ValueError(f"label override names example index {index} twice")
+        overrides[int(index)] = label
+    return overrides
+
+
+def override_labels(
+    examples: Sequence[Example], overrides: dict[int, str]
+) -> list[Example]:
+    """`examples` with the ground truth of each index in `overrides` replaced.
+
+    For the label-robustness ablation: training on a wrong label.
+
+    Raises:
+      ValueError: an index that none of `examples` has (listing those they have
+        when they are few).
+    """
+    present = {ex.index for ex in examples}
+    missing = sorted(set(overrides) - present)
+    if missing:
+        have = sorted(present)
+        shown = f"; they are {have}" if len(have) <= 16 else ""
+        raise ValueError(
+            f"label override for example index(es) {missing} not among the "
+            f"{len(have)} selected examples{shown}"
+        )
+    return [
+        dataclasses.replace(ex, ground_truth=overrides[ex.index])
+        if ex.index in overrides
+        else ex
+        for ex in examples
+    ]
 
 
 # ------------------------------------------------------------------ iterator

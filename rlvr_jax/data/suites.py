@@ -13,6 +13,12 @@ the problem, how the gold answer is read, and the paper's sampling protocol:
 | aime25        | problem               | `answer`                       | T=0.6 × 8   |
 | amc23         | question / problem    | `answer` (27.0 → "27")         | T=0.6 × 8   |
 
+MATH500 rows also carry the problem's `subject` (seven MATH subjects) and
+`level` (1-5), and OlympiadBench rows their `subfield` (Algebra,
+Combinatorics, Geometry, Number Theory): the categories (`Benchmark.categories`)
+that results break down by, for the paper's cross-category view (an algebra
+example lifting geometry). A row without one has None there.
+
 The `…x8` variants are the harness's 8× replicated files (each row sampled
 once at T=0.6); rows with the same problem form one group, so they report the
 same avg@8 as the base file sampled 8 times.
@@ -45,6 +51,10 @@ _RLVR_DATA = (
     "https://raw.githubusercontent.com/ypwang61/One-Shot-RLVR/main/"
     "Qwen2.5-Eval/evaluation/data"
 )
+
+
+# The category fields a Problem can carry, as the source files name them.
+CATEGORIES = ("subject", "level", "subfield")
 
 
 class BenchmarkError(ValueError):
@@ -99,6 +109,8 @@ class Benchmark:
       temperature: the paper's sampling temperature (0 = greedy).
       n_samples: samples per row.
       url: the public source the packaged file was taken from, or None.
+      categories: the row fields of `CATEGORIES` this benchmark's rows carry
+        (read by `parse_categories`; results break down by them).
     """
 
     name: str
@@ -109,6 +121,7 @@ class Benchmark:
     temperature: float
     n_samples: int
     url: str | None = None
+    categories: tuple[str, ...] = ()
 
     @property
     def protocol(self) -> str:
@@ -138,6 +151,7 @@ REGISTRY: dict[str, Benchmark] = {
             "last_box_of_solution",
             **_GREEDY,
             url=f"{_QWEN_DATA}/math500/test.jsonl",
+            categories=("subject", "level"),
         ),
         Benchmark(
             "aime24",
@@ -183,6 +197,7 @@ REGISTRY: dict[str, Benchmark] = {
             "first_final_answer",
             **_GREEDY,
             url=f"{_QWEN_DATA}/olympiadbench/test.jsonl",
+            categories=("subfield",),
         ),
         Benchmark("aime24x8", "AIME24 (x8 file)", 240, _Q, "answer", **_REPLICATED),
         Benchmark("aime25x8", "AIME25 (x8 file)", 240, _Q, "answer", **_REPLICATED),
@@ -217,6 +232,9 @@ class Problem:
         replicated file share it, and avg@k / pass@k are taken per group.
       problem: the question text, as the prompt template receives it.
       gold: the reference answer string.
+      subject: MATH500's subject ("Algebra", "Geometry", ...), else None.
+      level: MATH500's difficulty level 1-5, else None.
+      subfield: OlympiadBench's subfield ("Combinatorics", ...), else None.
     """
 
     benchmark: str
@@ -224,6 +242,14 @@ class Problem:
     group: int
     problem: str
     gold: str
+    subject: str | None = None
+    level: int | None = None
+    subfield: str | None = None
+
+    def categories(self) -> dict[str, str | int | None]:
+        """{field: value} of the categories its benchmark declares (values
+        may be None where a row lacks one); {} for a benchmark without."""
+        return {f: getattr(self, f) for f in get(self.benchmark).categories}
 
 
 def parse_row(benchmark: Benchmark, row: dict, where: str) -> tuple[str, str]:
@@ -258,11 +284,59 @@ def parse_row(benchmark: Benchmark, row: dict, where: str) -> tuple[str, str]:
     return problem, gold
 
 
-def grouped(benchmark: Benchmark, items: Sequence[tuple[str, str]]) -> list[Problem]:
+def _level(value, where: str) -> int | None:
+    if value is None:
+        return None
+    level = value
+    if isinstance(value, str):
+        # MATH500's files store 3; Hendrycks' MATH stores "Level 3".
+        digits = value.strip().removeprefix("Level").strip()
+        level = int(digits) if digits.isdigit() else None
+    elif isinstance(value, float) and value.is_integer():
+        level = int(value)
+    if not isinstance(level, int) or isinstance(level, bool):
+        raise BenchmarkError(f"{where}: level {value!r} is not an integer")
+    return level
+
+
+def _label(name: str, value, where: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise BenchmarkError(f"{where}: {name} {value!r} is not a non-empty string")
+    return value.strip()
+
+
+def parse_categories(benchmark: Benchmark, row: dict, where: str) -> dict:
+    """{field: value} of the benchmark's `categories` in one raw row; a
+    missing field gives None (a user's file may lack it).
+
+    Raises:
+      BenchmarkError: a present but malformed field, naming `where`.
+    """
+    return {
+        f: _level(row.get(f), where) if f == "level" else _label(f, row.get(f), where)
+        for f in benchmark.categories
+    }
+
+
+def grouped(
+    benchmark: Benchmark,
+    items: Sequence[tuple[str, str]],
+    categories: Sequence[dict] | None = None,
+) -> list[Problem]:
+    """Problems of (problem, gold) pairs in row order, grouped by the pair.
+
+    Args:
+      benchmark: whose rows these are.
+      items: (problem, gold) per row.
+      categories: per row, `parse_categories`' dict (None: no categories).
+    """
     first: dict[tuple[str, str], int] = {}
+    cats = categories if categories is not None else [{}] * len(items)
     return [
-        Problem(benchmark.name, i, first.setdefault(pg, i), pg[0], pg[1])
-        for i, pg in enumerate(items)
+        Problem(benchmark.name, i, first.setdefault(pg, i), pg[0], pg[1], **c)
+        for i, (pg, c) in enumerate(zip(items, cats, strict=True))
     ]
 
 
@@ -303,7 +377,11 @@ def load_jsonl(name: str, path: str) -> list[Problem]:
     if os.path.isdir(path):
         path = standard_path(path, name)
     rows = read_jsonl(path)
-    return grouped(benchmark, [parse_row(benchmark, r, w) for r, w in rows])
+    return grouped(
+        benchmark,
+        [parse_row(benchmark, r, w) for r, w in rows],
+        [parse_categories(benchmark, r, w) for r, w in rows],
+    )
 
 
 def parse_spec(spec: str) -> list[tuple[str, str | None]]:

@@ -13,7 +13,8 @@ writes and reads without TensorFlow, from:
     .download_and_prepare()` works offline.
 
 Each example stores the problem text and gold answer as `rlvr_jax.data.suites`
-reads them, plus the raw row as JSON so nothing from the source is lost.
+reads them, plus the raw row as JSON so nothing from the source is lost (the
+problem's categories, MATH500's subject and level, are read back from it).
 Records keep file order (shuffling is disabled): row i of the split is line i
 of the source.
 
@@ -164,7 +165,8 @@ def load_problems(
 ) -> list[suites.Problem]:
     """Problems of benchmark `name` from its TFDS builder (prepared on demand).
 
-    The same problems, golds and order as `suites.load_jsonl` of the source.
+    The same problems, golds, categories and order as `suites.load_jsonl` of
+    the source.
 
     Args:
       name: a registered benchmark name.
@@ -174,4 +176,15 @@ def load_problems(
     """
     benchmark = suites.get(name)
     records = read(name, data_dir=tfds_dir, source_dir=source_dir)
-    return suites.grouped(benchmark, [(r["problem"], r["gold"]) for r in records])
+    # Categories come from the stored raw row, so builds prepared before
+    # Problems carried them (same features, same version) still give them.
+    return suites.grouped(
+        benchmark,
+        [(r["problem"], r["gold"]) for r in records],
+        [
+            suites.parse_categories(
+                benchmark, json.loads(r["row"]), f"tfds:{name}:{r['index']}"
+            )
+            for r in records
+        ],
+    )

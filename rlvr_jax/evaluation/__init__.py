@@ -1,3 +1,4 @@
 """Evaluation's host side: results tables (`results`), response analysis
-(`analysis`), plots (`plot`) and example selection (`select`). JAX-free; the
+(`analysis`), plots (`plot`), example selection (`select`) and reading one
+problem's responses (`show`). JAX-free; the
 benchmark sweep itself is `rlvr_jax.evaluate`."""

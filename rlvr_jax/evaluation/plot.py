@@ -11,6 +11,9 @@ writes whichever of these it has data for:
   eval_curves.png      accuracy of each benchmark and their average vs step
                        (checkpoint sweeps solid; in-training eval dashed)
   eval_analysis.png    response length and reflection-word frequency vs step
+  eval_subjects.png    accuracy per MATH500 subject (one line each), per
+                       level, and per OlympiadBench subfield vs step: the
+                       paper's cross-category view (checkpoint sweeps)
 
 Accuracies are stored as fractions and drawn in percent.
 """
@@ -97,6 +100,35 @@ def eval_series(workdir: str) -> dict[str, dict[str, tuple[np.ndarray, np.ndarra
     training = {k: v for k, v in training.items() if len(v[0])}
     if training:
         out["in-training"] = training
+    return out
+
+
+def category_series(
+    workdir: str,
+) -> dict[tuple[str, str], dict[str, tuple[np.ndarray, np.ndarray, int]]]:
+    """{(benchmark, category): {value: (steps, accuracy, n_problems)}} of a
+    sweep, from the results' `breakdown` (e.g. ("math500", "subject") ->
+    {"Algebra": ...}); benchmarks and categories in first-seen order.
+    n_problems is the value's count at the last step."""
+    from rlvr_jax.evaluation import results as results_lib
+
+    points: dict[tuple[str, str], dict[str, dict[int, tuple[float, int]]]] = {}
+    for r in results_lib.collect_results(workdir):
+        step = r["model"]["step"]
+        if step is None:
+            continue
+        for name, m in r["benchmarks"].items():
+            for field, values in m.get("breakdown", {}).items():
+                panel = points.setdefault((name, field), {})
+                for value, c in values.items():
+                    panel.setdefault(value, {})[step] = (c["acc"], c["n_problems"])
+    out = {}
+    for key, panel in points.items():
+        out[key] = {}
+        for value, by_step in panel.items():
+            steps = sorted(by_step)
+            acc = np.array([by_step[s][0] for s in steps], dtype=np.float64)
+            out[key][value] = (np.array(steps), acc, by_step[steps[-1]][1])
     return out
 
 
@@ -309,6 +341,39 @@ def plot_analysis(workdir: str, path: str | IO[bytes]) -> bool:
     return True
 
 
+def plot_categories(curves: dict, path: str | IO[bytes]) -> bool:
+    """Draws one panel per (benchmark, category) of `category_series`, one
+    accuracy line per value; False (nothing written) when there are none."""
+    if not curves:
+        return False
+    plt = pyplot()
+    cols = min(3, len(curves))
+    nrows = -(-len(curves) // cols)
+    fig, axes = plt.subplots(
+        nrows,
+        cols,
+        figsize=(5.5 * cols, 4.2 * nrows),
+        squeeze=False,
+        constrained_layout=True,
+    )
+    for ax, ((name, field), lines) in zip(axes.flat, curves.items()):
+        for value, (steps, acc, n) in lines.items():
+            label = f"level {value}" if field == "level" else value
+            ax.plot(steps, 100 * acc, marker="o", ms=4, label=f"{label} ({n})")
+        ax.set_title(f"{_title(name)} by {field}")
+        ax.set_xlabel("training step")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, title="(problems)", title_fontsize=7)
+    for ax in list(axes.flat)[len(curves) :]:
+        ax.axis("off")
+    fig.suptitle("Accuracy by category vs training step")
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)
+    return True
+
+
 def plot_all(workdir: str) -> list[str]:
     """Writes every figure there is data for; returns their paths.
 
@@ -327,6 +392,7 @@ def plot_all(workdir: str) -> list[str]:
         ),
         ("eval_curves.png", lambda p: plot_eval(eval_series(workdir), p)),
         ("eval_analysis.png", lambda p: plot_analysis(workdir, p)),
+        ("eval_subjects.png", lambda p: plot_categories(category_series(workdir), p)),
     )
     for name, draw in targets:
         png = io.BytesIO()

@@ -3,6 +3,13 @@
 Turns the generation records of `rlvr_jax.evaluate` into avg@k / pass@k per
 benchmark and the plain 6-way average, renders them as markdown and CSV, and
 reads/writes the per-model `results.json` and the sweep summary atomically.
+
+Format is reported apart from correctness: `format_rate` is the fraction of
+responses with a well-formed final box, so a checkpoint that stops boxing
+shows as such rather than only as lower accuracy. Benchmarks whose problems
+carry categories (MATH500's subject and level, OlympiadBench's subfield;
+`rlvr_jax.data.suites.CATEGORIES`) are also broken down by them, with the
+benchmark's own metric (avg@k), for the paper's cross-category view.
 """
 
 from __future__ import annotations
@@ -17,26 +24,83 @@ from typing import Any
 import numpy as np
 
 from rlvr_jax import io as io_lib
+from rlvr_jax.data import suites
 from rlvr_jax.data.tasks import EvalError
 from rlvr_jax.evaluation import analysis
+from rlvr_jax.reward import checker
 
 SUMMARY_STEM = "summary"
 
 
 # ============================================================== aggregation
+def _by_problem(records: Sequence[dict]) -> dict[int, list[bool]]:
+    groups: dict[int, list[bool]] = {}
+    for r in records:
+        groups.setdefault(int(r["group"]), []).append(bool(r["correct"]))
+    return groups
+
+
+def _category_order(key: str) -> tuple:
+    # Levels "1".."10" in numeric order; names alphabetically; "unknown" last.
+    return (key == "unknown", not key.isdigit(), int(key) if key.isdigit() else 0, key)
+
+
+def breakdown(records: Sequence[dict]) -> dict[str, dict[str, dict]]:
+    """Accuracy per category value, for each category the records carry.
+
+    Args:
+      records: generation records with `group`, `correct` and, where the
+        benchmark has them, category fields (`suites.CATEGORIES`).
+
+    Returns:
+      {field: {value: {"n_problems", "acc"}}} for each field of
+      `suites.CATEGORIES` that some record has a value for; `acc` is the mean
+      over the value's problems of their fraction right (avg@k, as the
+      benchmark's headline). Values are strings (level 3 is "3": JSON keys),
+      in order; problems without a value count under "unknown", so the
+      `n_problems` of a field sum to the benchmark's. {} when none.
+    """
+    per_problem = {g: float(np.mean(v)) for g, v in _by_problem(records).items()}
+    out: dict[str, dict[str, dict]] = {}
+    for field in suites.CATEGORIES:
+        value_of: dict[int, str] = {}
+        for r in records:
+            v = r.get(field)
+            value_of.setdefault(int(r["group"]), "unknown" if v is None else str(v))
+        if set(value_of.values()) <= {"unknown"}:
+            continue
+        members: dict[str, list[float]] = {}
+        for g, v in value_of.items():
+            members.setdefault(v, []).append(per_problem[g])
+        out[field] = {
+            v: {"n_problems": len(members[v]), "acc": float(np.mean(members[v]))}
+            for v in sorted(members, key=_category_order)
+        }
+    return out
+
+
 def benchmark_metrics(
-    records: Sequence[dict], words: Sequence[str] = analysis.REFLECTION_WORDS
+    records: Sequence[dict],
+    words: Sequence[str] = analysis.REFLECTION_WORDS,
+    think: bool = False,
 ) -> dict[str, Any]:
-    """Accuracy, length and reflection metrics of one benchmark's generations.
+    """Accuracy, format, length and reflection metrics of one benchmark's
+    generations.
 
     Args:
       records: generation records with `group` (the problem), `correct`,
-        `length`, `finish_reason` and `response`.
+        `length`, `finish_reason`, `response` and any category fields.
       words: reflection words to count.
+      think: the run's think rule (`score.think`), for `format_rate`:
+        only a box after `</think>` counts.
 
     Returns:
       `acc` (= avg@k, the headline), `avg@k`, `pass@k`, `k` (samples per
-      problem), `n_problems`, `n_generations`, plus `analysis` statistics.
+      problem), `n_problems`, `n_generations`, `format_rate` (fraction of
+      responses with a well-formed final box, right or wrong:
+      `checker.well_formed`), `breakdown` (accuracy per category value, see
+      `breakdown`; {} for a benchmark without categories), plus `analysis`
+      statistics.
 
     Raises:
       EvalError: no records, or problems with different sample counts (avg@k
@@ -44,9 +108,7 @@ def benchmark_metrics(
     """
     if not records:
         raise EvalError("no generations to aggregate")
-    groups: dict[int, list[bool]] = {}
-    for r in records:
-        groups.setdefault(int(r["group"]), []).append(bool(r["correct"]))
+    groups = _by_problem(records)
     counts = {len(v) for v in groups.values()}
     if len(counts) != 1:
         raise EvalError(f"problems have different sample counts {sorted(counts)}")
@@ -56,7 +118,8 @@ def benchmark_metrics(
         [r["length"] for r in records],
         [r["finish_reason"] == "length" for r in records],
     )
-    stats.update(analysis.reflection_stats([r["response"] for r in records], words))
+    responses = [r["response"] for r in records]
+    stats.update(analysis.reflection_stats(responses, words))
     return {
         "acc": float(per_problem.mean()),
         "avg@k": float(per_problem.mean()),
@@ -64,6 +127,10 @@ def benchmark_metrics(
         "k": counts.pop(),
         "n_problems": len(groups),
         "n_generations": len(records),
+        "format_rate": float(
+            np.mean([checker.well_formed(r, think=think) for r in responses])
+        ),
+        "breakdown": breakdown(records),
         "analysis": stats,
     }
 
@@ -74,7 +141,21 @@ def average(per_benchmark: dict[str, dict]) -> float:
 
 
 # ================================================================== tables
-_COLUMNS = ("benchmark", "protocol", "k", "avg@k", "pass@k", "n_problems", "mean_len")
+_COLUMNS = (
+    "benchmark",
+    "protocol",
+    "k",
+    "avg@k",
+    "pass@k",
+    "format_rate",
+    "n_problems",
+    "mean_len",
+)
+
+
+def _percent(x: float | None) -> float | str:
+    # results.json written before a metric existed lacks it: an empty cell.
+    return "" if x is None else round(100 * x, 2)
 
 
 def table_rows(results: dict) -> list[dict]:
@@ -86,8 +167,9 @@ def table_rows(results: dict) -> list[dict]:
                 "benchmark": name,
                 "protocol": m["protocol"],
                 "k": m["k"],
-                "avg@k": round(100 * m["avg@k"], 2),
-                "pass@k": round(100 * m["pass@k"], 2),
+                "avg@k": _percent(m["avg@k"]),
+                "pass@k": _percent(m["pass@k"]),
+                "format_rate": _percent(m.get("format_rate")),
                 "n_problems": m["n_problems"],
                 "mean_len": round(m["analysis"]["response_len/mean"], 1),
             }
@@ -97,8 +179,9 @@ def table_rows(results: dict) -> list[dict]:
             "benchmark": "average",
             "protocol": f"mean of {len(results['benchmarks'])}",
             "k": "",
-            "avg@k": round(100 * results["average"], 2),
+            "avg@k": _percent(results["average"]),
             "pass@k": "",
+            "format_rate": "",
             "n_problems": "",
             "mean_len": "",
         }
@@ -106,8 +189,31 @@ def table_rows(results: dict) -> list[dict]:
     return rows
 
 
+def breakdown_markdown(results: dict) -> str:
+    """One markdown table per (benchmark, category): MATH500 by subject and
+    by level, OlympiadBench by subfield; "" when no benchmark has any."""
+    lines: list[str] = []
+    for name, m in results["benchmarks"].items():
+        title = m.get("title", name)
+        for field, values in m.get("breakdown", {}).items():
+            metric = f"avg@{m['k']}"
+            lines += [
+                "",
+                f"## {title} by {field}",
+                "",
+                f"| {field} | n_problems | {metric} |",
+                "|---|---|---|",
+            ]
+            lines += [
+                f"| {v} | {c['n_problems']} | {_percent(c['acc'])} |"
+                for v, c in values.items()
+            ]
+    return "\n".join(lines) + "\n" if lines else ""
+
+
 def markdown(results: dict) -> str:
-    """The results table of one model as GitHub markdown."""
+    """The results table of one model as GitHub markdown, then the
+    per-category tables (`breakdown_markdown`)."""
     title = results["model"]["tag"]
     lines = [
         f"# {title}",
@@ -117,8 +223,13 @@ def markdown(results: dict) -> str:
     ]
     for row in table_rows(results):
         lines.append("| " + " | ".join(str(row[c]) for c in _COLUMNS) + " |")
-    lines += ["", "Accuracies in %; avg@k is the headline number (avg@1 = pass@1)."]
-    return "\n".join(lines) + "\n"
+    lines += [
+        "",
+        "Accuracies in %; avg@k is the headline number (avg@1 = pass@1); "
+        "format_rate is the % of responses with a well-formed final \\boxed{}, "
+        "right or wrong.",
+    ]
+    return "\n".join(lines) + "\n" + breakdown_markdown(results)
 
 
 def csv_text(results: dict) -> str:

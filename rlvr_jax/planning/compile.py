@@ -55,6 +55,10 @@ class OutOfMemory:
         return {}
 
 
+class CostOutOfMemory(ValueError):
+    """A cost program (`cost`) the compiler refused for want of HBM."""
+
+
 # Programs compiled in this process, by their text and devices: a re-plan
 # (the search for sizes that fit, a test) recompiles only what changed.
 _COMPILED: dict = {}
@@ -136,6 +140,13 @@ def cost(compiled) -> tuple[float, float]:
     wherever it lives, on-chip copies included, and no subtraction of those
     gives the HBM traffic (it went negative for a small train step).
     """
+    if isinstance(compiled, OutOfMemory):
+        # A cost of 0 would read as a free program: say it instead.
+        raise CostOutOfMemory(
+            "a cost program does not fit one chip, so this plan has no time "
+            "estimate (--nocosts plans memory only): "
+            + compiled.message.splitlines()[0]
+        )
     c = compiled.cost_analysis()
     if isinstance(c, list):  # older jax returns one dict per program
         c = c[0]

@@ -25,7 +25,8 @@ its trip count. Costs are therefore assembled from programs without the
 step's outer loops: the layer scan (and the attention's query-block loop in
 it) is unrolled in copies of a program at depth 1 and 2 (`compile.depth_cost`);
 the learner's log-prob head runs as one chunk in those copies (same FLOPs as
-the chunked scan); a micro-batched program is costed as M scan bodies plus
+the chunked scan; `micro_batches_cost` when such a copy does not fit a
+chip); a micro-batched program is costed as M scan bodies plus
 the optimizer update; the decode loop as the sample program plus the rest of
 its ceil(R / S) × (max_new_tokens - 1) decode steps. Sampling time is
 therefore the worst case, every response running to `max_new_tokens`; the
@@ -147,6 +148,8 @@ class Program:
       seconds: roofline time per call, max(flops / peak, bytes / bandwidth).
       resident_args: bytes of the arguments that are resident anyway
         (train state, reference weights), not added again to the phase.
+      cost_note: how flops and hbm_bytes were counted when not from the
+        run's own shapes (`micro_batches_cost`).
     """
 
     name: str
@@ -160,6 +163,7 @@ class Program:
     seconds: float = 0.0
     resident_args: int = 0
     oom: bool = False  # the compiler refused it: temp is what it needed
+    cost_note: str = ""  # how its cost was counted, when not as it runs
 
     @property
     def total(self) -> int:
@@ -282,7 +286,9 @@ def compile_update(run, model):
 
 
 # ------------------------------------------------------------------ costs
-def _program(name, compiled, calls, flops, hbm_bytes, chip, resident_args=0):
+def _program(
+    name, compiled, calls, flops, hbm_bytes, chip, resident_args=0, cost_note=""
+):
     # Roofline: compute and memory traffic overlap perfectly at best.
     seconds = max(flops / chip.bf16_flops_per_s, hbm_bytes / chip.hbm_bytes_per_s)
     return Program(
@@ -292,6 +298,7 @@ def _program(name, compiled, calls, flops, hbm_bytes, chip, resident_args=0):
         hbm_bytes=hbm_bytes,
         seconds=seconds,
         resident_args=resident_args,
+        cost_note=cost_note,
         oom=isinstance(compiled, compile_lib.OutOfMemory),
         **compile_lib.memory(compiled),
     )
@@ -343,29 +350,56 @@ def _cost_learner(run: Run) -> learner.LearnerConfig:
     return run.learner.replace(logits_chunk=run.shapes.learner_width)
 
 
-def ref_logprobs_cost(run: Run) -> tuple[float, float]:
-    """(FLOPs, bytes) of the reference pass: micro-batches × one, by depth."""
+def micro_batches_cost(run: Run, build) -> tuple[float, float, str]:
+    """(FLOPs, bytes, note) of a step's micro-batches of `build(model, rows)`.
+
+    Costed at the run's micro-batch, by depth; when that cost program does
+    not fit one chip (its head's one chunk of [rows, width, vocab] fp32
+    logits is far larger than the run's chunks at 8k-token rows), at the
+    largest halving that does, times the
+    micro-batches of that size: the FLOPs are the same, the bytes an upper
+    bound (each costed micro-batch reads the weights again), which `note`
+    says ("" when the run's micro-batch was costed).
+    """
     sh = run.shapes
-    flops, nbytes = compile_lib.depth_cost(
-        lambda m: compile_ref_logprobs(run, m, _cost_learner(run), sh.micro_batch),
-        run.model,
-    )
-    n_micro = sh.learner_rows // sh.micro_batch
-    return n_micro * flops, n_micro * nbytes
+    rows, divisor = sh.micro_batch, sharding.batch_divisor(run.mesh)
+    while True:
+        try:
+            flops, nbytes = compile_lib.depth_cost(
+                lambda m, r=rows: build(m, r), run.model
+            )
+            break
+        except compile_lib.CostOutOfMemory:
+            if (rows // 2) % divisor or rows // 2 < divisor:
+                raise
+            rows //= 2
+    micro = sh.learner_rows // rows
+    note = ""
+    if rows != sh.micro_batch:
+        note = (
+            f"costed as {micro} micro-batches of {rows} rows (the cost program "
+            f"of {sh.micro_batch} does not fit one chip): FLOPs exact, bytes an "
+            "upper bound"
+        )
+    return micro * flops, micro * nbytes, note
 
 
-def train_step_cost(run: Run) -> tuple[float, float]:
-    """(FLOPs, bytes) of the train step: M micro-batch scan bodies and the
-    optimizer update, each costed by depth (the step is exactly those: the
-    whole program would count its scan body once)."""
-    sh = run.shapes
-    cfg = _cost_learner(run)
-    body_flops, body_bytes = compile_lib.depth_cost(
-        lambda m: compile_micro_step(run, m, cfg, sh.micro_batch), run.model
+def ref_logprobs_cost(run: Run) -> tuple[float, float, str]:
+    """(FLOPs, bytes, note) of the reference pass: its micro-batches."""
+    return micro_batches_cost(
+        run, lambda m, rows: compile_ref_logprobs(run, m, _cost_learner(run), rows)
     )
-    flops, nbytes = compile_lib.depth_cost(lambda m: compile_update(run, m), run.model)
-    micro = sh.learner_rows // sh.micro_batch
-    return flops + micro * body_flops, nbytes + micro * body_bytes
+
+
+def train_step_cost(run: Run) -> tuple[float, float, str]:
+    """(FLOPs, bytes, note) of the train step: M micro-batch scan bodies and
+    the optimizer update, each costed by depth (the step is exactly those:
+    the whole program would count its scan body once)."""
+    flops, nbytes, note = micro_batches_cost(
+        run, lambda m, rows: compile_micro_step(run, m, _cost_learner(run), rows)
+    )
+    update = compile_lib.depth_cost(lambda m: compile_update(run, m), run.model)
+    return flops + update[0], nbytes + update[1], note
 
 
 def compile_programs(
@@ -392,7 +426,7 @@ def compile_programs(
         return out
 
     def priced(name, fn, *args):
-        return timed(f"{name} costs", fn, *args) if costs else (0.0, 0.0)
+        return timed(f"{name} costs", fn, *args) if costs else (0.0, 0.0, "")
 
     costed = compile_lib.cost_run(run)
 
@@ -418,14 +452,16 @@ def compile_programs(
     # ---- learner: reference log-probs, train step (both micro-batched).
     if ref is not None:
         full = timed("ref_logprobs", compile_ref_logprobs, run, model, learner_config)
-        flops, nbytes = priced("ref_logprobs", ref_logprobs_cost, costed)
+        flops, nbytes, note = priced("ref_logprobs", ref_logprobs_cost, costed)
         programs.append(
-            _program("ref_logprobs", full, 1, flops, nbytes, chip, ref_bytes)
+            _program("ref_logprobs", full, 1, flops, nbytes, chip, ref_bytes, note)
         )
     full = timed("train_step", compile_train_step, run, model, learner_config)
-    flops, nbytes = priced("train_step", train_step_cost, costed)
+    flops, nbytes, note = priced("train_step", train_step_cost, costed)
     # The state is donated: the program's outputs alias it.
-    programs.append(_program("train_step", full, 1, flops, nbytes, chip, state_bytes))
+    programs.append(
+        _program("train_step", full, 1, flops, nbytes, chip, state_bytes, note)
+    )
 
     # ---- evaluation: greedy, one response per prompt, in chunks.
     if sh.eval is not None and run.eval_every:

@@ -70,6 +70,7 @@ __all__ = [
     "last_box",
     "reward",
     "score_item",
+    "well_formed",
 ]
 
 MAX_ANSWER_CHARS = MAX_CHARS
@@ -219,19 +220,13 @@ def score_item(
 
     Returns:
       (reward 1.0/0.0, the extracted answer or None, whether an unexpected
-      internal error occurred).
+      internal error occurred). In "boxed" mode the answer is None exactly
+      when the response is not `well_formed`.
     """
     tol = _tol(mode)
-    if think:
-        response = after_thinking(response)
-        if response is None:
-            return 0.0, None, False
-    try:
-        extracted = extract_answer(response, mode)
-    except Exception:  # noqa: BLE001 - untrusted input; counted as an error
-        return 0.0, None, True
+    extracted, error = _final_answer(response, mode, think)
     if extracted is None:
-        return 0.0, None, False
+        return 0.0, None, error
     # A list of ground truths (veRL allows one) accepts any of them.
     golds = gold if isinstance(gold, (list, tuple)) else [gold]
     error = False
@@ -241,6 +236,43 @@ def score_item(
             return 1.0, extracted, False
         error = error or decision.error
     return 0.0, extracted, error
+
+
+def _final_answer(response: str, mode: str, think: bool) -> tuple[str | None, bool]:
+    """The answer `score_item` grades (None when there is none) and whether
+    extracting it raised; the one place that decides what a response
+    answers, so that `well_formed` and the reward cannot disagree."""
+    if think:
+        response = after_thinking(response)
+        if response is None:
+            return None, False
+    try:
+        return extract_answer(response, mode), False
+    except Exception:  # noqa: BLE001 - untrusted input; counted as an error
+        return None, True
+
+
+def well_formed(response: str, *, think: bool = False) -> bool:
+    """Whether a response states a final answer the training reward can grade.
+
+    The format half of the reward, apart from correctness: the "boxed"
+    extraction finds an answer, i.e. the last `\\boxed{}` / `\\fbox{}` is
+    closed and not empty (and, under the think rule, comes after
+    `</think>`). Exactly the responses for which `score_item(..., "boxed",
+    think=think)` returns an extracted answer; a right answer is always well
+    formed, a well-formed one may be wrong. What the "format" reward kind
+    pays for (`rlvr_jax.reward.RewardKind`).
+
+    Args:
+      response: the model's full response.
+      think: the think rule (`after_thinking`): only a box after `</think>`
+        counts, and a response that never closes its thinking is not well
+        formed.
+
+    Returns:
+      True when the response has a well-formed final boxed answer.
+    """
+    return _final_answer(response, "boxed", think)[0] is not None
 
 
 def reward(response: str, ground_truth, *, think: bool = False) -> float:

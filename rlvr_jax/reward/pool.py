@@ -24,6 +24,13 @@ over a shared pool for scripts.
 models (`checker.after_thinking`): the workers grade only the text after
 `</think>`, and a response that never closes its thinking scores 0 without
 being sent to a worker.
+
+Reward kinds (`RewardKind`, per call): what a training response earns once it
+is graded. "correct" is the verifiable reward; "format", "random" and
+"correct_or_format" are the controls of Shao et al. 2025 ("Spurious
+Rewards", arXiv 2506.10947; docs/recipe.md, "Controls"). Every kind grades
+every response all the same, so a control run still reports which answers
+were right (`ScoreResult.correct`) and well formed (`ScoreResult.well_formed`).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from multiprocessing.connection import wait
 
 from rlvr_jax.reward import checker
@@ -60,6 +68,11 @@ class ScoreResult:
       errors: items whose grading raised or crashed a worker (scored 0).
       unclosed: under the think rule, responses that never closed their
         thinking (scored 0); 0 when the rule is off.
+      correct: per response, whether its answer is right (the grade, whatever
+        the reward kind paid).
+      well_formed: per response, whether an answer was extracted: in "boxed"
+        mode `checker.well_formed`; False for an item that timed out or
+        crashed its worker.
     """
 
     rewards: list[float]
@@ -67,6 +80,115 @@ class ScoreResult:
     timeouts: int
     errors: int
     unclosed: int = 0
+    correct: list[bool] = dataclasses.field(default_factory=list)
+    well_formed: list[bool] = dataclasses.field(default_factory=list)
+
+
+KINDS = ("correct", "format", "random", "correct_or_format")
+# Mixed into every random draw, so that no other stream drawn from the run's
+# seed (data order, sampling) can coincide with the rewards'.
+_RANDOM_TAG = 0x5245_5744  # "REWD"
+
+
+def random_rewards(seed: int, step: int, rows: Iterable[int], p: float) -> list[float]:
+    """Bernoulli(p) rewards, 1.0 or 0.0, one per global row number in `rows`.
+
+    Each draw is the first 64-bit output of a Philox generator keyed by a
+    SeedSequence of (tag, seed, step, row): a pure function of those numbers,
+    blind to the response, to the other rows and to how the step's rows were
+    split between processes or calls, and the same on a resumed run.
+
+    Args:
+      seed: the run's seed (>= 0).
+      step: the training step whose responses are rewarded (>= 0).
+      rows: the responses' global row numbers within the step (>= 0).
+      p: the probability of a reward of 1, in [0, 1].
+
+    Returns:
+      1.0 or 0.0 per row, in the order of `rows`.
+    """
+    # Imported here: the reward package stays free of numpy for the workers
+    # and the `rlvr_jax.checker` command (tests/test_checker.py).
+    import numpy as np
+
+    out = []
+    for row in rows:
+        key = np.random.SeedSequence([_RANDOM_TAG, seed, step, int(row)])
+        raw = int(np.random.Philox(key).random_raw())
+        # The top 53 bits as a double in [0, 1), as numpy's `random()` does:
+        # p=0 never pays, p=1 always does.
+        out.append(1.0 if (raw >> 11) * 2.0**-53 < p else 0.0)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardKind:
+    """What a training response earns, given its grade (`RewardPool.score`).
+
+    Attributes:
+      kind: "correct": 1 for a right answer (the paper's verifiable reward);
+        "format": 1 for a well-formed final boxed answer
+        (`checker.well_formed`), right or wrong; "random": Bernoulli(random_p)
+        per response (`random_rewards`), blind to it; "correct_or_format": 1
+        if right, else format_value if well formed, else 0.
+      random_p: the "random" kind's probability of a reward of 1.
+      format_value: what a well-formed wrong answer earns under
+        "correct_or_format".
+      seed: the run's seed, which keys the "random" draws with the step and
+        the row.
+    """
+
+    kind: str = "correct"
+    random_p: float = 0.5
+    format_value: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"reward kind must be one of {KINDS}, got {self.kind!r}")
+        for name in ("random_p", "format_value"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:  # NaN too
+                raise ValueError(f"{name}={value} must be in [0, 1]")
+        if self.seed < 0:
+            raise ValueError(f"seed={self.seed} must be >= 0")
+
+    def rewards(
+        self,
+        correct: list[bool],
+        well_formed: list[bool],
+        *,
+        step: int = 0,
+        row_offset: int = 0,
+    ) -> list[float]:
+        """The reward of each response.
+
+        Args:
+          correct: per response, whether its answer is right.
+          well_formed: per response, whether it has a well-formed answer.
+          step: the training step (keys the "random" draws).
+          row_offset: the global row number of the first response (keys the
+            "random" draws: a process scoring a slice of the step's responses
+            draws what one process scoring them all would).
+
+        Returns:
+          One reward per response, in [0, 1].
+        """
+        if len(correct) != len(well_formed):
+            raise ValueError(
+                f"{len(correct)} grades but {len(well_formed)} format flags"
+            )
+        if self.kind == "random":
+            rows = range(row_offset, row_offset + len(correct))
+            return random_rewards(self.seed, step, rows, self.random_p)
+        if self.kind == "format":
+            return [1.0 if w else 0.0 for w in well_formed]
+        if self.kind == "correct_or_format":
+            return [
+                1.0 if c else self.format_value if w else 0.0
+                for c, w in zip(correct, well_formed, strict=True)
+            ]
+        return [1.0 if c else 0.0 for c in correct]
 
 
 def _worker_main(conn, scorer, memory_limit_mb: int | None) -> None:
@@ -225,6 +347,9 @@ class RewardPool:
         timeout_s: float | None = None,
         mode: str | None = None,
         think: bool | None = None,
+        kind: RewardKind | None = None,
+        step: int = 0,
+        row_offset: int = 0,
     ) -> ScoreResult:
         """Scores responses against ground truths, in input order.
 
@@ -234,10 +359,17 @@ class RewardPool:
           timeout_s: per-item deadline; defaults to the pool's.
           mode: "boxed" or "eval"; defaults to the pool's.
           think: the think rule on or off; defaults to the pool's.
+          kind: what a response earns (`RewardKind`); None is the grade
+            itself ("correct"). Kinds other than "correct" need "boxed" mode.
+          step: the training step, for the "random" kind's draws.
+          row_offset: the global row number of `responses[0]` within the
+            step, for the "random" kind's draws (a process that scores only
+            its slice of a step passes where the slice starts).
 
         Returns:
           A ScoreResult. Items past their deadline or that crash a worker
-          score 0 and are counted.
+          are graded wrong and not well formed, and are counted; under the
+          "random" kind they still get their draw.
         """
         if self._closed:
             raise RuntimeError("RewardPool is closed")
@@ -249,6 +381,10 @@ class RewardPool:
         if mode not in checker.MODES:
             raise ValueError(f"mode must be one of {checker.MODES}, got {mode!r}")
         think = self.think if think is None else bool(think)
+        if kind is not None and kind.kind != "correct" and mode != "boxed":
+            raise ValueError(f"reward kind {kind.kind!r} needs mode 'boxed'")
+        if step < 0 or row_offset < 0:
+            raise ValueError(f"step={step} and row_offset={row_offset} must be >= 0")
         timeout = float(timeout_s or self.timeout_s)
         n = len(responses)
         rewards = [0.0] * n
@@ -350,8 +486,23 @@ class RewardPool:
                     raise RuntimeError(
                         f"a reward worker did not start within {self._start_timeout_s} s"
                     )
+        # Checker grades are 1.0 or 0.0 (a planted scorer may pay between);
+        # in "boxed" mode an answer is extracted exactly from the well-formed
+        # responses (`checker.score_item`).
+        correct = [r > 0 for r in rewards]
+        well_formed = [x is not None for x in extracted]
+        if kind is not None and kind.kind != "correct":
+            rewards = kind.rewards(
+                correct, well_formed, step=step, row_offset=row_offset
+            )
         return ScoreResult(
-            rewards, extracted, counts["timeouts"], counts["errors"], unclosed
+            rewards,
+            extracted,
+            counts["timeouts"],
+            counts["errors"],
+            unclosed,
+            correct=correct,
+            well_formed=well_formed,
         )
 
     def close(self) -> None:

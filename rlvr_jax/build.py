@@ -32,8 +32,8 @@ from rlvr_jax import reward as reward_lib
 from rlvr_jax.data import examples as data_lib
 from rlvr_jax.data import paper_data
 from rlvr_jax.data import tokenizer as tokenizer_lib
+from rlvr_jax.learner import critic, gae, packing
 from rlvr_jax.learner import optimizer as optimizer_lib
-from rlvr_jax.learner import packing
 from rlvr_jax.model import decoder, flash
 from rlvr_jax.model import params as params_lib
 from rlvr_jax.planning import chips, programs
@@ -334,6 +334,7 @@ def check_config(config) -> list[str]:
     for key in ("random_p", "format_value"):
         if not 0 <= rw[key] <= 1:  # NaN too
             raise ValueError(f"reward.{key}={rw[key]} must be in [0, 1]")
+    check_algorithm(config)
     if config.log.samples_every < 0 or config.log.samples_count < 1:
         raise ValueError(
             f"log.samples_every={config.log.samples_every} must be >= 0 (0: off) "
@@ -352,6 +353,61 @@ def check_config(config) -> list[str]:
         for index, label in label_overrides(config).items()
     ]
     return warnings
+
+
+ADV_ESTIMATORS = ("grpo", "gae")
+
+
+def check_algorithm(config) -> None:
+    """`algorithm.*` and `critic.*` as veRL reads them (ValueError otherwise)."""
+    a, c = config.algorithm, config.critic
+    if a.adv_estimator not in ADV_ESTIMATORS:
+        raise ValueError(
+            f"algorithm.adv_estimator={a.adv_estimator!r} must be one of "
+            f"{', '.join(ADV_ESTIMATORS)}"
+        )
+    for key in ("gamma", "lam"):
+        if not 0 <= a[key] <= 1:  # NaN too
+            raise ValueError(f"algorithm.{key}={a[key]} must be in [0, 1]")
+    if a.kl_in_reward:
+        if a.adv_estimator != "gae":
+            raise ValueError(
+                "algorithm.kl_in_reward needs algorithm.adv_estimator='gae' (GRPO "
+                "here takes the KL in its loss: loss.kl_coef)"
+            )
+        if config.loss.kl_coef:
+            raise ValueError(
+                f"algorithm.kl_in_reward with loss.kl_coef={config.loss.kl_coef}: "
+                "veRL applies the KL in the reward or in the loss, not both; set "
+                "--config.loss.kl_coef=0"
+            )
+        if a.kl_penalty not in gae.KL_IN_REWARD_KINDS:
+            raise ValueError(
+                f"algorithm.kl_penalty={a.kl_penalty!r} must be one of "
+                f"{', '.join(gae.KL_IN_REWARD_KINDS)}"
+            )
+        if not a.kl_ctrl.kl_coef >= 0:
+            raise ValueError(f"algorithm.kl_ctrl.kl_coef={a.kl_ctrl.kl_coef} < 0")
+    if uses_critic(config):
+        if not c.optim.lr > 0:
+            raise ValueError(f"critic.optim.lr={c.optim.lr} must be positive")
+        if not c.cliprange_value > 0:
+            raise ValueError(f"critic.cliprange_value={c.cliprange_value} must be > 0")
+        if c.warmup < 0:
+            raise ValueError(f"critic.warmup={c.warmup} must be >= 0")
+
+
+def uses_critic(config) -> bool:
+    """PPO with a critic (`algorithm.adv_estimator = "gae"`)."""
+    return config.algorithm.adv_estimator == "gae"
+
+
+def uses_reference(config) -> bool:
+    """Whether the frozen reference policy is kept: a KL term in the loss or
+    in the reward."""
+    return bool(config.loss.kl_coef) or (
+        uses_critic(config) and bool(config.algorithm.kl_in_reward)
+    )
 
 
 def validate(config, model_config: decoder.ModelConfig, mesh) -> None:
@@ -558,6 +614,30 @@ def attention_kernel(config, mesh=None, model=None) -> str:
 def optimizer(config):
     """AdamW with the recipe's schedule, from `optim.*`."""
     o = config.optim
+    return _adamw(
+        o,
+        first_step_zero_lr=o.first_step_zero_lr,
+        decay_steps=o.decay_steps,
+        decay_norms_and_biases=o.decay_norms_biases,
+        grad_clip=o.grad_clip or None,
+    )
+
+
+def critic_optimizer(config):
+    """The critic's AdamW (`critic.optim.*`, `critic.grad_clip`): veRL's
+    critic optimizer, constant rate after an optional linear warm-up."""
+    return _adamw(
+        config.critic.optim,
+        # veRL's critic has the actor's scheduler (get_constant_schedule_with_
+        # warmup), hence the same lr-0 first update when the quirk is asked for.
+        first_step_zero_lr=config.optim.first_step_zero_lr,
+        grad_clip=config.critic.grad_clip or None,
+    )
+
+
+def _adamw(o, **more):
+    """`optimizer_lib.adamw` from a config section's lr, b1, b2, eps,
+    weight_decay and warmup_steps, and `more`."""
     return optimizer_lib.adamw(
         o.lr,
         b1=o.b1,
@@ -565,11 +645,21 @@ def optimizer(config):
         eps=o.eps,
         weight_decay=o.weight_decay,
         warmup_steps=o.warmup_steps,
-        first_step_zero_lr=o.first_step_zero_lr,
-        decay_steps=o.decay_steps,
-        decay_norms_and_biases=o.decay_norms_biases,
-        grad_clip=o.grad_clip or None,
+        **more,
     )
+
+
+def critic_lr_schedule(config):
+    """The critic's learning rate by applied update."""
+    o = config.critic.optim
+    return optimizer_lib.schedule(
+        o.lr, o.warmup_steps, config.optim.first_step_zero_lr, 0
+    )
+
+
+def critic_config(config, learner_cfg: learner.LearnerConfig) -> critic.CriticConfig:
+    """The critic's settings: its value clip, the actor's micro-batches."""
+    return critic.CriticConfig.like(learner_cfg, config.critic.cliprange_value)
 
 
 def lr_schedule(config):
@@ -685,15 +775,55 @@ def start_state(checkpointer, model: decoder.ModelConfig, tx, mesh, params):
       ValueError: there are checkpoints, but none is intact (each step's
         reason is named).
     """
+    state, _, start, meta = start_states(checkpointer, model, tx, mesh, params)
+    return state, start, meta
+
+
+CRITIC_ITEM = "critic"  # the critic's train state among a checkpoint's items
+
+
+def start_states(
+    checkpointer,
+    model: decoder.ModelConfig,
+    tx,
+    mesh,
+    params,
+    critic_tx=None,
+    critic_rng=None,
+):
+    """`start_state` with PPO's critic: (state, critic_state, step, meta).
+
+    With `critic_tx` the critic's train state is restored from the same
+    checkpoint (its `CRITIC_ITEM` item, verified with the rest) or, on a
+    fresh start, made from `params` (the policy's base weights) and a value
+    head drawn from `critic_rng`; without it critic_state is None.
+    """
+    critic_state = None
     if checkpointer.latest_step() is None:
-        return learner.init_train_state(model, tx, mesh, params=params), 0, None
+        return _fresh_states(model, tx, mesh, params, critic_tx, critic_rng)
     abstract = learner.sharded_abstract_state(model, tx, mesh)
     rest = {k: v for k, v in abstract._asdict().items() if k != "params"}
+    if critic_tx is not None:
+        # Saved as a dict (train.run's `save`): orbax restores dicts as dicts.
+        abstract_critic = critic.sharded_abstract_state(model, critic_tx, mesh)
+        rest[CRITIC_ITEM] = abstract_critic._asdict()
     found = checkpointer.restore_verified(abstract.params, rest)
     if found is None:  # the steps vanished since `latest_step` (moved aside)
-        return learner.init_train_state(model, tx, mesh, params=params), 0, None
+        return _fresh_states(model, tx, mesh, params, critic_tx, critic_rng)
     start, restored, items, meta = found
-    return learner.TrainState(params=restored, **items), start, meta
+    if critic_tx is not None:
+        critic_state = critic.CriticState(**items.pop(CRITIC_ITEM))
+    return learner.TrainState(params=restored, **items), critic_state, start, meta
+
+
+def _fresh_states(model, tx, mesh, params, critic_tx, critic_rng):
+    state = learner.init_train_state(model, tx, mesh, params=params)
+    critic_state = None
+    if critic_tx is not None:
+        critic_state = critic.init_state(
+            model, critic_tx, mesh, critic_rng, policy_params=params
+        )
+    return state, critic_state, 0, None
 
 
 # ------------------------------------------------------------------ shapes
@@ -755,7 +885,9 @@ def plan_run(
 
     `model` replaces the config's model (tests plan odd architectures);
     `hbm_bytes` is the memory per chip that `rollout.decode_weights="auto"`
-    chooses by (default: the chip's).
+    chooses by (default: the chip's). A PPO run (`uses_critic`) carries its
+    critic's settings and optimizer; the reference is kept as `train.run`
+    keeps it (`uses_reference`: a KL in the loss or in the reward).
     """
     check_config(config)
     pad_id = 0
@@ -767,6 +899,7 @@ def plan_run(
         model = model.replace(eos_token_ids=(0,))
     settings = sampling_settings(config, model, pad_id)
     learner_cfg = learner_config(config, run_mesh, model)
+    ppo = uses_critic(config)
     return programs.Run(
         model=model,
         mesh=run_mesh,
@@ -778,10 +911,13 @@ def plan_run(
         decode_sharding=decode_weights_sharding(
             config, run_mesh, model, hbm_bytes or _device_hbm(devices[0])
         ),
-        reference=config.loss.kl_coef != 0,
+        reference=uses_reference(config),
         reference_on_host=bool(config.train.reference_on_host),
         eval_every=config.eval.every if eval_examples else 0,
         token_budget=bool(config.train.max_tokens_per_micro_batch),
+        critic=critic_config(config, learner_cfg) if ppo else None,
+        critic_tx=critic_optimizer(config) if ppo else None,
+        kl_in_reward=ppo and bool(config.algorithm.kl_in_reward),
     )
 
 

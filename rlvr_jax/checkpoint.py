@@ -59,6 +59,7 @@ a Hugging Face directory, a directory of per-step HF exports (`<step>/` or
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import os
 import re
@@ -70,6 +71,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.sharding import PartitionSpec as P
 
 from rlvr_jax import io as io_lib
 from rlvr_jax import sharding as sharding_lib
@@ -373,7 +375,6 @@ def _words(x: jax.Array) -> jax.Array:
     return jax.lax.bitcast_convert_type(x, jnp.uint32)  # 4 bytes; 8: (..., 2)
 
 
-@jax.jit
 def _check_array(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(digest as uint32[2], whether every element is finite) of one array.
 
@@ -402,28 +403,55 @@ def _check_array(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.stack(sums), finite
 
 
+# Every array of a tree checked in one program: one dispatch per tree, not
+# one per array. Hundreds of small collective programs in flight at once can
+# deadlock XLA's CPU client on a multi-device mesh (its per-device limit on
+# in-flight executions blocks some devices' parts of one program while the
+# others wait for them in an all-reduce).
+def _check_arrays(arrays: list[jax.Array]) -> list:
+    """`_check_array` of each array, in one program whose results are
+    replicated over the arrays' mesh (so every process reads them)."""
+    meshes = {getattr(x.sharding, "mesh", None) for x in arrays}
+    out = None
+    if len(meshes) == 1 and isinstance(next(iter(meshes)), jax.sharding.Mesh):
+        out = jax.sharding.NamedSharding(next(iter(meshes)), P())
+    return _check_program(out)(arrays)
+
+
+@functools.cache
+def _check_program(out_sharding):
+    def check(arrays):
+        return [_check_array(x) for x in arrays]
+
+    if out_sharding is None:  # arrays on no one mesh: the compiler places them
+        return jax.jit(check)
+    return jax.jit(check, out_shardings=out_sharding)
+
+
+def _has_digest(x: jax.Array) -> bool:
+    """Whether an array's dtype has uint32 words (not complex, not sub-byte)."""
+    try:
+        jax.eval_shape(_check_array, jax.ShapeDtypeStruct(x.shape, x.dtype))
+    except TypeError:  # no bitcast to uint32 words for this dtype
+        return False
+    return True
+
+
 def _inspect(tree: Any) -> tuple[dict[str, dict], list[str]]:
     """({tree path: {"dtype", "shape", "digest"}}, paths of non-finite arrays).
 
-    Every array's program is dispatched before any result is read, so the
-    device work of all leaves overlaps; only 9 bytes per array reach the
-    host. An array of a dtype without a digest (complex, sub-byte) gets
+    One program checks every array of the tree; only 9 bytes per array reach
+    the host. An array of a dtype without a digest (complex, sub-byte) gets
     none and is not verified.
     """
-    pending = []
-    for path, x in jax.tree_util.tree_leaves_with_path(tree):
-        x = x if isinstance(x, jax.Array) else jnp.asarray(x)
-        try:
-            result = _check_array(x)
-        except TypeError:  # no bitcast to uint32 words for this dtype
-            result = None
-        pending.append((jax.tree_util.keystr(path), x, result))
-    results = jax.device_get([r for _, _, r in pending])
+    leaves = [
+        (jax.tree_util.keystr(path), x if isinstance(x, jax.Array) else jnp.asarray(x))
+        for path, x in jax.tree_util.tree_leaves_with_path(tree)
+    ]
+    checked = [(key, x) for key, x in leaves if _has_digest(x)]
+    results = jax.device_get(_check_arrays([x for _, x in checked]))
     digests, nonfinite = {}, []
-    for (key, x, _), result in zip(pending, results, strict=True):
-        if result is None:
-            continue
-        (a, b), finite = result
+    for (key, x), ((a, b), finite) in zip(checked, results, strict=True):
         digests[key] = {
             "dtype": str(x.dtype),
             "shape": list(x.shape),

@@ -11,9 +11,10 @@ makes them), the programs from the sampler's and learner's own `lower_*`
 functions (`rlvr_jax.planning.programs`). It reads each program's memory,
 FLOPs and HBM bytes, and reports what must coexist in each phase of a step
 against the chip's HBM, a roofline time for each part, the step and run
-time, and the largest rollout chunk and micro-batch that fit; when the run
-does not fit, overrides under which it does (`planning.search`). The method
-and its findings: docs/plan.md.
+time (PPO: the critic's value pass and update too, its train state resident
+beside the actor's), and the largest rollout chunk and micro-batch that fit;
+when the run does not fit, overrides under which it does
+(`planning.search`). The method and its findings: docs/plan.md.
 """
 
 from __future__ import annotations
@@ -91,6 +92,12 @@ def plan(
     if config.model.get("attention", "auto") == "auto":
         kernel = run.learner.attention_kernel
         notes.append(f"model.attention=auto: {kernel} for the learner on this chip")
+    if run.critic is not None:
+        notes.append(
+            "PPO: the critic's train state "
+            f"({programs.critic_state_bytes(run) / GB:.2f} GB per chip) is "
+            "resident in every phase"
+        )
     compiled = programs.compile_programs(run, chip, verbose, costs)
     for p in compiled:
         if p.oom:
@@ -130,6 +137,8 @@ def plan(
         ),
         reference_on_host=bool(config.train.reference_on_host),
         attention_kernel=run.learner.attention_kernel,
+        reference=run.reference,
+        critic=run.critic is not None,
     )
     result.largest = search_lib.largest_sizes(run, result)
     if not result.fits and search:

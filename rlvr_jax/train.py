@@ -1,7 +1,12 @@
-"""The GRPO training loop, top to bottom.
+"""The training loop (GRPO, or PPO with a critic), top to bottom.
 
     objects from the config (`build`) → initial params → restore
     → loop { sample → decode → score → advantages → update → log → eval → save }
+
+With `algorithm.adv_estimator="gae"` (PPO) the advantages come from the
+critic: its values of the step's packed batch, GAE in veRL's layout
+(`rlvr_jax.learner.ppo`), a critic update, then the actor's (`ppo_update`);
+the critic's state is checkpointed with the actor's and exported beside it.
 
 Per step t (0-based, t updates already applied): the policy samples `n`
 responses to each of `batch_size` prompts (each prompt row is its own GRPO
@@ -46,7 +51,9 @@ from rlvr_jax import sharding as sharding_lib
 from rlvr_jax.data import examples as data_lib
 from rlvr_jax.data import tokenizer as tokenizer_lib
 from rlvr_jax.io import CONFIG_FILE, HISTORY_FILE
+from rlvr_jax.learner import critic as critic_lib
 from rlvr_jax.learner import packing
+from rlvr_jax.learner import ppo as ppo_lib
 from rlvr_jax.model import decoder
 from rlvr_jax.model import params as params_lib
 from rlvr_jax.reward import checker
@@ -158,6 +165,84 @@ def check_think_decodes(tokenizer) -> None:
             f"{tokenizer.decode(ids, skip_special_tokens=True)!r} (a special "
             "token is dropped from responses): every reward would be 0"
         )
+
+
+# ----------------------------------------------------------------------- PPO
+# The random stream of the critic's fresh value head: fold_in(key(seed), this).
+CRITIC_HEAD_STREAM = 0xC2171C
+# PPO's critic exports (`params.save_critic_hf`): <workdir>/hf_critic/step_<n>,
+# beside the policy's hf/step_<n> (which evaluation sweeps).
+CRITIC_EXPORT_DIR = "hf_critic"
+
+
+def ppo_update(
+    config,
+    critic_state,
+    state,
+    batch,
+    host_batch,
+    rewards,
+    lengths,
+    mesh,
+    *,
+    values_fn,
+    logprobs_fn,
+    critic_step,
+    critic_lr,
+):
+    """PPO's part of a step, veRL's order: the critic's values of the
+    step's batch, (the KL in the reward,) GAE, then one critic update.
+
+    Returns (critic_state, the actor's batch with its GAE advantages,
+    metrics under veRL's names). The values come from the critic before its
+    update (V_old); every process gathers them and computes the same
+    advantages (`rlvr_jax.learner.ppo`), then feeds its own rows.
+    """
+    a = config.algorithm
+    values = sharding_lib.to_host(values_fn(critic_state.params, batch))
+    kl = None
+    if a.kl_in_reward:
+        # π_old: the policy that sampled, before this step's update.
+        kl = ppo_lib.KLInReward(
+            logp=sharding_lib.to_host(logprobs_fn(state.params, batch)),
+            ref_logp=sharding_lib.to_host(batch["ref_logp"]),
+            coef=a.kl_ctrl.kl_coef,
+            kind=a.kl_penalty,
+        )
+    arrays, metrics = ppo_lib.targets(
+        host_batch,
+        values,
+        rewards,
+        lengths,
+        config.rollout.max_new_tokens,
+        gamma=a.gamma,
+        lam=a.lam,
+        kl=kl,
+    )
+    placed = sharding_lib.shard_batch(
+        mesh, {k: sharding_lib.process_rows(v) for k, v in arrays.items()}
+    )
+    batch = dict(batch, advantages=placed["advantages"])
+    critic_batch = {k: batch[k] for k in critic_lib.VALUE_INPUTS if k in batch}
+    critic_batch.update({k: placed[k] for k in critic_lib.CRITIC_TARGETS})
+    applied = sharding_lib.local_value(critic_state.step) - sharding_lib.local_value(
+        critic_state.skipped
+    )
+    lr = float(critic_lr(applied))
+    critic_state, learn = critic_step(critic_state, critic_batch)
+    learn = jax.tree.map(sharding_lib.local_value, learn)
+    metrics.update(
+        {
+            "critic/vf_loss": float(learn["vf_loss"]),
+            "critic/vf_clipfrac": float(learn["vf_clipfrac"]),
+            "critic/vpred_mean": float(learn["vpred_mean"]),
+            "critic/grad_norm": float(learn["grad_norm"]),
+            "critic/update_ratio": float(learn["update_ratio"]),
+            "critic/skipped_updates": float(learn["skipped_total"]),
+            "critic/lr": lr,
+        }
+    )
+    return critic_state, batch, metrics
 
 
 # ------------------------------------------------------------------ fit check
@@ -293,6 +378,10 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
     check_fits(config, model_config)
     learner_config = build.learner_config(config, mesh, model_config)
     tx = build.optimizer(config)
+    # PPO (algorithm.adv_estimator="gae"): a critic beside the policy.
+    ppo = build.uses_critic(config)
+    critic_tx = build.critic_optimizer(config) if ppo else None
+    critic_cfg = build.critic_config(config, learner_config) if ppo else None
     lr_schedule = build.lr_schedule(config)
     pad_id = tokenizer.pad_token_id or 0
     settings = build.sampling_settings(config, model_config, pad_id)
@@ -355,15 +444,21 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
     )
     history: dict[str, list[float]] = {}
     check_architecture(checkpointer, model_config)
-    state, start, meta = build.start_state(
-        checkpointer, model_config, tx, mesh, reference
+    state, critic_state, start, meta = build.start_states(
+        checkpointer,
+        model_config,
+        tx,
+        mesh,
+        reference,
+        critic_tx,
+        jax.random.fold_in(jax.random.key(config.seed), CRITIC_HEAD_STREAM),
     )
     restored = meta is not None
     if restored:
         batches.restore(meta["data"])
         history = meta["accuracy_history"]
         say(f"resumed from {checkpointer.directory} at step {start}")
-    if config.loss.kl_coef == 0:
+    if not build.uses_reference(config):
         reference = None  # no KL term: free the memory
     else:
         # The model casts every matmul weight to the compute dtype at use, so
@@ -374,6 +469,12 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
     decode_sharding = build.decode_weights_sharding(config, mesh, model_config)
     train_step = learner.jit_train_step(model_config, learner_config, tx, mesh)
     logprobs_fn = learner.jit_logprobs(model_config, learner_config, mesh)
+    if ppo:
+        critic_step = critic_lib.jit_train_step(
+            model_config, critic_cfg, critic_tx, mesh
+        )
+        values_fn = critic_lib.jit_values(model_config, critic_cfg, mesh)
+        critic_lr = build.critic_lr_schedule(config)
 
     # -------------------------------------------------------------- workdir
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
@@ -422,6 +523,8 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
             "seed": config.seed,
         }
         train_items = {k: v for k, v in state._asdict().items() if k != "params"}
+        if ppo:
+            train_items[build.CRITIC_ITEM] = critic_state._asdict()
         checkpointer.save(step, state.params, train_items, meta)
         _write_history(workdir, history)
         if (
@@ -432,16 +535,22 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
 
     def export(step: int) -> None:
         params = state.params
+        values = critic_state.params if ppo else None
         if jax.process_count() > 1:
             # fsdp shards live on every host: all processes gather the whole
             # tree (a collective, host memory of one fp32 copy), one writes.
             params = sharding_lib.to_host(params)
+            values = None if values is None else sharding_lib.to_host(values)
         if jax.process_index() != 0:
             return
         out = epath.Path(workdir) / "hf" / f"step_{step}"
         with io_lib.local_dir(out) as local:
             params_lib.save_hf(local, model_config, params)
             tokenizer.save_pretrained(local)
+        if values is not None:  # PPO: the critic beside it, for transformers
+            out = epath.Path(workdir) / CRITIC_EXPORT_DIR / f"step_{step}"
+            with io_lib.local_dir(out) as local:
+                params_lib.save_critic_hf(local, model_config, values)
 
     def run_eval() -> dict[str, float]:
         return evaluate(
@@ -499,14 +608,17 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
             rewards = np.asarray(scored.rewards, np.float32)
             t_score = time.time() - t0
             # ---------------------------------------------------- advantages
-            adv = np.asarray(
-                learner.advantages(
-                    rewards,
-                    settings.n,
-                    eps=config.loss.adv_eps,
-                    norm_by_std=config.loss.norm_adv_by_std,
+            if ppo:  # GAE from the critic's values, below, once packed
+                adv = np.zeros(len(rewards), np.float32)
+            else:
+                adv = np.asarray(
+                    learner.advantages(
+                        rewards,
+                        settings.n,
+                        eps=config.loss.adv_eps,
+                        norm_by_std=config.loss.norm_adv_by_std,
+                    )
                 )
-            )
             # -------------------------------------------------------- update
             t0 = time.time()
             host_batch = packing.learner_batch(
@@ -525,33 +637,60 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
                     ref = sharding_lib.to_memory(reference, "device")
                 batch["ref_logp"] = logprobs_fn(ref, batch)
                 del ref
+            critic_m: dict[str, float] = {}
+            if ppo:
+                t1 = time.time()
+                critic_state, batch, critic_m = ppo_update(
+                    config,
+                    critic_state,
+                    state,
+                    batch,
+                    host_batch,
+                    rewards,
+                    roll.lengths,
+                    mesh,
+                    values_fn=values_fn,
+                    logprobs_fn=logprobs_fn,
+                    critic_step=critic_step,
+                    critic_lr=critic_lr,
+                )
+                critic_m["time/critic_s"] = time.time() - t1
             applied = sharding_lib.local_value(state.step) - sharding_lib.local_value(
                 state.skipped
             )
             lr = float(lr_schedule(applied))
-            state, learn = train_step(state, batch)
-            learn = jax.tree.map(sharding_lib.local_value, learn)
+            learn = None
+            if not ppo or config.critic.warmup <= step + 1:
+                state, learn = train_step(state, batch)
+                learn = jax.tree.map(sharding_lib.local_value, learn)
             t_learn = time.time() - t0
             step += 1
-            guard.update(step, learn)
+            if learn is not None:
+                guard.update(step, learn)
             # ----------------------------------------------------------- log
             generated = int(roll.lengths.sum())
             m = _rollout_metrics(
                 roll, scored, kind, batch_examples, settings.n, history
             )
             samples.write(step, texts, roll, scored, batch_examples, settings.n)
+            m.update(critic_m)
+            if learn is not None:  # no actor update in the critic's warm-up
+                m.update(
+                    {
+                        "loss/total": learn["loss"],
+                        "loss/pg": learn["pg_loss"],
+                        "loss/entropy": learn["entropy"],
+                        "loss/kl": learn["kl"],
+                        "loss/clip_frac": learn["clip_frac"],
+                        "loss/ppo_kl": learn["ppo_kl"],
+                        "grad_norm": learn["grad_norm"],
+                        "lr": lr,
+                        "skipped_updates": learn["skipped_total"],
+                        "update_ratio": learn["update_ratio"],
+                    }
+                )
             m.update(
                 {
-                    "loss/total": learn["loss"],
-                    "loss/pg": learn["pg_loss"],
-                    "loss/entropy": learn["entropy"],
-                    "loss/kl": learn["kl"],
-                    "loss/clip_frac": learn["clip_frac"],
-                    "loss/ppo_kl": learn["ppo_kl"],
-                    "grad_norm": learn["grad_norm"],
-                    "lr": lr,
-                    "skipped_updates": learn["skipped_total"],
-                    "update_ratio": learn["update_ratio"],
                     "warning/update_outlier": float(guard.outlier),
                     "checker/timeouts": scored.timeouts,
                     "checker/errors": scored.errors,

@@ -62,7 +62,8 @@ def kl_in_reward(rewards, logp, ref_logp, mask, coef, kind):
                 out[b, t] -= coef * kl
                 total += kl
                 count += 1
-        row_means.append(total / count)
+        # torch's masked mean of an empty row is 0/0: NaN, and so the metric.
+        row_means.append(total / count if count else math.nan)
     return out, sum(row_means) / num_rows
 
 

@@ -590,6 +590,7 @@ def test_saved_generations_are_reused_only_under_the_rule_that_graded_them(
     assert len({str(default), str(think), str(boxed)}) == 3
 
 
+@pytest.mark.slow  # suite time: a run or a compile of its own
 def test_cli_console_is_progress_lines_only(tiny_model, tmp_path):
     """Packaged benchmarks by default; orbax's INFO logs stay off the console."""
     from rlvr_jax import checkpoint

@@ -162,6 +162,7 @@ def finished(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow  # suite time: a run or a compile of its own
 def test_a_changed_run_is_refused_with_the_differences(finished):
     before = _digest(finished)
     config = _config(**{"optim.lr": 1.0, "seed": 7, "train.steps": 3})
@@ -175,6 +176,7 @@ def test_a_changed_run_is_refused_with_the_differences(finished):
     assert _digest(finished) == before
 
 
+@pytest.mark.slow  # suite time: a run or a compile of its own
 def test_an_architecture_change_is_named_as_such(finished):
     before = _digest(finished)
     config = _config(
@@ -189,6 +191,7 @@ def test_an_architecture_change_is_named_as_such(finished):
     assert _digest(finished) == before
 
 
+@pytest.mark.slow  # a resumed run: ~15 s
 def test_an_accepted_change_resumes_and_every_launch_is_kept(finished, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(finished, workdir)
@@ -214,6 +217,7 @@ def test_an_accepted_change_resumes_and_every_launch_is_kept(finished, tmp_path)
 
 
 # ---------------------------------------------------------------- guards
+@pytest.mark.slow  # suite time: a run or a compile of its own
 def test_a_run_whose_updates_are_all_skipped_stops_with_its_last_good_state(
     tmp_path, capsys
 ):
@@ -263,6 +267,7 @@ def test_the_console_line_shows_skipped_updates_only_when_there_are_some(capsys)
 
 
 # ------------------------------------------------------------- full disk
+@pytest.mark.slow  # a run, a full disk and a resume: ~25 s
 def test_a_full_disk_is_one_line_leaves_no_temporary_file_and_resumes(
     finished, tmp_path, monkeypatch, capsys
 ):

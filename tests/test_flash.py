@@ -97,6 +97,7 @@ def test_kernel_rejects_a_head_dim_it_cannot_tile():
         flash.attention(x, x[:, :, :, 0], x[:, :, :, 0], jnp.ones((1, 128), int))
 
 
+@pytest.mark.slow  # interpret mode, a whole learner: ~20 s
 def test_learner_gradients_with_the_kernel_equal_the_einsum_learner(monkeypatch):
     """A sharded train pass (4 chips: rows over fsdp, heads over tensor):
     the kernel runs on each chip's share under `shard_map`, and loss,

@@ -205,14 +205,20 @@ def rows(workdir):
 CANCELLING = ("loss/ppo_kl",)
 
 
-def assert_close_rows(a, b, rtol=RTOL):
-    """Same steps and keys; values equal to `rtol` relative."""
+def assert_close_rows(a, b, rtol=RTOL, unit_scale=()):
+    """Same steps and keys; values equal to `rtol` relative.
+
+    `unit_scale`: keys that are ~0 by construction on a scale of 1 (means of
+    whitened advantages, PPO's on-policy policy loss), compared to `rtol`
+    absolute.
+    """
     assert [r["step"] for r in a] == [r["step"] for r in b]
     for x, y in zip(a, b):
         keys = [k for k in x if not k.startswith(VOLATILE)]
         assert keys == [k for k in y if not k.startswith(VOLATILE)]
         for k in keys:
             atol = rtol * abs(y["loss/entropy"]) if k in CANCELLING else 0
+            atol = rtol if k in unit_scale else atol
             np.testing.assert_allclose(x[k], y[k], rtol=rtol, atol=atol, err_msg=k)
 
 

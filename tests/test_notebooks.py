@@ -79,6 +79,7 @@ def test_quickstart_trains_plots_and_samples(quickstart_run):
     assert os.path.isdir(os.path.join(workdir, "hf", "step_3"))
 
 
+@pytest.mark.slow  # suite time: a run or a compile of its own
 def test_evaluate_sweeps_the_quickstart_run(quickstart_run, tmp_path):
     workdir, _ = quickstart_run
     texts = execute("evaluate.ipynb", RUN=workdir, OUT=str(tmp_path), TINY=True)

@@ -158,6 +158,7 @@ def _distinct(entries, name):
     return out
 
 
+@pytest.mark.slow  # suite time: a run or a compile of its own
 def test_the_plan_compiles_the_rollouts_the_run_ran(spied):
     config, run, _, ran, planned = spied
     run_rollouts = _distinct(ran, "rollout")
@@ -180,6 +181,7 @@ def test_the_plan_compiles_the_rollouts_the_run_ran(spied):
     assert n_eval == 2 * run.shapes.eval_calls == 2 * 3
 
 
+@pytest.mark.slow  # suite time: a run or a compile of its own
 def test_the_plan_packs_the_decode_weights_as_the_run_does(spied):
     _, _, _, ran, planned = spied
     run_packs = _distinct(ran, "prepare")
@@ -189,6 +191,7 @@ def test_the_plan_packs_the_decode_weights_as_the_run_does(spied):
     assert _same(run_packs[0][3], plan_packs[0][3])
 
 
+@pytest.mark.slow  # suite time: a run or a compile of its own
 def test_the_plan_compiles_the_train_step_and_reference_pass_the_run_ran(spied):
     config, run, _, ran, planned = spied
     for name in ("jit_train_step", "jit_logprobs"):
@@ -209,6 +212,7 @@ def test_the_plan_compiles_the_train_step_and_reference_pass_the_run_ran(spied):
         assert run_calls, name
 
 
+@pytest.mark.slow  # suite time: a run or a compile of its own
 def test_the_planned_batch_is_what_the_widest_step_packs(spied):
     config, run, *_ = spied
     b, n = config.train.batch_size, config.rollout.n

@@ -129,11 +129,12 @@ def test_pulse_writes_metrics_checkpoints_and_hf_export(env, tmp_path):
     np.testing.assert_array_equal(model.model.embed_tokens.weight.detach().numpy(), emb)
 
 
+@pytest.mark.slow  # 20 steps; PPO's twin is in tests/test_ppo_runs.py
 def test_it_learns_the_builtin_task_through_the_real_checker(tmp_path):
     """GRPO on one example: mean reward rises from chance to near 1."""
     from rlvr_jax import train
 
-    config = _pi1_config("tiny,steps=20")
+    config = pi1_config("tiny,steps=20")
     train.run(config, str(tmp_path / "learn"))
     rewards = [
         r["reward/mean"]
@@ -147,7 +148,7 @@ def test_it_learns_the_builtin_task_through_the_real_checker(tmp_path):
     assert last - first > 0.4, rewards
 
 
-def _wait_for_checkpoint(workdir, step, proc, timeout=300):
+def wait_for_checkpoint(workdir, step, proc, timeout=300):
     deadline = time.time() + timeout
     while time.time() < deadline:
         if step in ckpt_lib.available_steps(str(workdir)):
@@ -174,7 +175,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(env, tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    _wait_for_checkpoint(cut, 2, proc)
+    wait_for_checkpoint(cut, 2, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert max(ckpt_lib.available_steps(str(cut))) < 6
@@ -189,6 +190,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(env, tmp_path):
     )
 
 
+@pytest.mark.slow  # SIGTERM on 2 processes: test_multihost (slow) too
 def test_sigterm_saves_a_checkpoint_that_resumes(env, tmp_path):
     wd = tmp_path / "term"
     proc = subprocess.Popen(
@@ -199,7 +201,7 @@ def test_sigterm_saves_a_checkpoint_that_resumes(env, tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    _wait_for_checkpoint(wd, 0, proc)
+    wait_for_checkpoint(wd, 0, proc)
     # Let a couple of steps run, then preempt.
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -239,7 +241,7 @@ def trained_workdir(env, tmp_path_factory):
     return wd
 
 
-def _pi1_config(arg: str):
+def pi1_config(arg: str):
     spec = importlib.util.spec_from_file_location("pi1_config", PI1)
     config_module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(config_module)
@@ -299,7 +301,7 @@ def test_bad_input_fails_clearly_and_leaves_workdir_intact(
 def test_bad_config_raises_before_touching_the_workdir(
     trained_workdir, tmp_path, changes, error, message
 ):
-    config = _pi1_config("tiny,steps=2")
+    config = pi1_config("tiny,steps=2")
     for dotted, value in changes.items():
         section, field = dotted.split(".")
         if value == "CORRUPT":
@@ -319,6 +321,7 @@ def test_bad_config_raises_before_touching_the_workdir(
     assert workdir == trained_workdir or not workdir.exists()
 
 
+@pytest.mark.slow  # suite time: a run or a compile of its own
 def test_pi1_config_with_only_a_model_path_trains_on_the_packaged_pi1(env, tmp_path):
     """The paper's config, unchanged but for sizes a CPU can run in seconds.
 
@@ -382,7 +385,7 @@ def test_reference_kept_in_host_memory_gives_the_same_run(tmp_path, monkeypatch)
     monkeypatch.setattr(sharding_lib, "to_memory", spy)
     rows = {}
     for on_host in (False, True):
-        config = _pi1_config("tiny,steps=2")
+        config = pi1_config("tiny,steps=2")
         config.train.reference_on_host = on_host
         train.run(config, str(tmp_path / str(on_host)))
         rows[on_host] = stable_rows(str(tmp_path / str(on_host)))

@@ -10,6 +10,9 @@ module): `advantages`, `policy_loss`, `logprobs`, `train_step`, ... The parts:
                 train step and log-prob pass, and `lower` (their programs)
   packing.py    the packed batch layout (pure numpy)
   optimizer.py  AdamW with the recipe's schedule
+  gae.py        PPO's critic-side math as veRL computes it
+  critic.py     PPO's critic: value model, train state, jitted programs
+  ppo.py        a PPO step's GAE targets on the packed columns
 """
 
 from rlvr_jax.learner.logprobs import (

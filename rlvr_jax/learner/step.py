@@ -90,7 +90,7 @@ class LearnerConfig:
 
 
 # ----------------------------------------------------------- gradient pass
-def _microbatch_loss(params, batch, num_tokens, num_seqs, model_config, cfg):
+def _microbatch_loss(params, batch, num_tokens, num_seqs, *, model_config, cfg):
     logp_bt, entropy_bt = batch_scores(
         model_config, params, batch, cfg.temperature, cfg.logits_chunk
     )
@@ -151,11 +151,11 @@ def loss_and_grads(
       (grads, metrics): fp32 grads like params; metrics as `policy_loss`'s
       plus loss, num_tokens, num_seqs.
     """
-    with _mesh_context(mesh):
+    with mesh_context(mesh):
         return _loss_and_grads(params, batch, model_config, learner_config, mesh)
 
 
-def _mesh_context(mesh: Mesh | None):
+def mesh_context(mesh: Mesh | None):
     """Traces under `mesh`, so the model's `constrain_rows` calls take effect."""
     if mesh is None:
         return contextlib.nullcontext()
@@ -170,32 +170,65 @@ def _loss_and_grads(params, batch, model_config, learner_config, mesh):
     mask_bt = jnp.asarray(batch["loss_mask"], bool)
     num_tokens = jnp.sum(mask_bt)
     num_seqs = _num_seqs(mask_bt, batch.get("segment_ids"))
-    grad_fn = jax.grad(_microbatch_loss, has_aux=True)
-    statics = dict(model_config=model_config, cfg=cfg)
 
-    rows = batch["tokens"].shape[0]
+    def loss_fn(params, micro):
+        return _microbatch_loss(
+            params, micro, num_tokens, num_seqs, model_config=model_config, cfg=cfg
+        )
+
     mb = micro_rows(cfg, batch["tokens"].shape, mesh)
-    n = _micro_batches(rows, mb)
-    if n == 1:
-        grads, metrics = grad_fn(params, batch, num_tokens, num_seqs, **statics)
-    else:
-
-        def split(x):
-            return _split_micro(x, mb, n, mesh)
-
-        def body(acc, micro):
-            g, m = grad_fn(params, micro, num_tokens, num_seqs, **statics)
-            return jax.tree.map(jnp.add, acc, g), m
-
-        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-        if mesh is not None:  # the accumulator lives where the params do
-            zeros = jax.lax.with_sharding_constraint(
-                zeros, sharding.tree_shardings(params, mesh)
-            )
-        grads, metrics_n = jax.lax.scan(body, zeros, jax.tree.map(split, batch))
-        metrics = jax.tree.map(lambda x: jnp.sum(x, axis=0), metrics_n)
+    grads, metrics = accumulate_grads(loss_fn, params, batch, mb, mesh)
     metrics.update(num_tokens=num_tokens, num_seqs=num_seqs)
     return grads, metrics
+
+
+def accumulate_grads(
+    loss_fn: Callable[[Params, Batch], tuple[jax.Array, dict]],
+    params: Params,
+    batch: Batch,
+    rows_per_micro: int,
+    mesh: Mesh | None,
+) -> tuple[Params, dict[str, jax.Array]]:
+    """Σ over micro-batches of grad(loss_fn)(params, micro), and the summed
+    metrics (a scan; fp32 accumulator placed like the params).
+
+    `loss_fn(params, micro) -> (loss, metrics)` must normalise by the whole
+    batch (counts closed over), so the sum is the full-batch gradient.
+    Micro-batch i takes rows i, i + n, i + 2n, ... (`_split_micro`).
+    """
+    grad_fn = jax.grad(loss_fn, has_aux=True)
+    n = _micro_batches(batch["tokens"].shape[0], rows_per_micro)
+    if n == 1:
+        return grad_fn(params, batch)
+
+    def body(acc, micro):
+        g, m = grad_fn(params, micro)
+        return jax.tree.map(jnp.add, acc, g), m
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    if mesh is not None:  # the accumulator lives where the params do
+        zeros = jax.lax.with_sharding_constraint(
+            zeros, sharding.tree_shardings(params, mesh)
+        )
+    split = lambda x: _split_micro(x, rows_per_micro, n, mesh)
+    grads, metrics_n = jax.lax.scan(body, zeros, jax.tree.map(split, batch))
+    return grads, jax.tree.map(lambda x: jnp.sum(x, axis=0), metrics_n)
+
+
+def map_micro_batches(
+    fn: Callable[[Batch], jax.Array],
+    batch: Batch,
+    rows_per_micro: int,
+    mesh: Mesh | None,
+) -> jax.Array:
+    """fn over the batch's micro-batches in turn (`lax.map`), the [rows, ...]
+    results put back in row order: a forward pass that holds one
+    micro-batch's activations at a time."""
+    n = _micro_batches(batch["tokens"].shape[0], rows_per_micro)
+    if n == 1:
+        return fn(batch)
+    micro = jax.tree.map(lambda x: _split_micro(x, rows_per_micro, n, mesh), batch)
+    return _merge_micro(jax.lax.map(fn, micro))
 
 
 def _num_seqs(mask_bt: jax.Array, segment_ids_bt: jax.Array | None) -> jax.Array:
@@ -266,7 +299,8 @@ class TrainState(NamedTuple):
     skipped: jax.Array
 
 
-def _new_state(params, tx):
+def new_state(params: Params, tx: optax.GradientTransformation) -> TrainState:
+    """A fresh train state of `params` (own buffers) with `tx`'s initial state."""
     # `+ 0` gives the state its own buffers even when `params` is passed in,
     # so donating the state never invalidates the caller's (reference) params.
     params = jax.tree.map(lambda p: p + jnp.zeros((), p.dtype), params)
@@ -274,13 +308,50 @@ def _new_state(params, tx):
     return TrainState(params, tx.init(params), zero, zero)
 
 
+def state_of(abstract_params: Params, tx: optax.GradientTransformation) -> TrainState:
+    """ShapeDtypeStructs of the train state of any params tree (the actor's,
+    the critic's); allocates nothing."""
+    return jax.eval_shape(lambda p: new_state(p, tx), abstract_params)
+
+
+def placed(abstract_state: TrainState, mesh: Mesh) -> TrainState:
+    """A train state's ShapeDtypeStructs carrying their shardings (params
+    rules; counters replicated): a restore or `lower` target."""
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        abstract_state,
+        sharding.tree_shardings(abstract_state, mesh),
+    )
+
+
+def jit_state_step(fn: Callable, shardings: TrainState, mesh: Mesh) -> Callable:
+    """fn(state, batch) -> (state, metrics) jitted with the state's and a
+    batch's shardings, the state donated, the metrics replicated."""
+    return jax.jit(
+        fn,
+        in_shardings=(shardings, sharding.batch_sharding(mesh)),
+        out_shardings=(shardings, sharding.replicated(mesh)),
+        donate_argnums=0,
+    )
+
+
+def lower_state_update(
+    state: TrainState, tx: optax.GradientTransformation, mesh: Mesh
+) -> jax.stages.Lowered:
+    """`apply_update` of a (sharded abstract) train state on accumulated
+    gradients, the state donated, lowered (the planner's cost)."""
+    loss = jax.ShapeDtypeStruct((), jnp.float32, sharding=sharding.replicated(mesh))
+    return jax.jit(
+        lambda state, grads, loss: apply_update(state, grads, loss, tx),
+        donate_argnums=0,
+    ).lower(state, state.params, loss)
+
+
 def abstract_train_state(
     model_config: decoder.ModelConfig, tx: optax.GradientTransformation
 ) -> TrainState:
     """ShapeDtypeStructs of the train state; allocates nothing."""
-    return jax.eval_shape(
-        lambda p: _new_state(p, tx), decoder.abstract_params(model_config)
-    )
+    return state_of(decoder.abstract_params(model_config), tx)
 
 
 def state_shardings(
@@ -294,11 +365,7 @@ def sharded_abstract_state(
     model_config: decoder.ModelConfig, tx: optax.GradientTransformation, mesh: Mesh
 ) -> TrainState:
     """ShapeDtypeStructs carrying their shardings: a restore or `lower` target."""
-    return jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-        abstract_train_state(model_config, tx),
-        state_shardings(model_config, tx, mesh),
-    )
+    return placed(abstract_train_state(model_config, tx), mesh)
 
 
 def init_train_state(
@@ -322,10 +389,10 @@ def init_train_state(
     """
     shardings = state_shardings(model_config, tx, mesh)
     if params is not None:
-        return jax.jit(lambda p: _new_state(p, tx), out_shardings=shardings)(params)
+        return jax.jit(lambda p: new_state(p, tx), out_shardings=shardings)(params)
     if rng is None:
         raise ValueError("pass params or rng")
-    init = lambda key: _new_state(decoder.init_params(model_config, key), tx)
+    init = lambda key: new_state(decoder.init_params(model_config, key), tx)
     return jax.jit(init, out_shardings=shardings)(rng)
 
 
@@ -425,7 +492,6 @@ def jit_train_step(
     The returned fn(state, batch) expects the state from `init_train_state`
     and a batch from `sharding.shard_batch`; metrics come back replicated.
     """
-    shardings = state_shardings(model_config, tx, mesh)
     step = functools.partial(
         train_step,
         model_config=model_config,
@@ -433,12 +499,7 @@ def jit_train_step(
         tx=tx,
         mesh=mesh,
     )
-    return jax.jit(
-        step,
-        in_shardings=(shardings, sharding.batch_sharding(mesh)),
-        out_shardings=(shardings, sharding.replicated(mesh)),
-        donate_argnums=0,
-    )
+    return jit_state_step(step, state_shardings(model_config, tx, mesh), mesh)
 
 
 # The batch arrays the log-prob pass reads (`logprobs`).
@@ -472,14 +533,9 @@ def jit_logprobs(
         )
 
     def fn(params, batch):
-        with _mesh_context(mesh):
-            rows = batch["tokens"].shape[0]
+        with mesh_context(mesh):
             mb = micro_rows(learner_config, batch["tokens"].shape, mesh)
-            n = _micro_batches(rows, mb)
-            if n == 1:
-                return one(params, batch)
-            micro = jax.tree.map(lambda x: _split_micro(x, mb, n, mesh), batch)
-            return _merge_micro(jax.lax.map(lambda b: one(params, b), micro))
+            return map_micro_batches(lambda b: one(params, b), batch, mb, mesh)
 
     jitted = jax.jit(fn, out_shardings=sharding.batch_sharding(mesh))
 
@@ -549,11 +605,22 @@ def lower_micro_step(
     `batch`: its gradients added to an accumulator (donated), lowered. The
     train step is M of these and one `apply_update` (the planner's cost)."""
     one = learner_config.replace(micro_batch_size=None, max_tokens_per_micro_batch=None)
+    grads_fn = functools.partial(
+        loss_and_grads, model_config=model_config, learner_config=one, mesh=mesh
+    )
+    return lower_accumulated(grads_fn, params, batch)
+
+
+def lower_accumulated(
+    grads_fn: Callable[[Params, Batch], tuple[Params, dict]],
+    params: Params,
+    batch: Batch,
+) -> jax.stages.Lowered:
+    """grads_fn(params, micro)'s gradients added to a donated accumulator
+    like `params`, lowered: one micro-batch of a gradient scan."""
 
     def body(acc, params, micro):
-        grads, metrics = loss_and_grads(
-            params, micro, model_config=model_config, learner_config=one, mesh=mesh
-        )
+        grads, metrics = grads_fn(params, micro)
         return jax.tree.map(jnp.add, acc, grads), metrics
 
     return jax.jit(body, donate_argnums=0).lower(params, params, batch)
@@ -564,10 +631,4 @@ def lower_update(
 ) -> jax.stages.Lowered:
     """The train step's optimizer update (`apply_update`) on accumulated
     gradients, the state donated, lowered."""
-    state = sharded_abstract_state(model_config, tx, mesh)
-    replicated = sharding.replicated(mesh)
-    loss = jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated)
-    return jax.jit(
-        lambda state, grads, loss: apply_update(state, grads, loss, tx),
-        donate_argnums=0,
-    ).lower(state, state.params, loss)
+    return lower_state_update(sharded_abstract_state(model_config, tx, mesh), tx, mesh)

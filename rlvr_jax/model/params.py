@@ -14,6 +14,11 @@ Each row names an HF tensor, the path of our tensor, and the layout rule:
 Rows whose HF name holds `{i}` are per-layer tensors; ours stacks them on a
 leading layer axis (the model scans over layers).
 
+PPO's critic (`rlvr_jax.learner.critic`) is saved and loaded as transformers'
+token-classification model with one label (`save_critic_hf`,
+`load_critic_hf`): the same rows under its decoder, no lm_head, and its value
+head as `score` (`CRITIC_HEAD_MAP`).
+
 Loading reads tensors through memory maps, so a tensor is only paged in when a
 device shard needs it; with `shardings` each device's slice is assembled by
 `jax.make_array_from_callback` and no full host copy of the model is made.
@@ -21,11 +26,12 @@ device shard needs it; with `shardings` each device's slice is assembled by
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 import jax
@@ -185,15 +191,20 @@ class _Tensors:
 
 
 # ------------------------------------------------------------------- loading
-def read_config(path: str, **overrides) -> ModelConfig:
-    """The `ModelConfig` of a local HF model directory."""
+def _config_json(path: str) -> dict:
+    """The config.json dict of a local HF model directory."""
     if not os.path.isdir(path):
         raise FileNotFoundError(f"model directory not found: {path}")
     config_file = os.path.join(path, "config.json")
     if not os.path.exists(config_file):
         raise FileNotFoundError(f"{path}: no config.json")
     with open(config_file) as f:
-        hf = json.load(f)
+        return json.load(f)
+
+
+def read_config(path: str, **overrides) -> ModelConfig:
+    """The `ModelConfig` of a local HF model directory."""
+    hf = _config_json(path)
     # The generation config lists every stop token (e.g. <|im_end|> and
     # <|endoftext|>); config.json often only names one.
     gen_file = os.path.join(path, "generation_config.json")
@@ -241,24 +252,48 @@ def load_hf(
         dtype=compute_dtype or param_dtype.name,
         **config_overrides,
     )
-    tensors = _Tensors(path)
     shapes = abstract_params(config)
     entries = list(_entries(config, shapes))
+    # A tied checkpoint may still store its (identical) head.
+    tolerated = {"lm_head.weight"} if config.tie_embeddings else set()
+    params = _load_entries(
+        path,
+        _Tensors(path),
+        entries,
+        shapes,
+        param_dtype,
+        shardings,
+        layout=f"the {config.family} layout of its config",
+        tolerated=tolerated,
+    )
+    return config, params
 
+
+def _load_entries(
+    path: str,
+    tensors: _Tensors,
+    entries: list,
+    shapes,
+    dtype,
+    shardings,
+    *,
+    layout: str,
+    tolerated: Collection[str] = (),
+):
+    """Our params tree (the paths of `entries`) read from `tensors`, after
+    checking the checkpoint holds exactly these tensors (but `tolerated` and
+    ignored ones) in their shapes; `layout` names the layout in the error."""
     expected = {e[0] for e in entries}
     present = tensors.names()
     missing = sorted(expected - present)
     unexpected = sorted(
         n
         for n in present - expected
-        if not n.endswith(_IGNORED_SUFFIXES)
-        # A tied checkpoint may still store its (identical) head.
-        and not (n == "lm_head.weight" and config.tie_embeddings)
+        if not n.endswith(_IGNORED_SUFFIXES) and n not in tolerated
     )
     if missing or unexpected:
         raise ValueError(
-            f"{path}: checkpoint does not match the {config.family} layout of its "
-            "config: "
+            f"{path}: checkpoint does not match {layout}: "
             f"missing tensors {missing}, unexpected tensors {unexpected}"
         )
     for hf_name, _, rule, _, shape in entries:
@@ -276,7 +311,7 @@ def load_hf(
     params: dict = {}
     for our_path, group in by_path.items():
         abstract = _get(shapes, our_path)
-        read = _reader(tensors, group, param_dtype)
+        read = _reader(tensors, group, dtype)
         if shardings is None:
             value = jax.numpy.asarray(read(tuple(slice(None) for _ in abstract.shape)))
         else:
@@ -284,7 +319,7 @@ def load_hf(
                 abstract.shape, _get(shardings, our_path), read
             )
         _set(params, our_path, value)
-    return config, params
+    return params
 
 
 def _reader(tensors: _Tensors, group, dtype) -> Callable[[tuple], np.ndarray]:
@@ -331,10 +366,33 @@ def save_hf(
       max_shard_bytes: above this total size the weights are split into
         `model-0000i-of-0000n.safetensors` files with an index.
     """
+    _write_hf(
+        path,
+        config,
+        config.to_hf(),
+        params,
+        list(_entries(config, params)),
+        dtype=dtype,
+        max_shard_bytes=max_shard_bytes,
+    )
+
+
+def _write_hf(
+    path: str,
+    config: ModelConfig,
+    hf_config: dict,
+    params: Any,
+    entries: list,
+    *,
+    dtype: Any,
+    max_shard_bytes: int,
+) -> None:
+    """Writes the tensors of `entries` (read from `params` at their paths,
+    the first being the embedding) with `hf_config` as config.json, and the
+    generation config of `config`'s stop tokens (`save_hf`'s arguments)."""
     from safetensors.numpy import save_file  # writes bf16 via ml_dtypes
 
     os.makedirs(path, exist_ok=True)
-    entries = list(_entries(config, params))
     out_dtype = None if dtype is None else np.dtype(dtype)
 
     def tensor(entry) -> np.ndarray:
@@ -344,7 +402,8 @@ def save_hf(
         x = np.ascontiguousarray(_to_hf(x, rule))
         return x if out_dtype is None else x.astype(out_dtype)
 
-    itemsize = (out_dtype or np.dtype(_get(params, "embed/embedding").dtype)).itemsize
+    stored_dtype = out_dtype or np.dtype(_get(params, entries[0][1]).dtype)
+    itemsize = stored_dtype.itemsize
     total = sum(math.prod(_hf_shape(e[4], e[2])) * itemsize for e in entries)
     shards: list[list] = [[]]
     size = 0
@@ -356,8 +415,7 @@ def save_hf(
         shards[-1].append(entry)
         size += nbytes
 
-    stored_dtype = out_dtype or np.dtype(_get(params, "embed/embedding").dtype)
-    hf_config = {**config.to_hf(), "torch_dtype": stored_dtype.name}
+    hf_config = {**hf_config, "torch_dtype": stored_dtype.name}
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(hf_config, f, indent=2)
     if config.eos_token_ids:
@@ -385,6 +443,191 @@ def save_hf(
         json.dump(
             {"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2
         )
+
+
+# ------------------------------------------------------------------- critic
+# PPO's critic (`rlvr_jax.learner.critic`) as transformers' token-classification
+# model with one label, which is how veRL builds it: the decoder's tensors as
+# in a causal LM (no lm_head) and the value head as `score`, an
+# nn.Linear(D, 1) with a bias.
+CRITIC_ARCHITECTURES = {
+    "qwen2": "Qwen2ForTokenClassification",
+    "llama": "LlamaForTokenClassification",
+}
+# The critic's params tree, {CRITIC_DECODER: the decoder's params without an
+# LM head, CRITIC_HEAD: {"kernel": [D, 1], "bias": [1]}}: defined here, on the
+# model's floor, so that this module and the learner's critic share it.
+CRITIC_DECODER = "decoder"
+CRITIC_HEAD = "value_head"
+
+
+def critic_body_config(model_config: ModelConfig) -> ModelConfig:
+    """The critic's decoder: the policy's, without an LM head (a tied head
+    creates no parameter, and the critic never calls it)."""
+    return model_config.replace(tie_embeddings=True)
+
+
+def abstract_critic_params(model_config: ModelConfig) -> Any:
+    """ShapeDtypeStructs of the critic's params; allocates nothing."""
+    dtype = np.dtype(model_config.param_dtype)
+    return {
+        CRITIC_DECODER: abstract_params(critic_body_config(model_config)),
+        CRITIC_HEAD: {
+            "kernel": jax.ShapeDtypeStruct((model_config.d_model, 1), dtype),
+            "bias": jax.ShapeDtypeStruct((1,), dtype),
+        },
+    }
+
+
+# (HF tensor, our leaf under the critic's value head, layout rule)
+CRITIC_HEAD_MAP: tuple[tuple[str, str, str], ...] = (
+    ("score.weight", "kernel", "lin1"),  # [1, D] ⇄ [D, 1]
+    ("score.bias", "bias", "same"),  # [1]
+)
+# ModelConfig fields that leave the critic's values unchanged: a critic
+# checkpoint's config may differ from the run's in these, not in the others.
+_RUN_TIME_FIELDS = frozenset(
+    {
+        "dtype",
+        "param_dtype",
+        "remat",
+        "unroll_loops",
+        "attention_block",
+        "attention_kernel",
+        "tie_embeddings",
+        "max_seq_len",
+        "bos_token_id",
+        "eos_token_ids",
+    }
+)
+
+
+def _critic_entries(model_config: ModelConfig, critic_params) -> list:
+    """`_entries` of a critic's params tree: its decoder's (no lm_head) under
+    `decoder/`, then the value head's."""
+    body = critic_body_config(model_config)
+    entries = [
+        (hf_name, f"{CRITIC_DECODER}/{path}", rule, layer, shape)
+        for hf_name, path, rule, layer, shape in _entries(
+            body, critic_params[CRITIC_DECODER]
+        )
+    ]
+    for hf_name, leaf, rule in CRITIC_HEAD_MAP:
+        path = f"{CRITIC_HEAD}/{leaf}"
+        entries.append(
+            (hf_name, path, rule, None, tuple(_get(critic_params, path).shape))
+        )
+    return entries
+
+
+def _num_labels(hf: dict) -> int:
+    """transformers' `num_labels` of a config.json dict (2 when unset)."""
+    if hf.get("num_labels") is not None:
+        return int(hf["num_labels"])
+    if hf.get("id2label"):
+        return len(hf["id2label"])
+    return 2
+
+
+def save_critic_hf(
+    directory: str,
+    model_config: ModelConfig,
+    critic_params: Any,
+    *,
+    dtype: Any = None,
+    max_shard_bytes: int = 5 * 1024**3,
+) -> None:
+    """Writes PPO's critic as a Hugging Face token-classification checkpoint.
+
+    `transformers.AutoModelForTokenClassification.from_pretrained` loads it as
+    `Qwen2ForTokenClassification` or `LlamaForTokenClassification` (the
+    config's family) with one label, and its logits[..., 0] are
+    `critic.values`. `load_critic_hf` reads it back.
+
+    Args:
+      directory: output directory (created).
+      model_config: the policy's architecture (`critic.values`' argument).
+      critic_params: {"decoder": ..., "value_head": {"kernel", "bias"}}.
+      dtype, max_shard_bytes: as `save_hf`'s.
+    """
+    hf_config = {
+        **model_config.to_hf(),
+        "architectures": [CRITIC_ARCHITECTURES[model_config.family]],
+        "num_labels": 1,
+        "id2label": {"0": "LABEL_0"},
+        "label2id": {"LABEL_0": 0},
+        "classifier_dropout": 0.0,  # veRL's critic config sets it
+    }
+    _write_hf(
+        directory,
+        model_config,
+        hf_config,
+        critic_params,
+        _critic_entries(model_config, critic_params),
+        dtype=dtype,
+        max_shard_bytes=max_shard_bytes,
+    )
+
+
+def load_critic_hf(path: str, model_config: ModelConfig, shardings: Any = None) -> Any:
+    """Reads a critic from a Hugging Face token-classification checkpoint
+    with one label (`save_critic_hf`'s, or veRL's saved critic).
+
+    Args:
+      path: the checkpoint directory.
+      model_config: the policy's architecture; the params are stored in its
+        `param_dtype`.
+      shardings: optional pytree of shardings matching the critic's params
+        (e.g. `critic.state_shardings(...).params`); each device then reads
+        only its own slice.
+
+    Returns:
+      The critic's params, {"decoder": ..., "value_head": ...}.
+
+    Raises:
+      FileNotFoundError: missing directory or files.
+      ValueError: no value head (`score.*`; a causal LM's checkpoint: start a
+        critic from it with `load_hf` and `critic.from_policy`), a number of
+        labels other than one, an architecture other than `model_config`'s
+        (the differing fields), or missing/unexpected/misshapen tensors.
+    """
+    hf = _config_json(path)
+    tensors = _Tensors(path)
+    head = [hf_name for hf_name, _, _ in CRITIC_HEAD_MAP]
+    missing = [n for n in head if n not in tensors.names()]
+    if missing:
+        raise ValueError(
+            f"{path}: no value head (missing {missing}): not a token-classification "
+            "(critic) checkpoint; to start a critic from a causal LM, load it with "
+            "`load_hf` and call `critic.from_policy`"
+        )
+    labels = _num_labels(hf)
+    if labels != 1:
+        raise ValueError(
+            f"{path}: num_labels={labels}; a critic checkpoint has one label "
+            "(a value per token)"
+        )
+    ckpt = read_config(path)
+    differ = []
+    for field in dataclasses.fields(ModelConfig):
+        got, want = getattr(ckpt, field.name), getattr(model_config, field.name)
+        if field.name not in _RUN_TIME_FIELDS and got != want:
+            differ.append(f"{field.name}={got!r} (expected {want!r})")
+    if differ:
+        raise ValueError(
+            f"{path}: the critic's architecture differs from the model config: "
+            + ", ".join(differ)
+        )
+    shapes = abstract_critic_params(model_config)
+    return _load_entries(
+        path,
+        tensors,
+        _critic_entries(model_config, shapes),
+        shapes,
+        np.dtype(model_config.param_dtype),
+        shardings,
+        layout=f"a {CRITIC_ARCHITECTURES[model_config.family]} with one label",
+    )
 
 
 def resolve_model_path(path: str) -> str:

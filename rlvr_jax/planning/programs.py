@@ -4,17 +4,26 @@ For a run's objects (`Run`, made by `rlvr_jax.build.plan_run` from the
 experiment config) on a mesh over real or compile-only devices, this lowers
 the programs the components expose (the sampler's `lower_prepare`,
 `lower_rollout`, `lower_decode_step`; the learner's `lower_logprobs`,
-`lower_train_step`, `lower_micro_step`, `lower_update`): the functions the run
-itself calls, with its shapes and shardings, so a plan cannot drift from the
-run. The programs:
+`lower_train_step`, `lower_micro_step`, `lower_update`; PPO's critic's
+`lower_values`, `lower_train_step`, `lower_micro_step`, `lower_update`): the
+functions the run itself calls, with its shapes and shardings, so a plan
+cannot drift from the run. The programs, in the order a step runs them:
 
   prepare        the sampler's weights (cast, laid out) from the train params
   sample         the step's rollout: every prompt prefilled once, then
                  continuous batching through rollout.chunk_size slots
   decode_step    one iteration of that loop (its cost is counted per step)
   ref_logprobs   the frozen reference policy's log-probs of the step's batch
+  critic_values  PPO: the critic's values of the step's batch (micro-batched)
+  old_logprobs   PPO with algorithm.kl_in_reward: the policy's own log-probs
+                 of the batch (π_old of the KL penalty)
+  critic_step    PPO: one critic update on the batch (micro-batched, its
+                 state donated)
   train_step     one optimizer update on the step's batch (micro-batched)
   eval_sample    prefill + greedy decode of one evaluation chunk
+
+A PPO run (`Run.critic`) keeps the critic's train state (fp32 params and
+AdamW moments, sharded like the actor's) on the chips the whole step.
 
 Each compiled program gives its memory per chip (`memory_analysis()`), its
 FLOPs (`cost_analysis()`, plus the kernels XLA has no count for) and the HBM
@@ -27,7 +36,8 @@ it) is unrolled in copies of a program at depth 1 and 2 (`compile.depth_cost`);
 the learner's log-prob head runs as one chunk in those copies (same FLOPs as
 the chunked scan; `micro_batches_cost` when such a copy does not fit a
 chip); a micro-batched program is costed as M scan bodies plus
-the optimizer update; the decode loop as the sample program plus the rest of
+the optimizer update (the critic's train step too; its value pass as M
+micro-batches, like the reference pass); the decode loop as the sample program plus the rest of
 its ceil(R / S) × (max_new_tokens - 1) decode steps. Sampling time is
 therefore the worst case, every response running to `max_new_tokens`; the
 learner batch is the widest one (largest prompt bucket + max_new_tokens).
@@ -50,6 +60,7 @@ from typing import Any
 import jax
 
 from rlvr_jax import learner, sharding
+from rlvr_jax.learner import critic as critic_lib
 from rlvr_jax.learner import step as step_lib
 from rlvr_jax.model import decoder
 from rlvr_jax.planning import compile as compile_lib
@@ -114,6 +125,10 @@ class Run:
       token_budget: the learner's micro-batch is a token budget set by the
         config (train.max_tokens_per_micro_batch), not a row count.
       compiler_options: XLA options every program is compiled with.
+      critic: PPO's critic settings (`build.critic_config`); None: no critic
+        (GRPO). critic_tx: its optimizer (`build.critic_optimizer`).
+      kl_in_reward: PPO's KL penalty is in the reward
+        (algorithm.kl_in_reward): the policy's own log-prob pass runs too.
     """
 
     model: decoder.ModelConfig
@@ -129,6 +144,9 @@ class Run:
     eval_every: int = 0
     token_budget: bool = False
     compiler_options: dict | None = None
+    critic: critic_lib.CriticConfig | None = None
+    critic_tx: Any = None
+    kl_in_reward: bool = False
 
     @property
     def platform(self) -> str:
@@ -147,7 +165,8 @@ class Program:
       flops, hbm_bytes: per call, loop trip counts included.
       seconds: roofline time per call, max(flops / peak, bytes / bandwidth).
       resident_args: bytes of the arguments that are resident anyway
-        (train state, reference weights), not added again to the phase.
+        (train state, the critic's, reference weights), not added again to
+        the phase.
       cost_note: how flops and hbm_bytes were counted when not from the
         run's own shapes (`micro_batches_cost`).
     """
@@ -191,6 +210,19 @@ def reference_params(run: Run, model: decoder.ModelConfig):
     params = abstract_params(run, model)
     cast = jax.eval_shape(lambda p: sampling.compute_dtype_params(model, p), params)
     return _with_shardings(cast, jax.tree.map(lambda a: a.sharding, params))
+
+
+def critic_state(run: Run):
+    """The critic's train state, abstract and sharded (None: no critic)."""
+    if run.critic is None:
+        return None
+    return critic_lib.sharded_abstract_state(run.model, run.critic_tx, run.mesh)
+
+
+def critic_state_bytes(run: Run) -> int:
+    """Bytes per chip of the critic's train state (0: no critic)."""
+    state = critic_state(run)
+    return 0 if state is None else sharding.bytes_per_device(state)
 
 
 def learner_batch(run: Run, rows: int | None = None, ref_logp: bool = False) -> dict:
@@ -282,6 +314,55 @@ def compile_micro_step(run, model, learner_config, rows: int):
 def compile_update(run, model):
     """The train step's optimizer update on accumulated grads."""
     lowered = step_lib.lower_update(model, run.tx, run.mesh)
+    return compile_lib.compile_or_oom(lowered, run)
+
+
+def compile_old_logprobs(run, model, learner_config, rows: int | None = None):
+    """The policy's own log-probs of a `rows`-row learner batch (its fp32
+    train params: PPO's π_old with the KL in the reward)."""
+    lowered = step_lib.lower_logprobs(
+        model,
+        learner_config,
+        run.mesh,
+        abstract_params(run, model),
+        learner_batch(run, rows),
+    )
+    return compile_lib.compile_or_oom(lowered, run)
+
+
+def critic_batch(run: Run, rows: int | None = None) -> dict:
+    """The critic's batch beside the widest learner batch: its inputs and
+    its GAE targets (`critic.abstract_batch`)."""
+    return critic_lib.abstract_batch(learner_batch(run, rows))
+
+
+def compile_critic_values(run, model, rows: int | None = None):
+    """The critic's values of a `rows`-row learner batch (`critic.jit_values`)."""
+    lowered = critic_lib.lower_values(
+        model, run.critic, run.mesh, learner_batch(run, rows)
+    )
+    return compile_lib.compile_or_oom(lowered, run)
+
+
+def compile_critic_step(run, model, rows: int | None = None):
+    """One critic update on a `rows`-row batch (`critic.jit_train_step`)."""
+    lowered = critic_lib.lower_train_step(
+        model, run.critic, run.critic_tx, run.mesh, critic_batch(run, rows)
+    )
+    return compile_lib.compile_or_oom(lowered, run)
+
+
+def compile_critic_micro_step(run, model, rows: int):
+    """The body of the critic's micro-batch scan: one micro-batch's grads."""
+    lowered = critic_lib.lower_micro_step(
+        model, run.critic, run.mesh, critic_batch(run, rows)
+    )
+    return compile_lib.compile_or_oom(lowered, run)
+
+
+def compile_critic_update(run, model):
+    """The critic step's optimizer update on accumulated grads."""
+    lowered = critic_lib.lower_update(model, run.critic_tx, run.mesh)
     return compile_lib.compile_or_oom(lowered, run)
 
 
@@ -402,6 +483,28 @@ def train_step_cost(run: Run) -> tuple[float, float, str]:
     return flops + update[0], nbytes + update[1], note
 
 
+def old_logprobs_cost(run: Run) -> tuple[float, float, str]:
+    """(FLOPs, bytes, note) of the policy's own log-prob pass."""
+    return micro_batches_cost(
+        run, lambda m, rows: compile_old_logprobs(run, m, _cost_learner(run), rows)
+    )
+
+
+def critic_values_cost(run: Run) -> tuple[float, float, str]:
+    """(FLOPs, bytes, note) of the critic's value pass: its micro-batches."""
+    return micro_batches_cost(run, lambda m, rows: compile_critic_values(run, m, rows))
+
+
+def critic_step_cost(run: Run) -> tuple[float, float, str]:
+    """(FLOPs, bytes, note) of the critic's train step, as `train_step_cost`:
+    M micro-batch scan bodies and its optimizer update, each by depth."""
+    flops, nbytes, note = micro_batches_cost(
+        run, lambda m, rows: compile_critic_micro_step(run, m, rows)
+    )
+    update = compile_lib.depth_cost(lambda m: compile_critic_update(run, m), run.model)
+    return flops + update[0], nbytes + update[1], note
+
+
 def compile_programs(
     run: Run, chip: Chip, verbose: bool = False, costs: bool = True
 ) -> list[Program]:
@@ -456,6 +559,43 @@ def compile_programs(
         programs.append(
             _program("ref_logprobs", full, 1, flops, nbytes, chip, ref_bytes, note)
         )
+
+    # ---- PPO: the critic's values, (π_old's log-probs,) the critic's update.
+    if run.critic is not None:
+        critic = critic_state(run)
+        full = timed("critic_values", compile_critic_values, run, model)
+        flops, nbytes, note = priced("critic_values", critic_values_cost, costed)
+        # Its params are the critic state's, resident anyway.
+        critic_params = sharding.bytes_per_device(critic.params)
+        programs.append(
+            _program("critic_values", full, 1, flops, nbytes, chip, critic_params, note)
+        )
+        if run.kl_in_reward:
+            full = timed(
+                "old_logprobs", compile_old_logprobs, run, model, learner_config
+            )
+            flops, nbytes, note = priced("old_logprobs", old_logprobs_cost, costed)
+            programs.append(
+                _program(
+                    "old_logprobs", full, 1, flops, nbytes, chip, params_bytes, note
+                )
+            )
+        full = timed("critic_step", compile_critic_step, run, model)
+        flops, nbytes, note = priced("critic_step", critic_step_cost, costed)
+        # Donated like the actor's: its outputs alias the resident state.
+        programs.append(
+            _program(
+                "critic_step",
+                full,
+                1,
+                flops,
+                nbytes,
+                chip,
+                sharding.bytes_per_device(critic),
+                note,
+            )
+        )
+
     full = timed("train_step", compile_train_step, run, model, learner_config)
     flops, nbytes, note = priced("train_step", train_step_cost, costed)
     # The state is donated: the program's outputs alias it.

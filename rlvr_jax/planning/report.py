@@ -1,6 +1,7 @@
 """A plan's figures and its report: what coexists in each phase of a step
-against a chip's HBM, the roofline time of each part, the learner's MFU, the
-decode step's HBM efficiency, and the table the CLI prints."""
+(PPO: the critic's train state included) against a chip's HBM, the roofline
+time of each part, the learner's MFU, the decode step's HBM efficiency, and
+the table the CLI prints."""
 
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ class Plan:
     decode_efficiency: float
     reference_on_host: bool = False  # train.reference_on_host (see resident_phases)
     attention_kernel: str = "xla"  # the learner's (LearnerConfig.attention_kernel)
+    reference: bool = True  # the KL reference policy is kept (Run.reference)
+    critic: bool = False  # PPO: the critic's train state is resident (Run.critic)
 
     @property
     def peak_bytes_per_chip(self) -> int:
@@ -71,6 +74,8 @@ class Plan:
             "run_seconds": self.run_seconds,
             "step_breakdown_seconds": self.times,
             "phases": self.phases,
+            "reference": self.reference,
+            "critic": self.critic,
             "largest": self.largest,
             "suggested_overrides": self.overrides,
             "learner_mfu": self.mfu,
@@ -97,16 +102,17 @@ class Plan:
 def resident_phases(run: Run, programs: list[Program]) -> dict[str, int]:
     """Bytes per chip that coexist in each phase of a step.
 
-    Always resident: the train state and the reference weights (with
-    `train.reference_on_host`, the reference only in its own pass). Each phase
-    adds what its program holds beyond those (its other arguments, outputs
-    and temporaries); sampling also holds the prepared sampler weights, which
-    are the arguments of `sample`.
+    Always resident: the train state, PPO's critic's train state (params
+    and AdamW moments, beside the actor's the whole step) and the reference
+    weights (with `train.reference_on_host`, the reference only in its own
+    pass). Each phase adds what its program holds beyond those (its other
+    arguments, outputs and temporaries); sampling also holds the prepared
+    sampler weights, which are the arguments of `sample`.
     """
     model = run.model
     state = sharding.bytes_per_device(
         learner.sharded_abstract_state(model, run.tx, run.mesh)
-    )
+    ) + programs_lib.critic_state_bytes(run)
     ref = programs_lib.reference_params(run, model)
     ref_bytes = 0 if ref is None else sharding.bytes_per_device(ref)
     on_host = ref_bytes if run.reference_on_host else 0
@@ -123,16 +129,25 @@ def resident_phases(run: Run, programs: list[Program]) -> dict[str, int]:
 
 
 def step_times(run: Run, programs: list[Program]) -> dict[str, float]:
+    """Roofline seconds per RL step by part: sampling (the weights' prepare
+    and the rollout), the log-prob passes (reference; PPO's π_old with the KL
+    in the reward), PPO's critic (its value pass and its update: an entry
+    only for a run with a critic), the actor's update, and evaluation
+    (per step: its calls over eval_every)."""
     by_name = {p.name: p for p in programs}
     times = {
         "sampling": by_name["prepare"].seconds
         + by_name["sample"].seconds * by_name["sample"].calls,
-        "logprob_passes": 0.0,
-        "update": by_name["train_step"].seconds,
-        "evaluation": 0.0,
+        "logprob_passes": sum(
+            by_name[n].seconds for n in ("ref_logprobs", "old_logprobs") if n in by_name
+        ),
     }
-    if "ref_logprobs" in by_name:
-        times["logprob_passes"] = by_name["ref_logprobs"].seconds
+    if "critic_step" in by_name:
+        times["critic"] = (
+            by_name["critic_values"].seconds + by_name["critic_step"].seconds
+        )
+    times["update"] = by_name["train_step"].seconds
+    times["evaluation"] = 0.0
     if "eval_sample" in by_name:
         e = by_name["eval_sample"]
         times["evaluation"] = (
@@ -205,12 +220,16 @@ def format_plan(p: Plan) -> str:
             f"{_gb(q.total)}  {q.flops / 1e12:8.2f}  {q.hbm_bytes / GB:9.1f}  "
             f"{q.seconds:11.3f}  {q.calls:10.3g}"
         )
-    reference = (
-        "the reference in its own pass only" if p.reference_on_host else "reference"
-    )
+    resident = ["train state"]
+    if p.critic:
+        resident.append("critic's train state")
+    if p.reference:
+        resident.append(
+            "the reference in its own pass only" if p.reference_on_host else "reference"
+        )
     lines += [
         "",
-        f"resident per chip by phase (train state + {reference} + the phase's own)",
+        f"resident per chip by phase ({' + '.join(resident)} + the phase's own)",
     ]
     for name, b in p.phases.items():
         lines.append(f"  {name:<18}{_gb(b)} GB")

@@ -12,6 +12,18 @@ from rlvr_jax import sharding
 from rlvr_jax.planning.programs import Run
 from rlvr_jax.planning.report import Plan
 
+# The phases whose rows are the learner's micro-batch (PPO's critic runs in
+# the actor's micro-batches, `critic.CriticConfig.like`).
+MICRO_BATCHED = (
+    "ref_logprobs",
+    "old_logprobs",
+    "critic_values",
+    "critic_step",
+    "train_step",
+)
+# The phases whose backward pass the attention kernel's memory weighs on.
+BACKWARD = ("train_step", "critic_step")
+
 
 def _candidates(total: int, step: int) -> list[int]:
     """Sizes that are multiples of `step` and divide `total`, ascending."""
@@ -28,8 +40,9 @@ def largest_sizes(run: Run, result: Plan) -> dict[str, int]:
     A phase's temporaries and outputs are taken as proportional to the rows
     its program runs at once (the KV cache and activations are); the rest of
     the phase stays. A size must fit every phase it sets (the micro-batch:
-    the reference pass and the update). Growing a size this way over-estimates its memory (the fixed part
-    is scaled too), so the estimate errs towards fitting less; shrinking one
+    the log-prob passes and the update; PPO's critic, which runs in the
+    actor's micro-batches, its value pass and its update too). Growing a
+    size this way over-estimates its memory (the fixed part is scaled too), so the estimate errs towards fitting less; shrinking one
     under-estimates it, which is why `fitting_overrides` re-plans the
     suggestion before offering it.
     """
@@ -39,8 +52,7 @@ def largest_sizes(run: Run, result: Plan) -> dict[str, int]:
     rows = {
         "sample": sh.sample.slots,
         "eval_sample": sh.eval.slots if sh.eval else 1,
-        "ref_logprobs": sh.micro_batch,
-        "train_step": sh.micro_batch,
+        **{name: sh.micro_batch for name in MICRO_BATCHED},
     }
 
     def fits(phases, size_of) -> bool:
@@ -68,7 +80,7 @@ def largest_sizes(run: Run, result: Plan) -> dict[str, int]:
     micros = [
         m
         for m in _candidates(sh.responses, divisor)
-        if fits(("ref_logprobs", "train_step"), lambda name, m=m: m)
+        if fits(MICRO_BATCHED, lambda name, m=m: m)
     ]
     micro = micros[-1] if micros else divisor
     out = {"rollout.chunk_size": chunks[-1] if chunks else step}
@@ -92,8 +104,10 @@ def fitting_overrides(
     Tries the largest chunk and micro-batch estimated to fit, then the
     estimates of that plan in turn (the estimate errs when shrinking, see
     `largest_sizes`); then the same with the KL reference kept in host memory
-    (no numeric change), a halved learner head chunk and the einsum
-    attention instead of the flash kernel (when the train step is over),
+    (no numeric change), a halved learner head chunk (when the train step
+    is over) and the einsum attention instead of the flash kernel (when the
+    train step or PPO's critic step is over: the critic has the actor's
+    kernel, and no LM head),
     params sharded over every chip (mesh.fsdp = -1), then sharded decode
     weights, each adding to the last. Returns {} when nothing fits.
 
@@ -120,14 +134,15 @@ def fitting_overrides(
         return attempt(changes, p.largest, depth + 1)
 
     layouts = [{}]
-    if get("loss.kl_coef") and not get("train.reference_on_host"):
+    if result.reference and not get("train.reference_on_host"):
         layouts.append({"train.reference_on_host": True})
+    backward_over = any(result.phases.get(name, 0) > hbm for name in BACKWARD)
     if result.phases["train_step"] > hbm and get("train.logits_chunk") >= 256:
         # The update is over: halve its [rows, chunk, vocab] logits block
         # (left when the micro-batch is one row per chip already).
         chunk = get("train.logits_chunk") // 2
         layouts.append({**layouts[-1], "train.logits_chunk": chunk})
-    if result.phases["train_step"] > hbm and result.attention_kernel == "flash":
+    if backward_over and result.attention_kernel == "flash":
         # The flash kernel's backward holds more per layer than the einsum
         # blocks (docs/plan.md): trade its speed for that memory.
         layouts.append({**layouts[-1], "model.attention": "xla"})

@@ -335,6 +335,29 @@ def test_the_reference_is_kept_for_a_kl_in_the_loss_or_in_the_reward():
 
 
 # ------------------------------------------------------------------ a run
+def saved_critic_state(workdir, step, config):
+    """The critic's train state of a run's newest checkpoint (`step`), on
+    one device."""
+    _, model = build.random_preset(config)
+    mesh = sharding.make_mesh(devices=jax.devices()[:1])
+    ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(str(workdir)))
+    try:
+        assert ckpt.latest_step() == step
+        _, critic_state, start, _ = build.start_states(
+            ckpt,
+            model,
+            build.optimizer(config),
+            mesh,
+            None,
+            build.critic_optimizer(config),
+            None,
+        )
+    finally:
+        ckpt.close()
+    assert start == step
+    return critic_state
+
+
 def test_a_tiny_ppo_run_warms_the_critic_up_then_trains_both(tmp_path):
     """critic.warmup=2: step 1 updates only the critic (the actor's weights
     stay those of step 0), step 2 both; veRL's metrics are logged."""
@@ -373,20 +396,7 @@ def test_a_tiny_ppo_run_warms_the_critic_up_then_trains_both(tmp_path):
     assert (workdir / "hf" / "step_2" / "config.json").exists()
     _, model = build.random_preset(config)
     exported = params_lib.load_critic_hf(str(critic_dir), model)
-    mesh = sharding.make_mesh(devices=jax.devices()[:1])
-    ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(str(workdir)))
-    try:
-        _, saved, _, _ = build.start_states(
-            ckpt,
-            model,
-            build.optimizer(config),
-            mesh,
-            None,
-            build.critic_optimizer(config),
-            None,
-        )
-    finally:
-        ckpt.close()
+    saved = saved_critic_state(workdir, 2, config)
     for x, y in zip(
         jax.tree.leaves(exported), jax.tree.leaves(saved.params), strict=True
     ):

@@ -14,11 +14,11 @@ import jax
 import numpy as np
 import pytest
 
-from rlvr_jax import build, sharding
 from rlvr_jax import checkpoint as ckpt_lib
 from rlvr_jax import io as io_lib
 from tests import test_multihost as multihost
 from tests.test_multihost import cache_dir  # noqa: F401 - a fixture
+from tests.test_ppo import saved_critic_state
 from tests.test_train import (
     REPO,
     assert_same_params,
@@ -33,28 +33,6 @@ from tests.test_train import (
 pytestmark = pytest.mark.slow
 
 PPO = ("--config.algorithm.adv_estimator=gae",)
-
-
-def _critic_state(workdir, step, config):
-    """The critic's train state saved at `step`, on one device."""
-    _, model = build.random_preset(config)
-    mesh = sharding.make_mesh(devices=jax.devices()[:1])
-    ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(str(workdir)))
-    try:
-        assert ckpt.latest_step() == step
-        _, critic_state, start, _ = build.start_states(
-            ckpt,
-            model,
-            build.optimizer(config),
-            mesh,
-            None,
-            build.critic_optimizer(config),
-            None,
-        )
-    finally:
-        ckpt.close()
-    assert start == step
-    return critic_state
 
 
 def _config(arg="tiny"):
@@ -119,7 +97,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_ppo_run(env, tmp_path):  #
     assert rows_cut == rows_whole
     assert_same_params(str(cut), str(whole))
     config = _config()
-    a, b = _critic_state(cut, 4, config), _critic_state(whole, 4, config)
+    a, b = saved_critic_state(cut, 4, config), saved_critic_state(whole, 4, config)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
@@ -149,5 +127,5 @@ def test_two_processes_equal_one_process_with_a_critic_and_the_kl_in_the_reward(
         multihost.assert_same_checkpoints(two, one, step)
     config = _config()
     multihost.assert_close_trees(
-        _critic_state(two, 2, config), _critic_state(one, 2, config)
+        saved_critic_state(two, 2, config), saved_critic_state(one, 2, config)
     )

@@ -106,6 +106,14 @@ def test_every_lab_config_builds_with_its_settings(tmp_path):
     assert configs["one_shot"].data.indices == (3,)
     assert configs["one_shot"].data.replicate == configs["one_shot"].train.batch_size
     assert configs["entropy_only"].loss.pg_coef == 0.0
+    assert configs["entropy_only"].loss.kl_coef == 0.0
+    assert configs["entropy_only"].optim.weight_decay == 0.0
+    for kind in ("format", "random"):
+        control = lab_config("control", f"{arg},index=3,reward={kind}")
+        assert (control.reward.kind, control.data.indices) == (kind, (3,))
+        assert control.loss.pg_coef == 1.0
+    with pytest.raises(ValueError, match="reward=format or reward=random"):
+        lab_config("control", f"{arg},index=3")
     assert configs["no_entropy"].loss.entropy_coef == 0.0
     assert configs["no_entropy"].loss.pg_coef == 1.0
     # One domain's pool holds that domain's problems only.
@@ -169,25 +177,63 @@ def test_lab_report_table_and_figure(tmp_path):
 
     _fake_run(tmp_path / "top_s0", [(0.1, 0.3), (0.5, 0.7)], [0.5, 0.95, 1.0, 1.0, 1.0])
     _fake_run(tmp_path / "top_s1", [(0.1, 0.3), (0.3, 0.5)], [0.2, 0.4, 0.6, 0.8, 0.9])
+    _fake_run(tmp_path / "top_s2", [(0.1, 0.3), (0.4, 0.6)], [0.0, 0.2, 0.9, 1.0, 1.0])
     _fake_run(tmp_path / "low_s0", [(0.1, 0.3), (0.1, 0.1)], [0.0] * 5)
     runs = lab.parse_runs(f"top={tmp_path}/top_s*, low={tmp_path}/low_s*")
-    assert runs["top"] == [str(tmp_path / "top_s0"), str(tmp_path / "top_s1")]
+    assert runs["top"] == [str(tmp_path / f"top_s{i}") for i in range(3)]
     png, md = lab.write_report(runs, str(tmp_path / "report"))
     assert Path(png).read_bytes()[:4] == b"\x89PNG"
     lines = Path(md).read_text().splitlines()
     assert lines[0] == (
         "| run | seeds | mean @0 | arith @end | count @end | mean @end "
-        "| best mean (step) | train acc ≥90% at step |"
+        "| change of mean | best mean (step) | train acc ≥90% at step |"
     )
-    # top: mean @end per seed 0.6 and 0.4 → 50 ± 10; arith 0.5, 0.3 → 40 ± 10.
+    # top, by hand: mean @end per seed 0.6, 0.4, 0.5 → 50, sample std 10
+    # points, t(0.975, 2 df) = 4.3027 → half-width 4.3027 · 10 / √3 = 24.8;
+    # arith 0.5, 0.3, 0.4 and count 0.7, 0.5, 0.6 have the same spread. The
+    # change from @0 (20 in every seed) is +30 ± 24.8.
     assert lines[2] == (
-        "| top | 2 | 20.0 ± 0.0 | 40.0 ± 10.0 | 60.0 ± 10.0 | 50.0 ± 10.0 "
-        "| 50.0 (5) | 2, 5 |"
+        "| top | 3 | 20.0 ± 0.0 | 40.0 ± 24.8 | 60.0 ± 24.8 | 50.0 ± 24.8 "
+        "| +30.0 [+5.2, +54.8] | 50.0 (5) | 2, 5, 3 |"
     )
-    assert lines[3].startswith("| low | 1 | 20.0 ± 0.0 | 10.0 ± 0.0 | 10.0 ± 0.0 |")
-    assert lines[3].endswith("| 20.0 (0) | never |")
+    # One seed has no interval.
+    assert lines[3] == (
+        "| low | 1 | 20.0 | 10.0 | 10.0 | 10.0 | -10.0 | 20.0 (0) | never |"
+    )
     with pytest.raises(lab.plot.PlotError, match="no workdir matches"):
         lab.parse_runs(f"x={tmp_path}/nothing_*")
+
+
+def test_lab_intervals_match_published_t_quantiles_and_welch_by_hand(tmp_path):
+    from rlvr_jax.lab import report as lab
+
+    # Published two-sided 95% t quantiles: 12.706 (1 df), 2.365 (7), 2.262 (9).
+    for df, t in ((1, 12.706), (7, 2.365), (9, 2.262)):
+        values = np.array([0.0, 1.0] + [0.5] * (df - 1))
+        sem = np.std(values, ddof=1) / np.sqrt(df + 1)
+        assert lab.half_width(values) / sem == pytest.approx(t, abs=1e-3)
+    # Welch by hand: a = 1, 2, 3 (var 1), b = 2, 4, 6, 8 (var 20/3):
+    # se² = 1/3 + 5/3 = 2; df = 4 / ((1/3)²/2 + (5/3)²/3) = 4.0755;
+    # t(0.975, 4.0755) ≈ 2.757 (tables: 2.776 at 4 df, 2.571 at 5;
+    # interpolated in 1/df).
+    diff, half = lab.welch(np.array([1.0, 2, 3]), np.array([2.0, 4, 6, 8]))
+    assert diff == -3.0
+    assert half == pytest.approx(2.757 * np.sqrt(2), abs=5e-3)
+    # --against adds the difference column; the run itself has none.
+    for s, end in enumerate((0.5, 0.3, 0.4)):
+        _fake_run(tmp_path / f"a_s{s}", [(0.1, 0.3), (end, end)], [0.5] * 5)
+    for s, end in enumerate((0.2, 0.3, 0.1)):
+        _fake_run(tmp_path / f"c_s{s}", [(0.1, 0.3), (end, end)], [0.5] * 5)
+    runs = lab.parse_runs(f"a={tmp_path}/a_s*,c={tmp_path}/c_s*")
+    text = lab.table(lab.summarize(runs), against="c")
+    a_row, c_row = text.splitlines()[2:4]
+    # a - c = 0.4 - 0.2; equal spreads (10 points): se = 10·√(2/3), df = 4,
+    # t = 2.776 → half-width 22.7 points.
+    assert "| vs c @end |" in text.splitlines()[0]
+    assert "| +20.0 [-2.7, +42.7] |" in a_row
+    assert "| – |" in c_row
+    with pytest.raises(lab.plot.PlotError, match="not a run label"):
+        lab.table(lab.summarize(runs), against="b")
 
 
 def test_the_planner_counts_every_eval_set(tmp_path):

@@ -9,12 +9,18 @@ seeds of one run. Writes into `--out`:
   lab_curves.png  train accuracy on the run's training examples (the mean of
                   its `train_acc/*`), held-out accuracy of each domain
                   (`eval/<domain>/acc`) and their mean, against steps: one
-                  line per run (mean over seeds), a band from the lowest to
-                  the highest seed
+                  line per run (mean over seeds), a band for the mean's 95%
+                  interval
   lab_table.md    per run: held-out accuracy before training and at the last
-                  step (mean ± std over seeds), per domain and averaged, the
+                  step (mean ± the half-width of its 95% Student t interval
+                  over seeds), per domain and averaged, the change of the
+                  average from before training with its 95% interval, the
                   best step's average, and when the training accuracy first
                   reached 90% ("saturation")
+
+With `--against=LABEL`, each run's last-step average is also compared with
+that run's (Welch's 95% interval of the difference), the test a control
+asks for: does the run beat the control by more than the seeds' noise?
 
 Everything is read from the runs' metrics.jsonl; nothing is recomputed.
 """
@@ -27,6 +33,7 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import stats
 
 from rlvr_jax import io as io_lib
 from rlvr_jax.evaluation import plot
@@ -104,17 +111,59 @@ def summarize(runs: dict[str, list[str]]) -> dict[str, dict]:
     return out
 
 
+def half_width(values: np.ndarray, confidence: float = 0.95) -> float:
+    """Half-width of the mean's Student t interval over seeds (nan for one)."""
+    n = len(values)
+    if n < 2:
+        return float("nan")
+    t = stats.t.ppf(0.5 + confidence / 2, n - 1)
+    return float(t * np.std(values, ddof=1) / np.sqrt(n))
+
+
+def welch(a: np.ndarray, b: np.ndarray, confidence: float = 0.95) -> tuple:
+    """(mean(a) - mean(b), half-width) of Welch's interval for the difference.
+
+    Two runs' seeds are independent samples of unequal spread; with no
+    spread in either, the difference is exact (half-width 0).
+    """
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    diff = float(np.mean(a) - np.mean(b))
+    if va + vb == 0:
+        return diff, 0.0
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    return diff, float(stats.t.ppf(0.5 + confidence / 2, df) * np.sqrt(va + vb))
+
+
 def _pm(values: np.ndarray) -> str:
-    return f"{100 * values.mean():.1f} ± {100 * values.std():.1f}"
+    if len(values) < 2:
+        return f"{100 * values.mean():.1f}"
+    return f"{100 * values.mean():.1f} ± {100 * half_width(values):.1f}"
 
 
-def table(summary: dict[str, dict]) -> str:
-    """The markdown table (accuracies in percent, mean ± std over seeds)."""
+def _interval(mean: float, half: float) -> str:
+    """A change in points with its 95% interval, e.g. "-1.8 [-2.3, -1.3]"."""
+    if not np.isfinite(half):
+        return f"{100 * mean:+.1f}"
+    lo, hi = 100 * (mean - half), 100 * (mean + half)
+    return f"{100 * mean:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+
+
+def table(summary: dict[str, dict], against: str | None = None) -> str:
+    """The markdown table (accuracies in percent, mean ± 95% half-width over
+    seeds; changes with their 95% intervals in brackets).
+
+    Raises:
+      plot.PlotError: `against` names no run of `summary`.
+    """
+    if against is not None and against not in summary:
+        raise plot.PlotError(f"--against {against!r} is not a run label")
     domains = next(iter(summary.values()))["domains"]
     head = (
         ["run", "seeds", "mean @0"]
         + [f"{d} @end" for d in domains]
-        + ["mean @end", "best mean (step)", "train acc ≥90% at step"]
+        + ["mean @end", "change of mean"]
+        + ([f"vs {against} @end"] if against else [])
+        + ["best mean (step)", "train acc ≥90% at step"]
     )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, s in summary.items():
@@ -123,6 +172,16 @@ def table(summary: dict[str, dict]) -> str:
         cells = [label, str(s["seeds"]), _pm(mean_v[:, 0])]
         cells += [_pm(p[d][1][:, -1]) if d in p else "–" for d in domains]
         cells.append(_pm(mean_v[:, -1]))
+        change = mean_v[:, -1] - mean_v[:, 0]
+        cells.append(_interval(change.mean(), half_width(change)))
+        if against:
+            other = summary[against]["panels"]["mean"][1][:, -1]
+            if label == against:
+                cells.append("–")
+            elif len(other) < 2 or len(mean_v) < 2:
+                cells.append(_interval(mean_v[:, -1].mean() - other.mean(), np.nan))
+            else:
+                cells.append(_interval(*welch(mean_v[:, -1], other)))
         best = int(np.argmax(mean_v.mean(0)))
         cells.append(f"{100 * mean_v.mean(0)[best]:.1f} ({steps[best]})")
         if "train" in p:
@@ -153,10 +212,18 @@ def figure(summary: dict[str, dict], path) -> None:
             if panel not in s["panels"]:
                 continue
             steps, v = s["panels"][panel]
-            ax.plot(steps, 100 * v.mean(0), color=f"C{i}", label=label)
+            # Ten colours; past them the line style changes, so no two runs
+            # look alike.
+            color, style = f"C{i % 10}", ("-", "--", ":")[i // 10 % 3]
+            ax.plot(steps, 100 * v.mean(0), color=color, ls=style, label=label)
             if len(v) > 1:
+                half = np.array([half_width(col) for col in v.T])
                 ax.fill_between(
-                    steps, 100 * v.min(0), 100 * v.max(0), color=f"C{i}", alpha=0.15
+                    steps,
+                    100 * (v.mean(0) - half),
+                    100 * (v.mean(0) + half),
+                    color=color,
+                    alpha=0.15,
                 )
         title = {
             "train": "train accuracy (training examples)",
@@ -174,15 +241,18 @@ def figure(summary: dict[str, dict], path) -> None:
     plt.close(fig)
 
 
-def write_report(runs: dict[str, list[str]], out: str) -> list[str]:
+def write_report(
+    runs: dict[str, list[str]], out: str, against: str | None = None
+) -> list[str]:
     """Writes lab_curves.png and lab_table.md into `out`; returns their paths."""
     summary = summarize(runs)
+    text = table(summary, against)
     os.makedirs(out, exist_ok=True)
     png = io.BytesIO()
     figure(summary, png)
     paths = [os.path.join(out, "lab_curves.png"), os.path.join(out, "lab_table.md")]
     io_lib.write_atomic(paths[0], png.getvalue())
-    io_lib.write_atomic(paths[1], table(summary))
+    io_lib.write_atomic(paths[1], text)
     return paths
 
 
@@ -191,7 +261,9 @@ def main(argv: Sequence[str]) -> None:
 
     del argv
     try:
-        paths = write_report(parse_runs(flags.FLAGS.runs), flags.FLAGS.out)
+        paths = write_report(
+            parse_runs(flags.FLAGS.runs), flags.FLAGS.out, flags.FLAGS.against
+        )
     except plot.PlotError as e:
         raise SystemExit(f"error: {e}") from None
     print(open(paths[1]).read(), end="")
@@ -205,6 +277,9 @@ def cli() -> None:
 
     flags.DEFINE_string("runs", None, "LABEL=GLOB,... (a glob's workdirs: seeds)")
     flags.DEFINE_string("out", None, "directory for lab_curves.png, lab_table.md")
+    flags.DEFINE_string(
+        "against", None, "a run LABEL every run's last-step mean is compared with"
+    )
     flags.mark_flags_as_required(["runs", "out"])
     app.run(main)
 

@@ -19,6 +19,7 @@ CORE = [
     "mpmath==1.3.0",  # the checker's high-precision numeric equality
     "sympy==1.14.0",  # the checker's sets of reals (relations, intervals)
     "numpy==2.4.6",
+    "scipy==1.17.1",  # Student t intervals of the lab report (jax needs it too)
     "pyarrow==26.0.1",
     "tensorboardX==2.6.5",
 ]
@@ -71,7 +72,11 @@ setup(
     description="Pure-JAX RL with verifiable rewards (1-shot RLVR / GRPO) for Qwen2 models.",
     packages=find_packages(include=["rlvr_jax", "rlvr_jax.*"]),
     # The paper's data (rlvr_jax/data/paper_data/SOURCES.md): the run needs no files.
-    package_data={"rlvr_jax.data.paper_data": ["SOURCES.md", "train/*", "eval/*/*"]},
+    package_data={
+        "rlvr_jax.data.paper_data": ["SOURCES.md", "train/*", "eval/*/*"],
+        # Measured response lengths: the planner's default length mix.
+        "rlvr_jax.data": ["lengths/*.json", "lengths/SOURCES.md"],
+    },
     python_requires=">=3.10",
     install_requires=CORE,
     extras_require=EXTRAS,

@@ -8,9 +8,10 @@ with a stub step that ends row r at its predetermined length) refills a
 slot with the next pending row as soon as its row ends.
 
 Lengths: a lognormal with median 350 and p99 ≈ 1,600 tokens, capped at
-3,072, in groups of 8 samples per prompt; and, when the file is there, the
-real Qwen2.5-Math response lengths in ../shared/data/lengths/ (8 per MATH
-problem). One rollout is `--prompts` × 8 rows (the base config's 128 × 8).
+3,072; and the real Qwen2.5-Math response lengths packaged with the planner
+(rlvr_jax/data/lengths/, 8 per MATH problem, drawn as whole groups). Both
+are drawn by `rlvr_jax.planning.lengths`, as the planner draws its mix. One
+rollout is `--prompts` × 8 rows (the base config's 128 × 8).
 
 The tail bounds continuous batching: once no row is pending, slots empty
 while the last rows finish, so with S slots and R rows of mean length m the
@@ -30,38 +31,26 @@ sharpened head and a large EOS set).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 
 import jax
 import numpy as np
 
+from rlvr_jax.planning import lengths as lengths_lib
 from rlvr_jax.rollout import scheduler
-
-REAL = os.path.join(
-    os.path.dirname(__file__), "..", "..", "shared", "data", "lengths",
-    "qwen25_math_responses.json",
-)  # fmt: skip
 
 
 def lognormal_lengths(rows: int, seed: int = 0) -> np.ndarray:
-    """Median 350, p99 ≈ 1,600 (sigma = ln(1600 / 350) / 2.326), cap 3,072."""
-    rng = np.random.default_rng(seed)
-    sigma = np.log(1600 / 350) / 2.326
-    lengths = rng.lognormal(np.log(350), sigma, rows)
-    return np.clip(np.round(lengths), 1, 3072).astype(np.int32)
+    """Median 350, p99 ≈ 1,600, cap 3,072."""
+    mix = lengths_lib.parse("lognormal:median=350,p99=1600")
+    return lengths_lib.draw(mix, rows, 8, 3072, seed)[0]
 
 
-def real_lengths(rows: int, seed: int = 0) -> np.ndarray | None:
-    """`rows` lengths drawn as whole groups of 8 from the measured file."""
-    if not os.path.exists(REAL):
-        return None
-    with open(REAL) as f:
-        groups = json.load(f)["groups"]
-    rng = np.random.default_rng(seed)
-    picked = rng.choice(len(groups), rows // 8, replace=True)
-    return np.concatenate([groups[i] for i in picked]).astype(np.int32)
+def real_lengths(rows: int, seed: int = 0) -> np.ndarray:
+    """`rows` lengths drawn as whole groups of 8 from the packaged file."""
+    return lengths_lib.draw(
+        lengths_lib.parse(lengths_lib.DEFAULT), rows, 8, 3072, seed
+    )[0]
 
 
 def chunked_steps(lengths: np.ndarray, chunk: int) -> int:
@@ -180,10 +169,10 @@ def main():
     parser.add_argument("--model-new", type=int, default=256)
     args = parser.parse_args()
     rows = args.prompts * 8
-    tables = [("lognormal", lognormal_lengths(rows))]
-    real = real_lengths(rows)
-    if real is not None:
-        tables.append(("Qwen2.5-Math on MATH", real))
+    tables = [
+        ("lognormal", lognormal_lengths(rows)),
+        ("Qwen2.5-Math on MATH", real_lengths(rows)),
+    ]
     for name, lengths in tables:
         replay_table(name, lengths, args.chunk, args.slots, args.refill)
     if args.model:

@@ -12,6 +12,9 @@ local directory that is printed.
 
 `<workdir>/samples.jsonl` (`SamplesWriter`, with `log.samples_every`) keeps
 a few decoded training responses with their grades, for reading later.
+`<workdir>/response_lengths.jsonl` (`LengthsWriter`) keeps every training
+response's length, one row per step: the planner prices a step at a run's
+own lengths from it (`python -m rlvr_jax.plan --lengths=<workdir>`).
 
 A resumed run first drops every logged row after the restored step, so the
 files read as if the run had never been interrupted. Only process 0 writes.
@@ -157,13 +160,7 @@ class SamplesWriter:
         self._remote = io_lib.is_remote(workdir)
         if not self.enabled:
             return
-        keep_until = -1 if resume_step is None else resume_step
-        self._rows = [
-            r for r in io_lib.read_log(self.path) if r.get("step", -1) <= keep_until
-        ]
-        io_lib.write_jsonl(self.path, self._rows)
-        if not self._remote:
-            self._rows = []  # appended from here on; nothing to keep in memory
+        self._rows = _restart_log(self.path, resume_step, self._remote)
 
     def write(self, step: int, texts, roll, scored, examples, n: int) -> None:
         if not self.enabled or step % self.every:
@@ -185,12 +182,63 @@ class SamplesWriter:
             }
             for i in picked
         ]
-        if self._remote:  # object stores cannot append
-            self._rows.extend(rows)
-            io_lib.write_jsonl(self.path, self._rows)
+        _append_log(self.path, self._rows, rows, self._remote)
+
+
+def _restart_log(path, resume_step: int | None, remote: bool) -> list[dict]:
+    """Opens a step log for a (re)started run: drops the rows after the
+    restored step (a replayed step is not written twice; a fresh run starts
+    empty) and rewrites the file. Returns the rows to keep in memory: all of
+    them for a remote file (rewritten whole on each write), none for a local
+    one (appended from here on)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keep_until = -1 if resume_step is None else resume_step
+    rows = [r for r in io_lib.read_log(path) if r.get("step", -1) <= keep_until]
+    io_lib.write_jsonl(path, rows)
+    return rows if remote else []
+
+
+def _append_log(path, kept: list[dict], rows: list[dict], remote: bool) -> None:
+    """Adds `rows` to a step log: a line at a time to a local file (a crash
+    can cut only the last line, which `io.read_log` drops), the whole file
+    rewritten on an object store (which cannot append)."""
+    if remote:
+        kept.extend(rows)
+        io_lib.write_jsonl(path, kept)
+        return
+    with path.open("a", encoding="utf-8") as f:
+        f.write(io_lib.jsonl_text(rows))
+
+
+LENGTHS_FILE = "response_lengths.jsonl"  # every response's length (`LengthsWriter`)
+
+
+class LengthsWriter:
+    """Every step's response lengths, one JSON object a line in
+    `<workdir>/response_lengths.jsonl`: {"step": s, "n": samples per prompt,
+    "lengths": [tokens of row 0, 1, ...]} (rows prompt-major: row i*n + j is
+    sample j of prompt i, so each n form a prompt's group).
+
+    Kept as `SamplesWriter` keeps samples.jsonl: a resumed run first drops
+    the rows after its restored step (a replayed step is not written twice);
+    a local file is appended to a line at a time (a crash can cut only the
+    last line, which `io.read_log` drops and a resumed run's rewrite
+    removes); a remote one is rewritten whole. Process 0 only.
+    """
+
+    def __init__(self, workdir: str, resume_step: int | None = None):
+        self.enabled = jax.process_index() == 0
+        self.path = epath.Path(workdir) / LENGTHS_FILE
+        self._remote = io_lib.is_remote(workdir)
+        if not self.enabled:
             return
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(io_lib.jsonl_text(rows))
+        self._rows = _restart_log(self.path, resume_step, self._remote)
+
+    def write(self, step: int, lengths, n: int) -> None:
+        if not self.enabled:
+            return
+        row = {"step": int(step), "n": int(n), "lengths": [int(x) for x in lengths]}
+        _append_log(self.path, self._rows, [row], self._remote)
 
 
 class Progress:

@@ -1,7 +1,8 @@
 """Will it fit, how fast will it run: a run's programs compiled ahead of time.
 
     python -m rlvr_jax.plan --config=configs/pi1.py --topology=v5e:2x4 \\
-        [--config.x=y ...] [--output=plan.json]
+        [--lengths=SOURCE] [--calibration=FILE] [--config.x=y ...] \\
+        [--output=plan.json]
 
 compiles, for a TPU topology (through `jax.experimental.topologies` and the
 libtpu of the `[tpu]` extra, on any CPU host) or for the local devices when
@@ -15,6 +16,14 @@ time (PPO: the critic's value pass and update too, its train state resident
 beside the actor's), and the largest rollout chunk and micro-batch that fit;
 when the run does not fit, overrides under which it does
 (`planning.search`). The method and its findings: docs/plan.md.
+
+Times are rooflines: lower bounds. The step is priced twice from the same
+programs: at a response-length mix (`--lengths`: by default the packaged
+Qwen2.5-Math lengths; a lengths file, a run's workdir, a lognormal; see
+`planning.lengths`), its rollout replayed through the sampler's scheduler
+and its learner batch packed (`planning.mix`), and with every response at
+max_new_tokens. `--calibration=FILE` (written by benchmarks/device.py on the
+same chip) adds expected times beside the bounds (`planning.calibration`).
 """
 
 from __future__ import annotations
@@ -26,7 +35,9 @@ import jax
 
 from rlvr_jax import build
 from rlvr_jax.model import decoder
+from rlvr_jax.planning import calibration as calibration_lib
 from rlvr_jax.planning import chips, programs, report
+from rlvr_jax.planning import lengths as lengths_lib
 from rlvr_jax.planning import search as search_lib
 from rlvr_jax.planning.chips import GB
 from rlvr_jax.planning.report import Plan
@@ -47,6 +58,9 @@ def plan(
     search: bool = True,
     costs: bool = True,
     verbose: bool = False,
+    chip: chips.Chip | None = None,
+    lengths: str | None = lengths_lib.DEFAULT,
+    calibration: str | calibration_lib.Calibration | None = None,
 ) -> Plan:
     """Compiles `config`'s step for `topology` (or the local devices) and plans.
 
@@ -62,20 +76,33 @@ def plan(
       costs: also compile the cost programs (FLOPs, bytes, times); without
         them the plan only answers whether it fits.
       verbose: log compile progress to stderr.
+      chip: the chip figures to plan the local devices against (default:
+        looked up from their device kind); with it, even CPU devices can be
+        planned (benchmarks/device.py's tiny CPU mode).
+      lengths: the response-length mix to also price the step at
+        (`planning.lengths.parse`: "packaged" (default), a lengths file, a
+        run's workdir, "lognormal:median=M,p99=P"; "max" or None: every
+        response at max_new_tokens only). Needs `costs`.
+      calibration: a calibration file (or `Calibration`) measured on this
+        plan's chip: expected times beside the roofline.
 
     Returns:
       the `Plan`.
     """
     notes = []
+    # Bad sources fail before anything is compiled.
+    mix = lengths_lib.parse(lengths) if costs else None
+    if isinstance(calibration, str):
+        calibration = calibration_lib.read(calibration)
     if topology:
         devices = chips.topology_devices(topology)
-        chip = chips.chip_for(topology.split(":")[0])
+        chip = chip or chips.chip_for(topology.split(":")[0])
         name = topology
     else:
         devices = jax.devices()
-        if devices[0].platform == "cpu":
+        if devices[0].platform == "cpu" and chip is None:
             raise ValueError("no accelerator here: pass a topology (e.g. v5e:2x4)")
-        chip = chips.chip_for(devices[0].device_kind)
+        chip = chip or chips.chip_for(devices[0].device_kind)
         name = f"local:{len(devices)}x{devices[0].device_kind}"
         stats = devices[0].memory_stats() or {}
         if hbm_bytes is None and "bytes_limit" in stats:
@@ -83,6 +110,8 @@ def plan(
     if eval_examples is None:
         eval_examples, source = build.eval_example_count(config)
         notes.append(f"evaluation: {eval_examples} examples ({source})")
+    if calibration is not None:
+        calibration.check_chip(chip.name)
     hbm = float(hbm_bytes or chip.hbm_bytes)
     run = build.plan_run(config, devices, eval_examples, model, hbm)
     _log(verbose, f"planning {name}: mesh {dict(run.mesh.shape)}, {run.shapes}")
@@ -139,7 +168,22 @@ def plan(
         attention_kernel=run.learner.attention_kernel,
         reference=run.reference,
         critic=run.critic is not None,
+        calibration=calibration,
     )
+    if mix is not None:
+        drawn, capped = lengths_lib.draw(
+            mix, run.shapes.responses, run.settings.n, run.settings.max_new_tokens
+        )
+        result.mix = report.step_at_mix(
+            run,
+            compiled,
+            chip,
+            drawn,
+            source=mix.name,
+            steps=config.train.steps,
+            initial_eval=initial_eval,
+            capped=capped,
+        )
     result.largest = search_lib.largest_sizes(run, result)
     if not result.fits and search:
         result.overrides = search_lib.fitting_overrides(
@@ -153,6 +197,8 @@ def plan(
                 eval_examples=eval_examples,
                 search=False,
                 costs=False,
+                chip=chip,
+                lengths=None,
             ),
             log=lambda line: _log(verbose, line),
         )
@@ -190,6 +236,12 @@ def main(argv) -> None:
         # Compile-only devices: nothing runs, so no accelerator is looked for.
         jax.config.update("jax_platforms", "cpu")
     config = _CONFIG.value
+    try:  # a bad source is one line, before minutes of compiling
+        lengths_lib.parse(_LENGTHS.value)
+        if _CALIBRATION.value:
+            calibration_lib.read(_CALIBRATION.value)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     result = plan(
         config,
         _TOPOLOGY.value,
@@ -198,6 +250,8 @@ def main(argv) -> None:
         search=_SEARCH.value,
         costs=_COSTS.value,
         verbose=True,
+        lengths=_LENGTHS.value,
+        calibration=_CALIBRATION.value,
     )
     print(report.format_plan(result), flush=True)
     if _OUTPUT.value:
@@ -227,6 +281,19 @@ if __name__ == "__main__":
     )
     _COSTS = flags.DEFINE_bool(
         "costs", True, "Also compile the cost programs (FLOPs, bytes, times)."
+    )
+    _LENGTHS = flags.DEFINE_string(
+        "lengths",
+        lengths_lib.DEFAULT,
+        "Response-length mix to price the step at: 'packaged' (measured "
+        "Qwen2.5-Math lengths), a JSON file of token counts, a run's workdir, "
+        "'lognormal:median=M,p99=P', or 'max' (every response at max_new_tokens).",
+    )
+    _CALIBRATION = flags.DEFINE_string(
+        "calibration",
+        None,
+        "Calibration file measured on this chip (benchmarks/device.py): adds "
+        "expected times beside the roofline.",
     )
     flags.mark_flags_as_required(["config"])
     app.run(main)

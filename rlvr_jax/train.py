@@ -496,6 +496,9 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
         config.log.samples_count,
         resume_step=start if restored else None,
     )
+    lengths_log = metrics_lib.LengthsWriter(
+        workdir, resume_step=start if restored else None
+    )
     progress = metrics_lib.Progress(config.train.steps, start)
     # The think rule holds for the rewards and the in-loop evaluation alike,
     # as the reference grades both with one function.
@@ -673,6 +676,7 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
                 roll, scored, kind, batch_examples, settings.n, history
             )
             samples.write(step, texts, roll, scored, batch_examples, settings.n)
+            lengths_log.write(step, roll.lengths, settings.n)
             m.update(critic_m)
             if learn is not None:  # no actor update in the critic's warm-up
                 m.update(

@@ -16,6 +16,10 @@ def tiny():
     return config, M.init_params(config, jax.random.key(0))
 
 
+# Jitted: op-by-op dispatch of a whole forward costs seconds per call on CPU.
+forward = jax.jit(M.forward, static_argnums=0)
+
+
 def _batch(rng, vocab, lengths, width):
     tokens = np.zeros((len(lengths), width), np.int32)
     mask = np.zeros((len(lengths), width), bool)
@@ -28,12 +32,12 @@ def _batch(rng, vocab, lengths, width):
 def test_prefill_then_token_by_token_matches_full_forward(tiny):
     config, params = tiny
     tokens, mask = _batch(np.random.default_rng(0), config.vocab_size, (11, 6, 3), 11)
-    full = np.asarray(M.forward(config, params, tokens, mask=mask))
+    full = np.asarray(forward(config, params, tokens, mask=mask))
     positions = np.asarray(M.positions_from_mask(mask))
 
     prefill = 5
     cache = M.init_cache(config, 3, 16, dtype="float32")
-    logits, cache = M.forward(
+    logits, cache = forward(
         config,
         params,
         tokens[:, :prefill],
@@ -43,7 +47,7 @@ def test_prefill_then_token_by_token_matches_full_forward(tiny):
     )
     pieces = [np.asarray(logits)]
     for t in range(prefill, tokens.shape[1]):
-        logits, cache = M.forward(
+        logits, cache = forward(
             config,
             params,
             tokens[:, t : t + 1],
@@ -60,9 +64,9 @@ def test_prefill_then_token_by_token_matches_full_forward(tiny):
 def test_cache_dtype_bf16_stays_close(tiny):
     config, params = tiny
     tokens, mask = _batch(np.random.default_rng(1), config.vocab_size, (8, 8), 8)
-    full = np.asarray(M.forward(config, params, tokens, mask=mask))
+    full = np.asarray(forward(config, params, tokens, mask=mask))
     cache = M.init_cache(config, 2, 8, dtype="bfloat16")
-    logits, _ = M.forward(config, params, tokens, None, mask, cache)
+    logits, _ = forward(config, params, tokens, None, mask, cache)
     # bf16 keys/values carry ~3 significant digits.
     assert np.abs(np.asarray(logits) - full).max() < 5e-2
 
@@ -71,10 +75,10 @@ def test_padding_does_not_change_real_logits(tiny):
     config, params = tiny
     rng = np.random.default_rng(2)
     row = rng.integers(1, config.vocab_size, 5)
-    alone = M.forward(config, params, row[None])
+    alone = forward(config, params, row[None])
     padded = np.concatenate([np.zeros(4, np.int64), row])[None]
     mask = np.arange(9)[None] >= 4
-    with_pad = M.forward(config, params, padded, mask=mask)
+    with_pad = forward(config, params, padded, mask=mask)
     np.testing.assert_allclose(
         np.asarray(with_pad)[0, 4:], np.asarray(alone)[0], atol=1e-5
     )
@@ -92,8 +96,8 @@ def test_bf16_compute_within_documented_tolerance_of_fp32():
     params = M.init_params(config32, jax.random.key(4))
     config16 = config32.replace(dtype="bfloat16")
     tokens = np.random.default_rng(3).integers(0, config32.vocab_size, (4, 32))
-    l32 = np.asarray(M.forward(config32, params, tokens))
-    l16 = M.forward(config16, params, tokens)
+    l32 = np.asarray(forward(config32, params, tokens))
+    l16 = forward(config16, params, tokens)
     assert l16.dtype == jnp.float32  # logits are produced in fp32
     l16 = np.asarray(l16)
     assert np.abs(l16 - l32).max() < 0.1
@@ -105,10 +109,10 @@ def test_remat_is_numerically_identical(tiny):
     tokens = np.random.default_rng(5).integers(0, config.vocab_size, (2, 9))
 
     def loss(p, cfg):
-        return M.forward(cfg, p, tokens).mean()
+        return forward(cfg, p, tokens).mean()
 
-    g1 = jax.grad(loss)(params, config)
-    g2 = jax.grad(loss)(params, config.replace(remat=True))
+    g1 = jax.jit(jax.grad(loss), static_argnums=1)(params, config)
+    g2 = jax.jit(jax.grad(loss), static_argnums=1)(params, config.replace(remat=True))
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
 

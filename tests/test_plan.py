@@ -596,3 +596,182 @@ def test_micro_batches_too_big_to_cost_are_costed_halved_and_said(monkeypatch):
     )
     with pytest.raises(compile_lib.CostOutOfMemory):
         programs.micro_batches_cost(run, lambda m, rows: rows)
+
+
+# ------------------------------------------------- the step at a length mix
+def _priced_programs(run):
+    """The tiny run's programs with made-up costs (nothing compiled): a
+    rollout priced by parts, learner passes, a train step with its update."""
+    import numpy as np
+
+    from rlvr_jax.planning import mix
+
+    chip = chips.CHIPS["v5e"]
+    sh = run.shapes
+    width = sh.prompt_width + sh.new_tokens
+    rollout = mix.RolloutCost(
+        flops=1e12,
+        nbytes=1e10,
+        line=mix.Line(width // 2, 1e9, 2e8, width, 1.2e9, 3e8),
+        rows=sh.responses,
+        slots=sh.sample.slots,
+        prompt_width=sh.prompt_width,
+        new_tokens=sh.new_tokens,
+        platform="tpu",
+    )
+    flops, nbytes = rollout.at(rollout.replay(np.full(sh.responses, sh.new_tokens)))
+
+    def program(name, flops, nbytes, calls=1, **kw):
+        seconds = programs.roofline(flops, nbytes, chip)
+        return programs.Program(name, calls, 0, 0, 0, 0, flops, nbytes, seconds, **kw)
+
+    return [
+        program("prepare", 1e9, 1e9),
+        program("sample", flops, nbytes, rollout=rollout),
+        program("ref_logprobs", 5e13, 1e11),
+        program("train_step", 2e14, 4e11, fixed_flops=1e10, fixed_bytes=1e11),
+        program("eval_sample", 1e12, 1e11, calls=0.25),
+    ]
+
+
+def _at_mix(run, progs, lengths_r):
+    return report.step_at_mix(
+        run,
+        progs,
+        chips.CHIPS["v5e"],
+        lengths_r,
+        source="test",
+        steps=10,
+        initial_eval=0.0,
+    )
+
+
+def test_the_step_at_a_mix_is_at_most_all_at_max_and_equal_at_max(tiny_run):
+    """From the same programs: every response at max_new_tokens prices the
+    step exactly as the all-at-max plan; shorter responses cost less
+    sampling and fewer packed learner rows; evaluation stays at max."""
+    import numpy as np
+
+    from rlvr_jax.planning import lengths as lengths_lib
+
+    run, progs = tiny_run, _priced_programs(tiny_run)
+    sh = run.shapes
+    at_max = report.step_times(run, progs)
+    full = _at_mix(run, progs, np.full(sh.responses, sh.new_tokens))
+    assert full.learner_fraction == 1.0
+    assert full.decoding.steps == full.at_max.steps
+    for part, seconds in at_max.items():
+        assert full.times[part] == pytest.approx(seconds, rel=1e-12), part
+    short = lengths_lib.parse("lognormal:median=30,p99=100")
+    drawn, capped = lengths_lib.draw(short, sh.responses, run.settings.n, 256)
+    at_mix = _at_mix(run, progs, drawn)
+    assert capped == 0 and drawn.max() < sh.new_tokens
+    assert at_mix.times["sampling"] < at_max["sampling"]
+    assert at_mix.decoding.steps == drawn.max() - 1  # one wave: 128 slots
+    packed = at_mix.packed  # narrower rows (256 columns), one sequence each
+    assert packed.rows * packed.width < sh.learner_rows * sh.learner_width
+    assert at_mix.learner_fraction == packed.rows * packed.width / (
+        sh.learner_rows * sh.learner_width
+    )
+    for part in ("logprob_passes", "update"):
+        assert at_mix.times[part] < at_max[part]
+    assert at_mix.times["evaluation"] == at_max["evaluation"]
+    # The optimizer update does not shrink with the rows.
+    train = next(p for p in progs if p.name == "train_step")
+    floor = programs.roofline(train.fixed_flops, train.fixed_bytes, chips.CHIPS["v5e"])
+    assert at_mix.times["update"] > floor
+
+
+def test_a_calibration_adds_expected_times_beside_the_roofline(
+    tiny_plan, tiny_run, tmp_path
+):
+    import numpy as np
+
+    from rlvr_jax.planning import calibration
+
+    progs = _priced_programs(tiny_run)
+    times = report.step_times(tiny_run, progs)
+    mix = _at_mix(tiny_run, progs, np.full(tiny_run.shapes.responses, 100))
+    p = dataclasses.replace(
+        tiny_plan, programs=progs, times=times, run_seconds=100.0, mix=mix
+    )
+    text = report.format_plan(p)
+    assert "roofline (lower bound)" in text and "roofline, mix" in text
+    assert "expected" not in text and "MFU (model FLOPs over" not in text
+    assert p.to_json()["expected"] is None
+    measured = calibration.Calibration(
+        chip="v5e",
+        device_kind="TPU v5 lite",
+        kinds={"sampling": (2.0, 1.0), "update": (3.0, 2.0)},
+    )
+    path = tmp_path / "calibration.json"
+    calibration.write(measured, str(path))
+    p.calibration = calibration.read(str(path))
+    text = report.format_plan(p)
+    assert "expected (calibrated on TPU v5 lite)" in text
+    header = next(line for line in text.splitlines() if line.strip().startswith("part"))
+    assert header.split()[1:] == [
+        "roofline,", "mix", "roofline,", "all", "max",
+        "expected", "mix", "expected", "all", "max",
+    ]  # fmt: skip
+    row = next(line for line in text.splitlines() if line.strip().startswith("sampl"))
+    values = row.split()[1:]
+    assert float(values[2]) == pytest.approx(2 * float(values[0]), abs=0.11)
+    logprobs = next(line for line in text.splitlines() if "logprob_passes" in line)
+    assert logprobs.split()[3:] == ["—", "—"]  # no logprobs factor measured
+    out = p.to_json()["expected"]
+    assert out["device_kind"] == "TPU v5 lite"
+    assert out["step_breakdown_seconds"]["sampling"] == 2 * times["sampling"]
+    assert out["step_breakdown_seconds"]["logprob_passes"] is None
+    assert out["mix_step_breakdown_seconds"]["update"] == 1.5 * mix.times["update"]
+    json.dumps(p.to_json())
+    # Another chip's calibration is refused before anything is compiled.
+    other = tmp_path / "h100.json"
+    calibration.write(dataclasses.replace(measured, chip="h100"), str(other))
+    with pytest.raises(calibration.CalibrationError, match="measured on h100"):
+        plan_lib.plan(
+            tiny_config(), TOPOLOGY, model=MODEL, calibration=str(other), costs=False
+        )
+
+
+@pytest.mark.slow  # compiles a decode step at three widths (~30 s)
+def test_a_decode_step_costs_affine_in_its_width(tiny_run):
+    """Why the mix prices decode steps by a line through two widths: FLOPs
+    and bytes of the compiled step are affine in its cache width."""
+    from rlvr_jax.planning import mix
+
+    run = compile_lib.cost_run(tiny_run)
+    sh = run.shapes
+    weights = programs.sampler_weights(run, MODEL, programs.compile_prepare(run, MODEL))
+    costs = {
+        w: compile_lib.cost(
+            programs.compile_decode_step(
+                run, MODEL, weights, sh.sample, run.settings, w
+            )
+        )
+        for w in (128, 256, 384)
+    }
+    line = mix.Line(128, *costs[128], 384, *costs[384])
+    flops, nbytes = line.at(256)
+    assert costs[384][1] > costs[128][1]  # the cache is in the bytes
+    assert costs[256][0] == pytest.approx(flops, rel=0.02)
+    assert costs[256][1] == pytest.approx(nbytes, rel=0.02)
+
+
+@pytest.mark.slow  # ~3 min: the tiny plan's cost programs
+def test_a_costed_plan_prices_the_step_at_the_mix():
+    p = plan_lib.plan(
+        tiny_config(),
+        TOPOLOGY,
+        model=MODEL,
+        eval_examples=8,
+        search=False,
+        lengths="lognormal:median=30,p99=100",
+    )
+    assert p.mix is not None and p.mix.times["sampling"] < p.times["sampling"]
+    assert p.mix.step_seconds < p.step_seconds
+    out = p.to_json()
+    assert out["mix"]["step_seconds"] == p.mix.step_seconds
+    assert out["step_seconds"] == p.step_seconds  # all at max, as before
+    text = report.format_plan(p)
+    assert "roofline, mix" in text and "roofline, all max" in text

@@ -89,6 +89,12 @@ def test_pulse_writes_metrics_checkpoints_and_hf_export(env, tmp_path):
     assert len(samples) == 8 and {s["step"] for s in samples} == {3}
     assert all(s["index"] == 0 and isinstance(s["response"], str) for s in samples)
     assert "eval/builtin/acc" in rows[0] and "eval/builtin/acc" in rows[3]
+    # Every response's length, per step: what the planner's --lengths reads.
+    lengths = io_lib.read_log(str(wd / "response_lengths.jsonl"))
+    assert [r["step"] for r in lengths] == [1, 2, 3]
+    for r, m in zip(lengths, rows[1:]):
+        assert r["n"] == 8 and len(r["lengths"]) == 8 * 8  # 8 prompts × n
+        assert np.mean(r["lengths"]) == m["response_len/mean"]
     # The console: a line per phase, a line per step, a closing summary.
     lines = out.stdout.splitlines()
     assert lines[0].startswith("data: 8 rows of 1 distinct example(s)")

@@ -38,6 +38,11 @@ CHIPS = {
     "a100": Chip("a100", 80 * GiB, 2039e9, 312e12),
     "h100": Chip("h100", 80 * GiB, 3350e9, 989e12),
     "h200": Chip("h200", 141e9, 4800e9, 989e12),
+    # The other H100/H200 form factors (NVIDIA's H100 and H200 data sheets:
+    # their bf16 figures are "with sparsity", twice the dense ones used here).
+    "h100_pcie": Chip("h100_pcie", 80 * GiB, 2000e9, 756e12),
+    "h100_nvl": Chip("h100_nvl", 94e9, 3900e9, 835e12),
+    "h200_nvl": Chip("h200_nvl", 141e9, 4800e9, 835e12),
 }
 # device_kind substrings (lower case) of local devices -> CHIPS key; the
 # first match wins, so "v5 lite" precedes "v5".
@@ -50,7 +55,10 @@ _KINDS = (
     ("v5", "v5p"),
     ("v4", "v4"),
     ("a100", "a100"),
+    ("h100 pcie", "h100_pcie"),
+    ("h100 nvl", "h100_nvl"),
     ("h100", "h100"),
+    ("h200 nvl", "h200_nvl"),
     ("h200", "h200"),
 )
 

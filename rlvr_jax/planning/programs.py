@@ -38,9 +38,14 @@ the chunked scan; `micro_batches_cost` when such a copy does not fit a
 chip); a micro-batched program is costed as M scan bodies plus
 the optimizer update (the critic's train step too; its value pass as M
 micro-batches, like the reference pass); the decode loop as the sample program plus the rest of
-its ceil(R / S) × (max_new_tokens - 1) decode steps. Sampling time is
-therefore the worst case, every response running to `max_new_tokens`; the
-learner batch is the widest one (largest prompt bucket + max_new_tokens).
+its decode steps, counted by replaying the rollout through the sampler's
+scheduler (`planning.mix`): with every response at `max_new_tokens`,
+ceil(R / S) × (max_new_tokens - 1) steps, each attending over the cache up
+to its longest live row; a decode step's cost is affine in those columns
+(compiled at two widths). The programs are compiled at the widest shapes:
+every response at `max_new_tokens`, the learner batch the widest one
+(largest prompt bucket + max_new_tokens). A step at a real length mix is
+priced from the same programs (`planning.mix`, `rlvr_jax.plan`).
 Loops that remain in those programs (the sampler's row-by-row cache writes)
 are counted by their trip count in the bytes, once in the FLOPs.
 
@@ -64,6 +69,7 @@ from rlvr_jax.learner import critic as critic_lib
 from rlvr_jax.learner import step as step_lib
 from rlvr_jax.model import decoder
 from rlvr_jax.planning import compile as compile_lib
+from rlvr_jax.planning import mix
 from rlvr_jax.planning.chips import Chip
 from rlvr_jax.rollout import engine, sampling
 
@@ -169,6 +175,10 @@ class Program:
         the phase.
       cost_note: how flops and hbm_bytes were counted when not from the
         run's own shapes (`micro_batches_cost`).
+      fixed_flops, fixed_bytes: the part of flops and hbm_bytes that does
+        not grow with the batch's rows (a train step's optimizer update).
+      rollout: a sampler program's cost by parts, to price it at other
+        response lengths (`mix.RolloutCost`; None for other programs).
     """
 
     name: str
@@ -183,6 +193,9 @@ class Program:
     resident_args: int = 0
     oom: bool = False  # the compiler refused it: temp is what it needed
     cost_note: str = ""  # how its cost was counted, when not as it runs
+    fixed_flops: float = 0.0
+    fixed_bytes: float = 0.0
+    rollout: mix.RolloutCost | None = None
 
     @property
     def total(self) -> int:
@@ -367,11 +380,16 @@ def compile_critic_update(run, model):
 
 
 # ------------------------------------------------------------------ costs
+def roofline(flops: float, hbm_bytes: float, chip: Chip) -> float:
+    """Seconds at best: compute and memory traffic overlap perfectly, each at
+    the chip's peak (a lower bound no run meets)."""
+    return max(flops / chip.bf16_flops_per_s, hbm_bytes / chip.hbm_bytes_per_s)
+
+
 def _program(
     name, compiled, calls, flops, hbm_bytes, chip, resident_args=0, cost_note=""
 ):
-    # Roofline: compute and memory traffic overlap perfectly at best.
-    seconds = max(flops / chip.bf16_flops_per_s, hbm_bytes / chip.hbm_bytes_per_s)
+    seconds = roofline(flops, hbm_bytes, chip)
     return Program(
         name=name,
         calls=calls,
@@ -390,20 +408,24 @@ def _log(verbose: bool, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def sample_cost(run: Run, shape, settings, weights) -> tuple:
-    """(FLOPs, bytes, decode step program, its (FLOPs, bytes)) of one rollout,
-    its loop counted.
+def sample_cost(run: Run, shape, settings, weights, rows: int | None = None) -> tuple:
+    """(FLOPs, bytes, decode step program, its (FLOPs, bytes), the rollout's
+    `mix.RolloutCost`) of one rollout, its loop counted, every response at
+    max_new_tokens.
 
     The rollout program at depth 1 and 2 counts the prefill, one refill and
     one decode step. With every response full length (the worst case), the
     R = prompts × n rows pass through the S slots in ceil(R / S) waves of
     `max_new_tokens - 1` decode steps each (a row's first token comes from
-    the prefill), so all but one of those steps are added from the compiled
-    decode step. That step attends over a cache of the mean fill
-    (`mean_fill`): the run's loop reads the cache only up to the longest
-    live row, so the mean step is the step at the mean fill.
-    Refills (every 8 steps, a prompt-width copy of each slot's cache) are
-    counted once.
+    the prefill); the scheduler's replay (`mix.decoding`) counts them and
+    the cache columns each step attends over (the run's loop reads the
+    cache only up to the longest live row, in whole attention blocks). All
+    but one of those steps are added from the decode step compiled at the
+    mean fill (`mean_fill`) and at the whole cache: its cost is affine in
+    the columns it reads, so the steps cost their count × the step at their
+    mean width. Refills (every `engine.REFILL_EVERY` steps, a prompt-width
+    copy of each slot's cache) are counted once. `rows`: the rows decoded
+    (default: every prompt row of `shape`, padding included).
     """
     model = run.model
 
@@ -412,18 +434,23 @@ def sample_cost(run: Run, shape, settings, weights) -> tuple:
         return compile_sample(run, m, w, shape, settings)
 
     flops, nbytes = compile_lib.depth_cost(build, model)
-    step = compile_decode_step(
-        run, model, weights, shape, settings, mean_fill(run, settings)
-    )
+    fill = mean_fill(run, settings)
+    step = compile_decode_step(run, model, weights, shape, settings, fill)
     step_flops, step_bytes = compile_lib.cost(step)
-    waves = -(-shape.prompts * settings.n // shape.slots)
-    more = waves * (settings.max_new_tokens - 1) - 1
-    return (
-        flops + more * step_flops,
-        nbytes + more * step_bytes,
-        step,
-        (step_flops, step_bytes),
+    full = shape.prompt_width + settings.max_new_tokens
+    wide = compile_decode_step(run, model, weights, shape, settings, full)
+    rollout = mix.RolloutCost(
+        flops=flops,
+        nbytes=nbytes,
+        line=mix.Line(fill, step_flops, step_bytes, full, *compile_lib.cost(wide)),
+        rows=rows or shape.prompts * settings.n,
+        slots=shape.slots,
+        prompt_width=shape.prompt_width,
+        new_tokens=settings.max_new_tokens,
+        platform=run.platform,
     )
+    total_flops, total_bytes = rollout.at(rollout.replay())
+    return total_flops, total_bytes, step, (step_flops, step_bytes), rollout
 
 
 def _cost_learner(run: Run) -> learner.LearnerConfig:
@@ -472,15 +499,21 @@ def ref_logprobs_cost(run: Run) -> tuple[float, float, str]:
     )
 
 
-def train_step_cost(run: Run) -> tuple[float, float, str]:
-    """(FLOPs, bytes, note) of the train step: M micro-batch scan bodies and
-    the optimizer update, each costed by depth (the step is exactly those:
-    the whole program would count its scan body once)."""
+def train_step_parts(run: Run) -> tuple[float, float, str, tuple[float, float]]:
+    """(FLOPs, bytes, note, the update's (FLOPs, bytes)) of the train step:
+    M micro-batch scan bodies and the optimizer update, each costed by depth
+    (the step is exactly those: the whole program would count its scan body
+    once); the first two include the update."""
     flops, nbytes, note = micro_batches_cost(
         run, lambda m, rows: compile_micro_step(run, m, _cost_learner(run), rows)
     )
     update = compile_lib.depth_cost(lambda m: compile_update(run, m), run.model)
-    return flops + update[0], nbytes + update[1], note
+    return flops + update[0], nbytes + update[1], note, update
+
+
+def train_step_cost(run: Run) -> tuple[float, float, str]:
+    """(FLOPs, bytes, note) of the train step (`train_step_parts`)."""
+    return train_step_parts(run)[:3]
 
 
 def old_logprobs_cost(run: Run) -> tuple[float, float, str]:
@@ -495,14 +528,20 @@ def critic_values_cost(run: Run) -> tuple[float, float, str]:
     return micro_batches_cost(run, lambda m, rows: compile_critic_values(run, m, rows))
 
 
-def critic_step_cost(run: Run) -> tuple[float, float, str]:
-    """(FLOPs, bytes, note) of the critic's train step, as `train_step_cost`:
-    M micro-batch scan bodies and its optimizer update, each by depth."""
+def critic_step_parts(run: Run) -> tuple[float, float, str, tuple[float, float]]:
+    """(FLOPs, bytes, note, the update's (FLOPs, bytes)) of the critic's train
+    step, as `train_step_parts`: M micro-batch scan bodies and its optimizer
+    update, each by depth."""
     flops, nbytes, note = micro_batches_cost(
         run, lambda m, rows: compile_critic_micro_step(run, m, rows)
     )
     update = compile_lib.depth_cost(lambda m: compile_critic_update(run, m), run.model)
-    return flops + update[0], nbytes + update[1], note
+    return flops + update[0], nbytes + update[1], note, update
+
+
+def critic_step_cost(run: Run) -> tuple[float, float, str]:
+    """(FLOPs, bytes, note) of the critic's train step (`critic_step_parts`)."""
+    return critic_step_parts(run)[:3]
 
 
 def compile_programs(
@@ -531,6 +570,12 @@ def compile_programs(
     def priced(name, fn, *args):
         return timed(f"{name} costs", fn, *args) if costs else (0.0, 0.0, "")
 
+    def priced_parts(name, fn, *args):
+        # (flops, bytes, note, the update's (flops, bytes)).
+        if not costs:
+            return 0.0, 0.0, "", (0.0, 0.0)
+        return timed(f"{name} costs", fn, *args)
+
     costed = compile_lib.cost_run(run)
 
     # ---- sampler: weights, then the step's rollout (its loop counted per step).
@@ -539,18 +584,20 @@ def compile_programs(
     prepare_cost = compile_lib.cost(prepared) if costs else (0.0, 0.0)
     programs.append(_program("prepare", prepared, 1, *prepare_cost, chip, params_bytes))
 
-    def sampler_programs(name, shape, settings, calls):
+    def sampler_programs(name, shape, settings, calls, rows=None):
         full = timed(name, compile_sample, run, model, weights, shape, settings)
         if not costs:
             return [_program(name, full, calls, 0.0, 0.0, chip)]
-        flops, nbytes, step, step_cost = timed(
-            f"{name} costs", sample_cost, costed, shape, settings, weights
+        flops, nbytes, step, step_cost, rollout = timed(
+            f"{name} costs", sample_cost, costed, shape, settings, weights, rows
         )
         decode = _program(f"{name}.decode_step", step, 0, *step_cost, chip)
-        return [_program(name, full, calls, flops, nbytes, chip), decode]
+        program = _program(name, full, calls, flops, nbytes, chip)
+        program.rollout = rollout
+        return [program, decode]
 
     # One rollout per step: every prompt prefilled, rollout.chunk_size slots.
-    programs += sampler_programs("sample", sh.sample, run.settings, 1)
+    programs += sampler_programs("sample", sh.sample, run.settings, 1, sh.responses)
 
     # ---- learner: reference log-probs, train step (both micro-batched).
     if ref is not None:
@@ -581,7 +628,9 @@ def compile_programs(
                 )
             )
         full = timed("critic_step", compile_critic_step, run, model)
-        flops, nbytes, note = priced("critic_step", critic_step_cost, costed)
+        flops, nbytes, note, update = priced_parts(
+            "critic_step", critic_step_parts, costed
+        )
         # Donated like the actor's: its outputs alias the resident state.
         programs.append(
             _program(
@@ -595,13 +644,15 @@ def compile_programs(
                 note,
             )
         )
+        programs[-1].fixed_flops, programs[-1].fixed_bytes = update
 
     full = timed("train_step", compile_train_step, run, model, learner_config)
-    flops, nbytes, note = priced("train_step", train_step_cost, costed)
+    flops, nbytes, note, update = priced_parts("train_step", train_step_parts, costed)
     # The state is donated: the program's outputs alias it.
     programs.append(
         _program("train_step", full, 1, flops, nbytes, chip, state_bytes, note)
     )
+    programs[-1].fixed_flops, programs[-1].fixed_bytes = update
 
     # ---- evaluation: greedy, one response per prompt, in chunks.
     if sh.eval is not None and run.eval_every:

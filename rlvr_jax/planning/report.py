@@ -1,7 +1,9 @@
 """A plan's figures and its report: what coexists in each phase of a step
 (PPO: the critic's train state included) against a chip's HBM, the roofline
-time of each part, the learner's MFU, the decode step's HBM efficiency, and
-the table the CLI prints."""
+time of each part (a lower bound), every response at max_new_tokens and at
+a response-length mix (`StepAtMix`), optionally scaled into expected times
+by a calibration, the learner's model FLOPs over its roofline FLOPs-time,
+the decode step's HBM efficiency, and the table the CLI prints."""
 
 from __future__ import annotations
 
@@ -9,12 +11,71 @@ import dataclasses
 from typing import Any
 
 import jax.numpy as jnp
+import numpy as np
 
 from rlvr_jax import learner, sharding
 from rlvr_jax.model import decoder
+from rlvr_jax.planning import mix as mix_lib
 from rlvr_jax.planning import programs as programs_lib
+from rlvr_jax.planning.calibration import Calibration
 from rlvr_jax.planning.chips import GB, Chip
 from rlvr_jax.planning.programs import Program, Run, StepShapes
+
+
+@dataclasses.dataclass
+class StepAtMix:
+    """The step priced at a response-length mix (`step_at_mix`).
+
+    Attributes:
+      source: the mix's name (`lengths.Mix.name`).
+      times: roofline seconds per part, as `Plan.times`.
+      run_seconds: the run's steps at these times + its first evaluation.
+      decoding: the rollout replayed at the mix; at_max: at max_new_tokens.
+      packed: the learner batch packed at the mix; widest_rows, widest_width:
+        the widest batch's (the compiled programs').
+      learner_fraction: packed token slots over the widest batch's.
+      capped: drawn lengths cut to max_new_tokens.
+      notes: how parts were counted.
+    """
+
+    source: str
+    times: dict[str, float]
+    run_seconds: float
+    decoding: mix_lib.Decoding
+    at_max: mix_lib.Decoding
+    packed: mix_lib.Packed
+    widest_rows: int
+    widest_width: int
+    learner_fraction: float
+    capped: int = 0
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def step_seconds(self) -> float:
+        return sum(self.times.values())
+
+    def to_json(self) -> dict:
+        d, m, k = self.decoding, self.at_max, self.packed
+        return {
+            "source": self.source,
+            "step_seconds": self.step_seconds,
+            "run_seconds": self.run_seconds,
+            "step_breakdown_seconds": self.times,
+            "decode_steps": d.steps,
+            "decode_steps_at_max": m.steps,
+            "mean_attended_columns": d.mean_width,
+            "mean_attended_columns_at_max": m.mean_width,
+            "slot_efficiency": d.slot_efficiency,
+            "generated_tokens": d.tokens,
+            "packed_rows": k.rows,
+            "packed_width": k.width,
+            "micro_batches": k.micro_batches,
+            "widest_rows": self.widest_rows,
+            "widest_width": self.widest_width,
+            "learner_fraction": self.learner_fraction,
+            "capped": self.capped,
+            "notes": self.notes,
+        }
 
 
 @dataclasses.dataclass
@@ -40,6 +101,8 @@ class Plan:
     attention_kernel: str = "xla"  # the learner's (LearnerConfig.attention_kernel)
     reference: bool = True  # the KL reference policy is kept (Run.reference)
     critic: bool = False  # PPO: the critic's train state is resident (Run.critic)
+    mix: StepAtMix | None = None  # the step at a response-length mix
+    calibration: Calibration | None = None  # measured over roofline, this chip
 
     @property
     def peak_bytes_per_chip(self) -> int:
@@ -62,6 +125,20 @@ class Plan:
         over = (self.peak_bytes_per_chip - self.hbm_bytes_per_chip) / GB
         return f"does not fit by {over:.2f} GB"
 
+    def expected_json(self) -> dict | None:
+        """Calibrated expected seconds (None: no calibration)."""
+        c = self.calibration
+        if c is None:
+            return None
+        out = {
+            "device_kind": c.device_kind,
+            "chip": c.chip,
+            "step_breakdown_seconds": c.expected(self.times),
+        }
+        if self.mix is not None:
+            out["mix_step_breakdown_seconds"] = c.expected(self.mix.times)
+        return out
+
     def to_json(self) -> dict:
         return {
             "topology": self.topology,
@@ -78,8 +155,12 @@ class Plan:
             "critic": self.critic,
             "largest": self.largest,
             "suggested_overrides": self.overrides,
-            "learner_mfu": self.mfu,
+            "learner_mfu": self.mfu,  # model FLOPs / roofline FLOPs-time
+            "learner_model_flops_over_roofline": self.mfu,
             "decode_hbm_efficiency": self.decode_efficiency,
+            "times_are": "roofline (lower bound)",
+            "mix": None if self.mix is None else self.mix.to_json(),
+            "expected": self.expected_json(),
             "notes": self.notes,
             "programs": [
                 {
@@ -156,8 +237,106 @@ def step_times(run: Run, programs: list[Program]) -> dict[str, float]:
     return times
 
 
+def step_at_mix(
+    run: Run,
+    programs: list[Program],
+    chip: Chip,
+    lengths_r: np.ndarray,
+    *,
+    source: str,
+    steps: int,
+    initial_eval: float,
+    capped: int = 0,
+) -> StepAtMix:
+    """The step's roofline times with the rollout's responses `lengths_r`
+    long (R = train.batch_size × n, prompt-major) instead of all at
+    max_new_tokens, from the programs compiled at the widest shapes.
+
+    Sampling: the rollout's decode steps and their widths, replayed
+    (`mix.decoding`), priced by the decode step's line. The learner's
+    passes (reference and π_old log-probs, PPO's critic values and update,
+    the train step's micro-batches): the prompt + response sequences packed
+    as the learner packs them (`mix.packed`), each pass scaled by the packed
+    token slots over the widest batch's (`mix.learner_fraction`; cost is
+    linear in rows at a fixed width); the optimizer updates do not scale.
+    Evaluation stays at max (its own lengths are not known here).
+    """
+    sh = run.shapes
+    by_name = {p.name: p for p in programs}
+    sample = by_name["sample"]
+    decoding = sample.rollout.replay(lengths_r)
+    at_max = sample.rollout.replay()
+    # The prompts at the bucket's width: an upper bound (real prompts are
+    # packed without their padding).
+    packed = mix_lib.packed(
+        sh.prompt_width + np.asarray(lengths_r, np.int64),
+        sh.learner_width,
+        run.learner.max_tokens_per_micro_batch,
+        sharding.batch_divisor(run.mesh),
+    )
+    fraction = mix_lib.learner_fraction(packed, sh.learner_rows, sh.learner_width)
+
+    def scaled(p: Program) -> Program:
+        if p.rollout is not None and p.name == "sample":
+            flops, nbytes = p.rollout.at(decoding)
+        elif p.name in LEARNER_PASSES:
+            flops = p.fixed_flops + fraction * (p.flops - p.fixed_flops)
+            nbytes = p.fixed_bytes + fraction * (p.hbm_bytes - p.fixed_bytes)
+        else:
+            return p
+        seconds = programs_lib.roofline(flops, nbytes, chip)
+        return dataclasses.replace(p, flops=flops, hbm_bytes=nbytes, seconds=seconds)
+
+    times = step_times(run, [scaled(p) for p in programs])
+    notes = [
+        f"at the mix: {decoding.steps} decode steps (all at max: {at_max.steps}) "
+        f"over {decoding.slots} slots, attending {decoding.mean_width:.0f} cache "
+        f"columns on average (at max: {at_max.mean_width:.0f}); slot efficiency "
+        f"{decoding.slot_efficiency:.2f}",
+        f"at the mix: the learner packs {packed.sequences} sequences into "
+        f"{packed.rows} rows of {packed.width} ({packed.micro_batches} "
+        f"micro-batches; the widest batch: {sh.learner_rows} rows of "
+        f"{sh.learner_width}): its passes cost {100 * fraction:.0f}% of the "
+        "widest batch's (prompts counted at the bucket width, an upper bound)",
+    ]
+    if capped:
+        notes.append(
+            f"at the mix: {capped} of {len(lengths_r)} drawn lengths were above "
+            f"max_new_tokens ({run.settings.max_new_tokens}) and capped there"
+        )
+    if times.get("evaluation"):
+        notes.append(
+            "at the mix: evaluation stays at eval.max_new_tokens for every "
+            "response (its own lengths are not known to the plan)"
+        )
+    return StepAtMix(
+        source=source,
+        times=times,
+        run_seconds=steps * sum(times.values()) + initial_eval,
+        decoding=decoding,
+        at_max=at_max,
+        packed=packed,
+        widest_rows=sh.learner_rows,
+        widest_width=sh.learner_width,
+        learner_fraction=fraction,
+        capped=capped,
+        notes=notes,
+    )
+
+
+# Programs whose cost grows with the learner batch's rows.
+LEARNER_PASSES = (
+    "ref_logprobs",
+    "old_logprobs",
+    "critic_values",
+    "critic_step",
+    "train_step",
+)
+
+
 def learner_mfu(run: Run, train: Program, chip: Chip) -> float:
-    """Model FLOPs of the train step over its roofline time × the chips' peak.
+    """Model FLOPs of the train step over its roofline time × the chips' peak
+    (not a measured MFU: the time is a lower bound, so this is an upper one).
 
     Model FLOPs as in `benchmarks/learner.py` (PaLM, appendix B): 6·N per
     token for the matmuls (a tied embedding counted once, as the head) plus
@@ -197,6 +376,56 @@ def decode_efficiency(run: Run, step: Program) -> float:
     filled = programs_lib.mean_fill(run, run.settings)
     least = decode_min_bytes(run, run.shapes.sample.slots, filled)
     return least / step.hbm_bytes
+
+
+def format_times(p: Plan) -> list[str]:
+    """The step's times by part: roofline at the mix (when there is one) and
+    all at max_new_tokens, and with a calibration the expected times."""
+    columns = []  # (title, {part: seconds | None}, run seconds | None)
+    if p.mix is not None:
+        columns.append(("roofline, mix", p.mix.times, p.mix.run_seconds))
+    columns.append(("roofline, all max", p.times, p.run_seconds))
+    cal = p.calibration
+    if cal is not None:
+        for title, times, run in list(columns):
+            expected = cal.expected(times)
+            ratio = None
+            if all(v is not None for v in expected.values()) and sum(times.values()):
+                ratio = sum(expected.values()) / sum(times.values())
+            columns.append(
+                (
+                    "expected" + title.partition(",")[2],
+                    expected,
+                    None if ratio is None else run * ratio,
+                )
+            )
+    lines = ["estimated RL step, seconds: roofline (lower bound)"]
+    if p.mix is not None:
+        lines.append(f"  mix: {p.mix.source}")
+    if cal is not None:
+        lines.append(
+            f"  expected (calibrated on {cal.device_kind}): the roofline × "
+            "measured/roofline of its kind"
+        )
+    width = max(18, *(len(t) + 2 for t, _, _ in columns))
+    lines.append(f"  {'part':<18}" + "".join(f"{t:>{width}}" for t, _, _ in columns))
+
+    def cell(x):
+        return f"{'—':>{width}}" if x is None else f"{x:>{width}.1f}"
+
+    for part in p.times:
+        lines.append(f"  {part:<18}" + "".join(cell(c[1].get(part)) for c in columns))
+    steps = []
+    for _, times, _ in columns:
+        values = list(times.values())
+        steps.append(None if None in values else sum(values))
+    lines.append(f"  {'step':<18}" + "".join(cell(s) for s in steps))
+    lines.append(
+        f"  {'run hours':<18}"
+        + "".join(cell(None if r is None else r / 3600) for _, _, r in columns)
+    )
+    lines.append(f"  (run: {p.steps} steps + evaluation)")
+    return lines
 
 
 def _gb(x: float) -> str:
@@ -239,16 +468,11 @@ def format_plan(p: Plan) -> str:
         "",
     ]
     if p.step_seconds:
-        lines.append("estimated RL step (roofline, every response at max_new_tokens):")
-        for part, seconds in p.times.items():
-            lines.append(f"  {part:<18}{seconds:9.1f} s")
-        lines.append(f"  {'step':<18}{p.step_seconds:9.1f} s")
+        lines += format_times(p)
         lines.append(
-            f"  run ({p.steps} steps + evaluation): {p.run_seconds / 3600:.1f} h"
-        )
-        lines.append(
-            f"learner MFU (model FLOPs over roofline time): {100 * p.mfu:.0f}%; "
-            f"decode HBM-roofline efficiency: {100 * p.decode_efficiency:.0f}%"
+            "learner model FLOPs / roofline FLOPs-time (not a measured MFU): "
+            f"{100 * p.mfu:.0f}%; decode HBM-roofline efficiency: "
+            f"{100 * p.decode_efficiency:.0f}%"
         )
     else:
         lines.append("(cost programs not compiled: no time estimates)")
@@ -265,4 +489,6 @@ def format_plan(p: Plan) -> str:
     elif not p.fits:
         lines.append("suggested overrides: none found that fit")
     lines += [f"note: {n}" for n in p.notes]
+    if p.mix is not None:
+        lines += [f"note: {n}" for n in p.mix.notes]
     return "\n".join(lines)

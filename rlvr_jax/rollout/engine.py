@@ -55,6 +55,15 @@ from rlvr_jax.rollout.sampling import (
 
 # ------------------------------------------------------ continuous batching
 ATTENTION_BLOCK = 128  # cache slots per attention block (see `continuous`)
+REFILL_EVERY = 8  # decode steps between refills (`rollout`'s default)
+
+
+def attended_columns(prompt_width, longest, block: int):
+    """Cache columns a decode step attends over: whole `block`-column blocks
+    up to the longest live row's next column (`longest`: its tokens so far).
+    Works on traced and numpy integers alike (the planner's replay).
+    """
+    return (prompt_width + longest + block - 1) // block * block
 
 
 class _SlotState(NamedTuple):
@@ -143,7 +152,7 @@ def _slot_decode_step(
     # and goes to cache column prompt_width + j - 1.
     step_s = slots.step_s
     longest = jnp.max(jnp.where(slots.live_s, step_s, 0))
-    blocks = (prompt_width + longest + block - 1) // block
+    blocks = attended_columns(prompt_width, longest, block) // block
     if block >= state.valid_sw.shape[1]:
         block = blocks = None  # one block: the plain whole-cache attention
     logits_sv, caches = decoding.step(
@@ -351,7 +360,7 @@ def continuous(
     settings: SamplingSettings,
     slots: int,
     rows: int | jax.Array | None = None,
-    refill_every: int = 8,
+    refill_every: int = REFILL_EVERY,
     block: int | None = None,
     slot_sharding: jax.sharding.Sharding | None = None,
 ) -> Samples:
@@ -746,7 +755,7 @@ def lower_rollout(
         scalar,
         settings=settings,
         slots=shape.slots,
-        refill_every=8,
+        refill_every=REFILL_EVERY,
         block=attention_block(width, mesh.devices.flat[0].platform),
         slot_sharding=rows,
     )

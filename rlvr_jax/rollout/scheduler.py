@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 class Slots(NamedTuple):
@@ -162,54 +163,74 @@ def run(
 
 
 class Replay(NamedTuple):
-    """What `replay` observed (r = rows).
+    """What `replay` observed (r = rows, l = a live row's tokens so far).
 
     Attributes:
       tokens_r: int32 [R] tokens each row produced.
       started_r: int32 [R] decode steps done when the row took its slot.
       decode_steps: int32 scalar, `advance` calls.
+      longest_l: int32 [> L] (L: the longest length; a power of two, so
+        that replays share compiles) decode steps by the tokens the longest
+        live row had when the step began: what bounds the cache columns
+        that step attends over (`engine.attended_columns`).
     """
 
     tokens_r: jax.Array
     started_r: jax.Array
     decode_steps: jax.Array
+    longest_l: jax.Array
 
 
-@functools.partial(jax.jit, static_argnames=("slots", "refill_every"))
-def replay(lengths_r: jax.Array, slots: int, refill_every: int) -> Replay:
+def replay(lengths_r, slots: int, refill_every: int) -> Replay:
     """Drives `run` with a stub step: row r ends after lengths_r[r] tokens.
 
     The scheduling is the sampler's own (same `run`, `assign`, `record`),
     without a model, so a response-length distribution can be replayed to
-    measure slot efficiency (`benchmarks/rollout.py`).
+    measure slot efficiency (`benchmarks/rollout.py`) and to count the
+    decode steps of a rollout and the cache each reads (the planner's
+    `planning.mix`). `lengths_r` must be concrete (its longest sizes
+    `longest_l`).
     """
+    longest = int(np.max(np.asarray(lengths_r))) if np.size(lengths_r) else 0
+    size = 1 << longest.bit_length()  # > longest
+    return _replay(jnp.asarray(lengths_r, jnp.int32), slots, refill_every, size)
+
+
+@functools.partial(jax.jit, static_argnames=("slots", "refill_every", "size"))
+def _replay(lengths_r: jax.Array, slots: int, refill_every: int, size: int):
     rows = lengths_r.shape[0]
 
     def produce(slots_, produced_s, payload):
-        tokens_r, started_r, clock = payload
+        tokens_r, started_r, clock, longest_l = payload
         row_s = jnp.where(produced_s, slots_.row_s, rows)  # others dropped
         tokens_r = tokens_r.at[row_s].add(1, mode="drop")
         length_s = lengths_r[jnp.minimum(slots_.row_s, rows - 1)]
         ended_s = slots_.step_s + 1 >= length_s
         slots_ = record(slots_, produced_s, ended_s, jnp.iinfo(jnp.int32).max)
-        return slots_, (tokens_r, started_r, clock)
+        return slots_, (tokens_r, started_r, clock, longest_l)
 
     def start(slots_, new_s, payload):
-        tokens_r, started_r, clock = payload
+        tokens_r, started_r, clock, longest_l = payload
         row_s = jnp.where(new_s, slots_.row_s, rows)
         started_r = started_r.at[row_s].set(clock, mode="drop")
-        return produce(slots_, new_s, (tokens_r, started_r, clock))
+        return produce(slots_, new_s, (tokens_r, started_r, clock, longest_l))
 
     def advance(slots_, payload):
-        tokens_r, started_r, clock = payload
-        return produce(slots_, slots_.live_s, (tokens_r, started_r, clock + 1))
+        tokens_r, started_r, clock, longest_l = payload
+        # As the engine's decode step measures it (`engine._slot_decode_step`).
+        live = jnp.max(jnp.where(slots_.live_s, slots_.step_s, 0))
+        longest_l = longest_l.at[live].add(1, mode="drop")
+        return produce(
+            slots_, slots_.live_s, (tokens_r, started_r, clock + 1, longest_l)
+        )
 
     payload = (
         jnp.zeros((rows,), jnp.int32),
         jnp.full((rows,), -1, jnp.int32),
         jnp.zeros((), jnp.int32),
+        jnp.zeros((size,), jnp.int32),
     )
-    done, (tokens_r, started_r, _) = run(
+    done, (tokens_r, started_r, _, longest_l) = run(
         empty(slots, rows),
         payload,
         rows=rows,
@@ -217,4 +238,4 @@ def replay(lengths_r: jax.Array, slots: int, refill_every: int) -> Replay:
         start=start,
         advance=advance,
     )
-    return Replay(tokens_r, started_r, done.decode_steps)
+    return Replay(tokens_r, started_r, done.decode_steps, longest_l)

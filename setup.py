@@ -76,6 +76,8 @@ setup(
         "rlvr_jax.data.paper_data": ["SOURCES.md", "train/*", "eval/*/*"],
         # Measured response lengths: the planner's default length mix.
         "rlvr_jax.data": ["lengths/*.json", "lengths/SOURCES.md"],
+        # XLA:GPU target configs: the GPUs the planner compiles for.
+        "rlvr_jax.planning": ["gpu_targets/*.txtpb"],
     },
     python_requires=">=3.10",
     install_requires=CORE,

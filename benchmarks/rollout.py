@@ -21,6 +21,18 @@ larger rollout, or fewer slots) raise it; each slot count is printed.
     python -m benchmarks.rollout                   # replay only (seconds)
     python -m benchmarks.rollout --model           # + tiny-model tokens/s
 
+Slots vs pages (the last table). On v5e-8's figures (819 GB/s per chip,
+Qwen2.5-Math-1.5B's bf16 weights read once per decode step per chip, its
+KV bytes per token), one π1 rollout of `--prompts` × 8 rows at the real mix
+through slot caches (`--chunk` slots over 8 chips, every slot attending up
+to the longest live row) and through a paged cache with the same memory
+per chip (`--page` tokens a page, each chip its own rows, book and pool,
+the kernel reading each live row's own pages), both replayed through the
+samplers' own scheduling (`scheduler.replay`, `pagebook.replay`). Printed
+for each: decode steps, rows in flight, preemptions, and the sampling time
+over its lower bound: decode steps ≥ the longest row, each step ≥ one
+weight read, plus every live token's KV bytes read once per step.
+
 With `--model`, a random tiny Qwen2 samples the same prompts through the old
 chunked path (`sampler.sample` per chunk) and through `sampler.continuous`,
 in this one process, and the generated tokens/s of both are printed with
@@ -36,8 +48,12 @@ import time
 import jax
 import numpy as np
 
+from rlvr_jax.model import decoder
 from rlvr_jax.planning import lengths as lengths_lib
-from rlvr_jax.rollout import scheduler
+from rlvr_jax.rollout import engine, pagebook, scheduler
+
+V5E_BYTES_PER_S = 819e9  # HBM bandwidth per v5e chip
+CHIPS = 8
 
 
 def lognormal_lengths(rows: int, seed: int = 0) -> np.ndarray:
@@ -84,6 +100,124 @@ def replay_table(name: str, lengths: np.ndarray, chunk: int, slots, refills) -> 
                 f"{steps:6d} steps, slot efficiency "
                 f"{efficiency(lengths, count, steps):.3f}"
             )
+
+
+def kv_bytes_per_token(config: decoder.ModelConfig) -> int:
+    """Keys and values of one token, every layer, bf16."""
+    return 2 * config.n_layers * config.n_kv_heads * config.head_dim * 2
+
+
+def slots_vs_pages(
+    lengths: np.ndarray,
+    *,
+    prompt_len: int,
+    slots: int,
+    page: int,
+    new_tokens: int,
+    chips: int = CHIPS,
+    bytes_per_s: float = V5E_BYTES_PER_S,
+    config: decoder.ModelConfig | None = None,
+) -> dict:
+    """Decode steps, rows in flight and roofline seconds of one rollout
+    through `slots` slot caches and through a paged cache of the same bytes
+    per chip, and their lower bound (see the module docstring).
+
+    Rows are prompt-major; chip c holds rows [c R/chips, (c+1) R/chips) in
+    the paged engine (its own prompts' rows), while the slot engine's global
+    queue sends any row to any free slot.
+    """
+    config = config or decoder.ModelConfig.qwen2_5_math_1_5b()
+    weights = decoder.count_params(decoder.abstract_params(config)) * 2
+    per_token = kv_bytes_per_token(config)
+    lengths = np.asarray(lengths, np.int64)
+    block = engine.ATTENTION_BLOCK
+    width = -(-(prompt_len + new_tokens) // block) * block
+
+    # Slots: every step reads the weights and each chip's slots' caches up
+    # to the longest live row, in whole blocks.
+    out = scheduler.replay(lengths, slots, engine.REFILL_EVERY)
+    per_longest = np.asarray(out.longest_l, np.int64)
+    columns = engine.attended_columns(prompt_len, np.arange(per_longest.size), block)
+    slot_steps = int(out.decode_steps)
+    slot_kv = (per_longest * columns).sum() * (slots // chips) * per_token
+    slot_seconds = (slot_steps * weights + slot_kv) / bytes_per_s
+    slot_live = float(lengths.sum()) / max(slot_steps, 1)
+
+    # Pages: the slot caches' bytes per chip as a pool, every row a slot.
+    pages = (slots // chips) * (width // page)
+    per_chip = lengths.reshape(chips, -1)
+    paged_seconds, paged_steps, preemptions, live = 0.0, 0, 0, []
+    for rows in per_chip:
+        replay = pagebook.replay(
+            rows,
+            prompt_len,
+            slots=len(rows),
+            pages=pages,
+            page=page,
+            max_new_tokens=new_tokens,
+            refill_every=engine.REFILL_EVERY,
+        )
+        steps = int(replay.decode_steps)
+        kv = int(np.asarray(replay.kv_t, np.int64)[:steps].sum()) * per_token
+        seconds = (steps * weights + kv) / bytes_per_s
+        live.append(float(np.asarray(replay.live_t)[:steps].mean()))
+        preemptions += int(replay.preemptions)
+        # The rollout ends with its slowest chip; its steps, with its longest.
+        paged_seconds = max(paged_seconds, seconds)
+        paged_steps = max(paged_steps, steps)
+
+    # Lower bound: the longest row's steps, a weight read each, and every
+    # token's keys/values read once per step of its row's life (per chip).
+    live_kv = (
+        sum(int(np.sum(prompt_len + np.arange(1, n))) for n in lengths)
+        * per_token
+        / chips
+    )
+    bound = ((int(lengths.max()) - 1) * weights + live_kv) / bytes_per_s
+    return {
+        "bound_s": bound,
+        "slots": {
+            "steps": slot_steps,
+            "in_flight": slot_live,
+            "seconds": slot_seconds,
+            "preemptions": 0,
+        },
+        "pages": {
+            "steps": paged_steps,
+            "in_flight": float(np.sum(live)),
+            "seconds": paged_seconds,
+            "preemptions": preemptions,
+            "pages_per_chip": pages,
+        },
+    }
+
+
+def pages_table(lengths: np.ndarray, args) -> None:
+    out = slots_vs_pages(
+        lengths,
+        prompt_len=args.prompt_len,
+        slots=args.chunk,
+        page=args.page,
+        new_tokens=3072,
+    )
+    bound = out["bound_s"]
+    print(
+        f"  slots vs pages, v5e-8 roofline, {len(lengths)} rows, prompt "
+        f"{args.prompt_len} tokens (lower bound {bound:.1f} s):"
+    )
+    for name, r in (("slots", out["slots"]), ("pages", out["pages"])):
+        extra = (
+            f", {r['pages_per_chip']} pages of {args.page} per chip"
+            if name == "pages"
+            else f", {args.chunk} slots"
+        )
+        print(
+            f"    {name:5s}: {r['steps']:5d} decode steps, {r['in_flight']:6.0f} rows "
+            f"in flight, {r['preemptions']} preemptions{extra}: "
+            f"{r['seconds']:5.1f} s = {r['seconds'] / bound:.2f}x the bound"
+        )
+    ratio = out["slots"]["seconds"] / out["pages"]["seconds"]
+    print(f"    pages / slots speed-up: {ratio:.2f}x")
 
 
 def model_throughput(args) -> None:
@@ -163,6 +297,8 @@ def main():
     parser.add_argument("--chunk", type=int, default=256)
     parser.add_argument("--slots", type=int, nargs="+", default=[256, 128, 64])
     parser.add_argument("--refill", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--page", type=int, default=128)
+    parser.add_argument("--prompt-len", type=int, default=256)
     parser.add_argument("--model", action="store_true")
     parser.add_argument("--model-prompts", type=int, default=64)
     parser.add_argument("--model-slots", type=int, default=64)
@@ -175,6 +311,7 @@ def main():
     ]
     for name, lengths in tables:
         replay_table(name, lengths, args.chunk, args.slots, args.refill)
+    pages_table(tables[1][1], args)
     if args.model:
         print(
             f"tiny model, {args.model_prompts} prompts x 8, "

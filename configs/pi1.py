@@ -15,4 +15,13 @@ from rlvr_jax import base_config as base
 def get_config(arg=None):
     c = base.base_config()
     c.data.indices = (124,)  # π1
+    # Memory layout, not recipe: a paged KV cache, every response of a step
+    # decoded at once (1,024 slots), 1,600 pages of 128 tokens per chip, the
+    # prompts prefilled 2 per chip at a time: what fits a v5e-8 beside the
+    # train state (python -m rlvr_jax.plan --config=configs/pi1.py
+    # --topology=v5e:2x4; docs/plan.md). `tiny` goes back to slot caches.
+    c.rollout.page_size = 128
+    c.rollout.pages = 1600
+    c.rollout.prefill_chunk = 2
+    c.rollout.chunk_size = 1024
     return base.apply_arg(c, arg)

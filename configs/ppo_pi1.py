@@ -48,4 +48,6 @@ def get_config(arg=None):
         # (python -m rlvr_jax.plan --config=configs/ppo_pi1.py
         # --topology=v5e:2x4; docs/plan.md, "PPO").
         c.rollout.chunk_size = 128
+        c.rollout.page_size = c.rollout.pages = 0  # slot caches
+        c.rollout.prefill_chunk = 0
     return c

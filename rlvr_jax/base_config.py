@@ -73,6 +73,21 @@ def base_config() -> config_dict.ConfigDict:
     # every step), for models whose copy does not fit (rlvr_jax.plan says);
     # "auto": replicated when the copy is at most a quarter of a chip's memory.
     c.rollout.decode_weights = "auto"
+    # Where the decode loop runs: "data" (the learner's devices as data-parallel
+    # replicas), "tensor=T" (T = 2, 4 or 8 chips of a host split the MLP and
+    # head weights; the KV cache is split over rows only, so a chip holds T×
+    # the rows), or "auto" ("data" unless the copy exceeds a quarter of a chip
+    # and a split copy and its cache fit; `rlvr_jax.plan` compares layouts).
+    c.rollout.decode_mesh = "auto"
+    # The KV cache. page_size 0: slot caches (each of rollout.chunk_size slots
+    # holds prompt + max_new_tokens columns). C > 0: a paged cache of C-token
+    # pages, rollout.pages response pages per chip of the batch axes (0: as
+    # many as chunk_size slots of the widest response take), so rows in flight
+    # are bounded by their real tokens; a dry pool preempts a row and
+    # restarts it (same tokens). `rlvr_jax.plan` says how many pages fit.
+    c.rollout.page_size = 0
+    c.rollout.pages = 0
+    c.rollout.prefill_chunk = 0  # paged: prompts per chip prefilled at once (0: all)
 
     c.reward = config_dict.ConfigDict()
     c.reward.think = False  # R1-Distill: grade after </think> only; unclosed: 0
@@ -277,6 +292,8 @@ def make_tiny(c: config_dict.ConfigDict, preset: str = "tiny", chat: str = "") -
     c.rollout.temperature = 1.0
     c.rollout.max_new_tokens = 8
     c.rollout.chunk_size = 64
+    c.rollout.page_size = c.rollout.pages = 0  # slot caches on a laptop
+    c.rollout.prefill_chunk = 0
     c.eval.chunk_size = 64
     c.rollout.cache_dtype = "float32"
     c.optim.lr = 3e-3

@@ -23,6 +23,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from etils import epath
 
 from rlvr_jax import base_config, learner, sharding
@@ -37,7 +38,7 @@ from rlvr_jax.learner import optimizer as optimizer_lib
 from rlvr_jax.model import decoder, flash
 from rlvr_jax.model import params as params_lib
 from rlvr_jax.planning import chips, programs
-from rlvr_jax.rollout import engine, sampling
+from rlvr_jax.rollout import decoding, engine, pagebook, paged_engine, sampling
 
 # ------------------------------------------------------------------ model
 RANDOM_PRESETS = ("tiny", "tiny_llama", "lab")  # random init, the tiny tokenizer
@@ -335,6 +336,7 @@ def check_config(config) -> list[str]:
         if not 0 <= rw[key] <= 1:  # NaN too
             raise ValueError(f"reward.{key}={rw[key]} must be in [0, 1]")
     check_algorithm(config)
+    decode_tensor(config)  # a bad layout name is one line, before any work
     if config.log.samples_every < 0 or config.log.samples_count < 1:
         raise ValueError(
             f"log.samples_every={config.log.samples_every} must be >= 0 (0: off) "
@@ -433,6 +435,9 @@ def validate(config, model_config: decoder.ModelConfig, mesh) -> None:
             f"data×fsdp = {divisor} devices"
         )
     attention_kernel(config, mesh, model_config)  # raises on a bad choice
+    tensor = decode_tensor(config)
+    if tensor:  # explicit: T must fit the devices and their hosts
+        sharding.decode_mesh(mesh, tensor)
     longest = max(d.prompt_buckets) + max(r.max_new_tokens, config.eval.max_new_tokens)
     if d.max_prompt_len > max(d.prompt_buckets):
         raise ValueError(
@@ -470,6 +475,10 @@ RESUMABLE_KEYS = (
     "model.remat",
     "rollout.chunk_size",
     "rollout.decode_weights",
+    "rollout.decode_mesh",
+    "rollout.page_size",
+    "rollout.pages",
+    "rollout.prefill_chunk",
     "train.micro_batch_size",
     "train.max_tokens_per_micro_batch",
     "train.logits_chunk",
@@ -752,6 +761,162 @@ def decode_weights_sharding(config, mesh, model_config=None, hbm_bytes=None):
     )
 
 
+DECODE_MESH_CHOICES = (
+    "auto",
+    "data",
+    *(f"tensor={t}" for t in sharding.DECODE_TENSOR_SIZES),
+)
+
+
+def decode_tensor(config) -> int | None:
+    """T of `rollout.decode_mesh`: 1 for "data", T for "tensor=T", None for
+    "auto" (ValueError, one line, for anything else or a clash with
+    `rollout.decode_weights`)."""
+    choice = config.rollout.decode_mesh
+    if choice not in DECODE_MESH_CHOICES:
+        raise ValueError(
+            f"rollout.decode_mesh={choice!r}: expected one of "
+            f"{', '.join(map(repr, DECODE_MESH_CHOICES))}"
+        )
+    if choice == "auto":
+        return None
+    tensor = 1 if choice == "data" else int(choice.split("=")[1])
+    if tensor > 1 and config.rollout.decode_weights == "sharded":
+        raise ValueError(
+            f"rollout.decode_weights='sharded' with rollout.decode_mesh={choice!r}: "
+            "the tensor layout places the decode weights itself; set "
+            "--config.rollout.decode_weights=auto or --config.rollout.decode_mesh=data"
+        )
+    return tensor
+
+
+def decode_weight_bytes(model_config, tensor: int) -> int:
+    """Bytes per chip of the compute-dtype decode weights split over `tensor`
+    chips by `sharding.DECODE_RULES` (tensor=1: the whole copy)."""
+    mesh = jax.sharding.AbstractMesh(
+        (1, 1, tensor), sharding.AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3
+    )
+    packed = jax.eval_shape(
+        lambda p: decoding.pack(model_config, p),
+        decoder.abstract_params(model_config),
+    )
+    total = 0
+    for path, leaf in jax.tree_util.tree_leaves_with_path(packed):
+        spec = sharding.spec_for(
+            sharding.path_str(path), leaf.shape, mesh, sharding.DECODE_RULES
+        )
+        shard = [
+            d // (tensor if e is not None else 1)
+            for d, e in zip(leaf.shape, tuple(spec) + (None,) * leaf.ndim)
+        ]
+        total += int(np.prod(shard)) * jnp.dtype(model_config.dtype).itemsize
+    return total
+
+
+def sampler_cache_bytes(config, model_config, mesh, tensor: int) -> int:
+    """Bytes per chip of the rollout's KV cache (rollout.chunk_size slots of
+    the widest prompt bucket + max_new_tokens) on a decode mesh of `tensor`:
+    the slots split over devices / T chips (the cache is not split over
+    'tensor')."""
+    width = max(config.data.prompt_buckets) + config.rollout.max_new_tokens
+    per_row = 2 * model_config.n_layers * model_config.n_kv_heads
+    per_row *= model_config.head_dim * width
+    per_row *= jnp.dtype(config.rollout.cache_dtype).itemsize
+    chips = mesh.devices.size // tensor
+    return -(-config.rollout.chunk_size // chips) * per_row
+
+
+def paging(config, settings, divisor: int):
+    """The training rollout's paged KV cache (`rollout.page_size`,
+    `rollout.pages`), or None for slot caches.
+
+    `rollout.pages` 0 gives each of the `divisor` devices of the batch axes
+    the pages its share of `rollout.chunk_size` slots needs for the widest
+    responses (never preempts); `rlvr_jax.plan` reports how many fit.
+    """
+    page, pages = config.rollout.page_size, config.rollout.pages
+    if page < 0 or pages < 0:
+        raise ValueError(
+            f"rollout.page_size={page}, rollout.pages={pages}: both must be >= 0"
+        )
+    if not page:
+        if pages:
+            raise ValueError(
+                "rollout.pages is set but rollout.page_size is 0 (slot caches); "
+                "give a page size to use a paged cache"
+            )
+        return None
+    if not pages:
+        slots = -(-config.rollout.chunk_size // divisor)
+        pages = slots * pagebook.own_pages(page, settings.max_new_tokens)
+    return paged_engine.Paging(
+        page=page, pages=pages, prefill_chunk=config.rollout.prefill_chunk
+    )
+
+
+def decode_layout(config, mesh, model_config=None, hbm_bytes=None):
+    """The sampler's decode mesh and decode-weight placement:
+    (`rollout.decode_mesh`, its tensor size T, `decode_sharding`).
+
+    "data": the learner's mesh, the weights placed by
+    `decode_weights_sharding` (today's data-parallel replicas). "tensor=T":
+    `sharding.decode_mesh(mesh, T)` (the same devices, T of a host per
+    tensor group) and the weights split by `sharding.DECODE_RULES` (a pytree
+    of shardings for `sampling.prepare`). "auto", a rule without compiling:
+    "data" while a replicated copy takes at most a quarter of a chip (as
+    `decode_weights=auto`), else the smallest T whose split copy takes at
+    most a quarter and whose copy and KV cache (T× a data layout's per chip,
+    the cache being split over rows only) at most half; "data" otherwise
+    (then with sharded weights), and when the memory or the model is not
+    known. `python -m rlvr_jax.plan` compiles and compares the layouts.
+
+    Raises:
+      ValueError: a bad `rollout.decode_mesh`, or T that does not fit the
+        devices or their hosts (one line).
+    """
+    tensor = decode_tensor(config)
+    if tensor is None:
+        tensor = 1
+        hbm_bytes = _mesh_hbm(mesh) if hbm_bytes is None else hbm_bytes
+        if hbm_bytes and model_config is not None:
+            if decode_weight_bytes(model_config, 1) > hbm_bytes / 4:
+                tensor = _smallest_tensor(config, mesh, model_config, hbm_bytes)
+    if tensor == 1:
+        return (
+            mesh,
+            1,
+            decode_weights_sharding(config, mesh, model_config, hbm_bytes),
+        )
+    if model_config is None:
+        raise ValueError("rollout.decode_mesh: a tensor layout needs the model")
+    dmesh = sharding.decode_mesh(mesh, tensor)
+    packed = jax.eval_shape(
+        lambda p: decoding.pack(model_config, p),
+        decoder.abstract_params(model_config),
+    )
+    return dmesh, tensor, sharding.decode_shardings(packed, dmesh)
+
+
+def _smallest_tensor(config, mesh, model_config, hbm_bytes) -> int:
+    per_host = sharding.devices_per_host(mesh.devices)
+    for tensor in sharding.DECODE_TENSOR_SIZES:
+        if mesh.devices.size % tensor or tensor > per_host:
+            continue
+        weights = decode_weight_bytes(model_config, tensor)
+        cache = sampler_cache_bytes(config, model_config, mesh, tensor)
+        if weights <= hbm_bytes / 4 and weights + cache <= hbm_bytes / 2:
+            return tensor
+    return 1
+
+
+def _mesh_hbm(mesh) -> float | None:
+    try:
+        stats = mesh.devices.flat[0].memory_stats() or {}
+    except jax.errors.JaxRuntimeError:  # a compile-only device
+        stats = {}
+    return stats.get("bytes_limit")
+
+
 def benchmark_call_prompts(config, protocol, problems: int) -> int:
     """Prompts per sampler call of a benchmark evaluation of `problems`
     problems: as many as fill `sampling.chunk_rows` responses (at least one),
@@ -834,13 +999,15 @@ def eval_chunk(config, eval_examples: int) -> int:
 
 
 def step_shapes(
-    config, mesh, eval_examples: int, settings, learner_cfg
+    config, mesh, eval_examples: int, settings, learner_cfg, decode_mesh=None
 ) -> programs.StepShapes:
     """The sizes of one RL step under `config` on `mesh`, worst case (the
     widest prompt bucket, every response at max_new_tokens), by the rules
-    the components run by: `engine.rollout_shape` for the rollouts,
-    `packing.abstract_batch` for the learner batch."""
+    the components run by: `engine.rollout_shape` for the rollouts (split
+    over `decode_mesh`'s batch axes, default `mesh`'s, as `engine.rollout`
+    splits them), `packing.abstract_batch` for the learner batch."""
     divisor = sharding.batch_divisor(mesh)
+    rows_divisor = sharding.batch_divisor(decode_mesh or mesh)
     width = max(config.data.prompt_buckets)
     batch = config.train.batch_size
     new = config.rollout.max_new_tokens
@@ -857,12 +1024,17 @@ def step_shapes(
     if eval_examples and config.eval.every:
         chunk = eval_chunk(config, eval_examples)
         greedy = dataclasses.replace(settings, n=1)
-        eval_shape = engine.rollout_shape(chunk, width, greedy, chunk, divisor)
+        eval_shape = engine.rollout_shape(chunk, width, greedy, chunk, rows_divisor)
         calls = -(-eval_examples // chunk)
     return programs.StepShapes(
         responses=batch * settings.n,
         sample=engine.rollout_shape(
-            batch, width, settings, config.rollout.chunk_size, divisor
+            batch,
+            width,
+            settings,
+            config.rollout.chunk_size,
+            rows_divisor,
+            paging(config, settings, rows_divisor),
         ),
         new_tokens=new,
         learner=layout,
@@ -900,6 +1072,9 @@ def plan_run(
     settings = sampling_settings(config, model, pad_id)
     learner_cfg = learner_config(config, run_mesh, model)
     ppo = uses_critic(config)
+    dmesh, tensor, decode_sharding = decode_layout(
+        config, run_mesh, model, hbm_bytes or _device_hbm(devices[0])
+    )
     return programs.Run(
         model=model,
         mesh=run_mesh,
@@ -907,10 +1082,12 @@ def plan_run(
         tx=optimizer(config),
         settings=settings,
         eval_settings=eval_sampling_settings(config, model, pad_id),
-        shapes=step_shapes(config, run_mesh, eval_examples, settings, learner_cfg),
-        decode_sharding=decode_weights_sharding(
-            config, run_mesh, model, hbm_bytes or _device_hbm(devices[0])
+        shapes=step_shapes(
+            config, run_mesh, eval_examples, settings, learner_cfg, dmesh
         ),
+        decode_sharding=decode_sharding,
+        decode_mesh=None if tensor == 1 else dmesh,
+        decode_tensor=tensor,
         reference=uses_reference(config),
         reference_on_host=bool(config.train.reference_on_host),
         eval_every=config.eval.every if eval_examples else 0,

@@ -5,7 +5,10 @@
         [--output=plan.json]
 
 compiles, for a TPU topology (through `jax.experimental.topologies` and the
-libtpu of the `[tpu]` extra, on any CPU host) or for the local devices when
+libtpu of the `[tpu]` extra, on any CPU host), for GPUs (`--topology=h100:8`,
+`a100:8`, `h200:8`, `h100:2x8` for 2 nodes of 8: XLA:GPU through the CUDA
+plugin of the `[cuda]` extra, for a target config shipped in
+`planning/gpu_targets/`, on any CPU host) or for the local devices when
 no topology is given, every program one RL step runs, with the run's real
 shapes and shardings: the objects come from `rlvr_jax.build` (as `train.run`
 makes them), the programs from the sampler's and learner's own `lower_*`
@@ -61,13 +64,15 @@ def plan(
     chip: chips.Chip | None = None,
     lengths: str | None = lengths_lib.DEFAULT,
     calibration: str | calibration_lib.Calibration | None = None,
+    prompt_tokens: int | None = None,
 ) -> Plan:
     """Compiles `config`'s step for `topology` (or the local devices) and plans.
 
     Args:
       config: the experiment ConfigDict (as main.py gets it).
-      topology: a TPU topology name ('v5e:2x4'); None plans for
-        `jax.devices()` (an accelerator).
+      topology: a TPU topology name ('v5e:2x4') or a GPU one ('h100:8',
+        'h100:2x8': nodes × GPUs per node; `chips.parse_gpu_topology`);
+        None plans for `jax.devices()` (an accelerator).
       model: replaces the config's model (tests).
       hbm_bytes: memory per chip to plan against (default: the chip's, or
         what the local device reports).
@@ -85,6 +90,10 @@ def plan(
         response at max_new_tokens only). Needs `costs`.
       calibration: a calibration file (or `Calibration`) measured on this
         plan's chip: expected times beside the roofline.
+      prompt_tokens: the prompts' real token count at the mix (default:
+        the widest prompt bucket, an upper bound): the rollout's prompts
+        pad to its bucket (slot caches) or take that many columns (pages),
+        and the learner packs them at that length.
 
     Returns:
       the `Plan`.
@@ -98,6 +107,8 @@ def plan(
         devices = chips.topology_devices(topology)
         chip = chip or chips.chip_for(topology.split(":")[0])
         name = topology
+        if chips.is_gpu_topology(topology):
+            notes += report.gpu_notes(*chips.parse_gpu_topology(topology)[1:])
     else:
         devices = jax.devices()
         if devices[0].platform == "cpu" and chip is None:
@@ -169,11 +180,24 @@ def plan(
         reference=run.reference,
         critic=run.critic is not None,
         calibration=calibration,
+        platform=run.platform,
     )
     if mix is not None:
         drawn, capped = lengths_lib.draw(
             mix, run.shapes.responses, run.settings.n, run.settings.max_new_tokens
         )
+        eval_drawn = None
+        evals = [p for p in compiled if p.name == "eval_sample" and p.rollout]
+        if evals:
+            # One greedy response per problem, from the same source: an
+            # evaluation's own lengths are not known before it runs.
+            eval_drawn, _ = lengths_lib.draw(
+                mix,
+                evals[0].rollout.rows,
+                1,
+                run.eval_settings.max_new_tokens,
+                seed=1,
+            )
         result.mix = report.step_at_mix(
             run,
             compiled,
@@ -183,6 +207,9 @@ def plan(
             steps=config.train.steps,
             initial_eval=initial_eval,
             capped=capped,
+            eval_lengths_r=eval_drawn,
+            prompt_tokens=prompt_tokens,
+            buckets=tuple(config.data.prompt_buckets),
         )
     result.largest = search_lib.largest_sizes(run, result)
     if not result.fits and search:
@@ -233,7 +260,9 @@ def override(config, changes: dict):
 def main(argv) -> None:
     del argv
     if _TOPOLOGY.value:
-        # Compile-only devices: nothing runs, so no accelerator is looked for.
+        # Compile-only devices: nothing runs, so no accelerator is looked for
+        # (the CUDA plugin, asked for a GPU on a host without one, fails to
+        # load and can then describe no GPU topology).
         jax.config.update("jax_platforms", "cpu")
     config = _CONFIG.value
     try:  # a bad source is one line, before minutes of compiling
@@ -252,6 +281,7 @@ def main(argv) -> None:
         verbose=True,
         lengths=_LENGTHS.value,
         calibration=_CALIBRATION.value,
+        prompt_tokens=_PROMPT_TOKENS.value,
     )
     print(report.format_plan(result), flush=True)
     if _OUTPUT.value:
@@ -267,7 +297,10 @@ if __name__ == "__main__":
         "config", None, "Experiment config file (configs/*.py[:arg]).", lock_config=True
     )
     _TOPOLOGY = flags.DEFINE_string(
-        "topology", None, "TPU topology, e.g. v5e:2x4; default: the local devices."
+        "topology",
+        None,
+        "TPU topology, e.g. v5e:2x4, or GPUs (nodes x GPUs per node), e.g. "
+        "h100:8, a100:8, h200:8, h100:2x8; default: the local devices.",
     )
     _OUTPUT = flags.DEFINE_string("output", None, "Also write the plan as JSON here.")
     _HBM_GB = flags.DEFINE_float(
@@ -288,6 +321,12 @@ if __name__ == "__main__":
         "Response-length mix to price the step at: 'packaged' (measured "
         "Qwen2.5-Math lengths), a JSON file of token counts, a run's workdir, "
         "'lognormal:median=M,p99=P', or 'max' (every response at max_new_tokens).",
+    )
+    _PROMPT_TOKENS = flags.DEFINE_integer(
+        "prompt_tokens",
+        None,
+        "The prompts' real token count, for the step at the mix (default: "
+        "the widest prompt bucket, an upper bound; π1's prompt is 140).",
     )
     _CALIBRATION = flags.DEFINE_string(
         "calibration",

@@ -18,6 +18,13 @@ small tensors such as biases always get a valid sharding.
 Batches put their row axis over ('data', 'fsdp') and replicate the rest; `shard_batch` builds global arrays from each process's
 local rows, so the same code runs on one host or a pod. Inside jitted code,
 `constrain_rows` pins activations the same way.
+
+The sampler may decode on a mesh of its own over the same devices
+(`decode_mesh`: data = devices / T, tensor = T) with the packed decode
+weights split over 'tensor' by `DECODE_RULES` (Megatron style: the fused
+projections by their output rows, the output projections by their inputs,
+the head by the vocabulary), so that a decode step reads 1/T of them per
+chip and all-reduces its activations instead.
 """
 
 from __future__ import annotations
@@ -48,6 +55,24 @@ PARAM_RULES: tuple[tuple[str, P], ...] = (
     (r"(^|/)mlp/down_kernel$", P(None, "tensor", "fsdp")),  # [L, F, D]
     (r"norm/scale$", P()),  # [L, D] or [D]: small, replicated
 )
+
+
+# Decode-layout weights (`rlvr_jax.rollout.decoding.Weights`, leaf paths such
+# as 'layers/3/qkv_od') on a decode mesh. Matmul weights are [O, D] ("out,
+# in"): splitting O splits a projection's outputs, splitting D its
+# contraction (the partial sums are all-reduced). The fused q|k|v rows stay
+# whole: [q heads | k heads | v heads] split into T contiguous blocks does not
+# give each chip whole heads of one group (1.5B: 12 q + 2 k + 2 v heads of
+# 128; T=2 puts q heads 0-7 on one chip, q 8-11 and every k, v head on the
+# other), so attention (a tenth of the weights) stays replicated and the MLP
+# and head, nine tenths, are split. Norms and biases are replicated.
+DECODE_RULES: tuple[tuple[str, P], ...] = (
+    (r"(^|/)gate_up_od$", P("tensor", None)),  # [2F, D]: gate|up outputs
+    (r"(^|/)down_df$", P(None, "tensor")),  # [D, F]: contraction split
+    (r"(^|/)head_vd$", P("tensor", None)),  # [V, D]: vocabulary split
+    (r"(^|/)embed_vd$", P("tensor", None)),  # [V, D]: an untied lookup table
+)
+DECODE_TENSOR_SIZES = (2, 4, 8)
 
 
 def make_mesh(
@@ -88,6 +113,58 @@ def make_mesh(
     return jax.make_mesh(
         tuple(sizes), AXES, axis_types=(AxisType.Auto,) * 3, devices=devices
     )
+
+
+def decode_mesh(mesh: Mesh, tensor: int) -> Mesh:
+    """A ('data', 'fsdp', 'tensor') = (devices / T, 1, T) mesh over `mesh`'s
+    devices in `mesh`'s order.
+
+    The order is kept because a jitted call may not mix arrays whose devices
+    are ordered differently (the prefill reads the learner's params beside
+    the decode mesh's prompts). `jax.make_mesh` lays inner axes on the
+    fastest links, so T consecutive devices are neighbours; each tensor group
+    must lie within one host (one process), which is checked.
+
+    Raises:
+      ValueError: T is not 1, 2, 4 or 8, does not divide the devices, or a
+        group of T devices spans hosts.
+    """
+    devices = np.asarray(mesh.devices).reshape(-1)
+    if tensor not in (1, *DECODE_TENSOR_SIZES):
+        raise ValueError(
+            f"rollout.decode_mesh: tensor={tensor} must be one of "
+            f"{', '.join(map(str, DECODE_TENSOR_SIZES))}"
+        )
+    if len(devices) % tensor:
+        raise ValueError(
+            f"rollout.decode_mesh: tensor={tensor} does not divide the "
+            f"{len(devices)} devices"
+        )
+    groups = devices.reshape(-1, tensor)
+    per_host = devices_per_host(devices)
+    for group in groups:
+        if len({d.process_index for d in group}) > 1:
+            raise ValueError(
+                f"rollout.decode_mesh: tensor={tensor} is more than the "
+                f"{per_host} devices of a host (a tensor group must share a "
+                "host's links)"
+            )
+    return Mesh(devices.reshape(-1, 1, tensor), AXES, axis_types=(AxisType.Auto,) * 3)
+
+
+def devices_per_host(devices) -> int:
+    """The fewest devices any one process (host) holds among `devices`."""
+    counts: dict[int, int] = {}
+    for d in np.asarray(devices).reshape(-1):
+        counts[d.process_index] = counts.get(d.process_index, 0) + 1
+    return min(counts.values())
+
+
+def decode_shardings(abstract_weights: Any, mesh: Mesh) -> Any:
+    """`NamedSharding`s of the packed decode weights (a pytree of arrays or
+    ShapeDtypeStructs, e.g. `jax.eval_shape` of `decoding.pack`) on a decode
+    mesh, by `DECODE_RULES`; with tensor = 1 every leaf is replicated."""
+    return tree_shardings(abstract_weights, mesh, DECODE_RULES)
 
 
 def path_str(path) -> str:

@@ -466,7 +466,10 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
         reference = sampling.compute_dtype_params(model_config, reference)
         if config.train.reference_on_host:
             reference = sharding_lib.to_memory(reference, "pinned_host")
-    decode_sharding = build.decode_weights_sharding(config, mesh, model_config)
+    # The sampler's mesh (the learner's, or a tensor split of the same
+    # devices: rollout.decode_mesh) and where its packed weights live.
+    decode_mesh, _, decode_sharding = build.decode_layout(config, mesh, model_config)
+    paging = build.paging(config, settings, sharding_lib.batch_divisor(decode_mesh))
     train_step = learner.jit_train_step(model_config, learner_config, tx, mesh)
     logprobs_fn = learner.jit_logprobs(model_config, learner_config, mesh)
     if ppo:
@@ -565,7 +568,7 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
             pool,
             chunk=build.eval_chunk(config, sum(len(s.examples) for s in sets)),
             buckets=config.data.prompt_buckets,
-            mesh=mesh,
+            mesh=decode_mesh,
             decode_sharding=decode_sharding,
         )
 
@@ -593,8 +596,9 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
                 jax.random.fold_in(base_key, step),
                 buckets=config.data.prompt_buckets,
                 slots=config.rollout.chunk_size,
-                mesh=mesh,
+                mesh=decode_mesh,
                 decode_sharding=decode_sharding,
+                paging=paging,
             )
             t_sample = time.time() - t0
             # --------------------------------------------------------- score
@@ -704,6 +708,7 @@ def run(config: config_dict.ConfigDict, workdir: str) -> dict[str, float]:
                     "learner/token_efficiency": packing.token_efficiency(host_batch),
                     "throughput/gen_tokens_per_s": generated / max(t_sample, 1e-9),
                     "rollout/slot_efficiency": roll.slot_efficiency,
+                    "rollout/preemptions": roll.preemptions,
                 }
             )
             if config.reward.think:

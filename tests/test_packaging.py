@@ -19,6 +19,7 @@ import zipfile
 from pathlib import Path
 
 from rlvr_jax.data import paper_data
+from rlvr_jax.planning import chips
 
 REPO = Path(__file__).resolve().parents[1]
 # Modules that need an extra at import time (the extra's name).
@@ -128,3 +129,6 @@ def test_the_wheel_carries_the_paper_data(tmp_path):
     }
     assert len(shipped) >= 15  # 12 eval files, 3 train files, SOURCES.md
     assert shipped - packed == set()
+    # The planner's XLA:GPU target configs (`planning.chips.GPU_TARGETS`).
+    targets = {"rlvr_jax/planning/gpu_targets/" + n for n in chips.GPU_TARGETS.values()}
+    assert targets - packed == set()

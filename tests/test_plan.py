@@ -682,6 +682,66 @@ def test_the_step_at_a_mix_is_at_most_all_at_max_and_equal_at_max(tiny_run):
     assert at_mix.times["update"] > floor
 
 
+def test_real_prompt_lengths_and_a_paged_cache_price_the_mix(tiny_run):
+    """`prompt_tokens` (the prompts' real length) shrinks the mix's sampling
+    (a narrower prompt bucket) and learner (shorter packed sequences); a
+    paged rollout is replayed through its page book: as many rows in flight
+    as the pool holds, fewer decode steps than the slots' waves, and a
+    pool too small for the rows preempts."""
+
+    from rlvr_jax.planning import lengths as lengths_lib
+    from rlvr_jax.rollout import paged_engine
+
+    run, progs = tiny_run, _priced_programs(tiny_run)
+    sh = run.shapes
+    mix = lengths_lib.parse("lognormal:median=30,p99=100")
+    drawn, _ = lengths_lib.draw(mix, sh.responses, run.settings.n, 256)
+    base = _at_mix(run, progs, drawn)
+    short = report.step_at_mix(
+        run,
+        progs,
+        chips.CHIPS["v5e"],
+        drawn,
+        source="test",
+        steps=10,
+        initial_eval=0.0,
+        prompt_tokens=20,
+        buckets=(32, sh.prompt_width),
+    )
+    assert short.times["sampling"] < base.times["sampling"]
+    assert short.times["update"] < base.times["update"]
+    assert "prompts of 20 tokens" in " ".join(short.notes)
+
+    sample = next(p for p in progs if p.name == "sample")
+    for pages, preempts in ((4096, False), (64, True)):
+        paged = dataclasses.replace(
+            sample.rollout,
+            slots=sh.responses,
+            paging=paged_engine.Paging(page=16, pages=pages),
+            kernel=True,
+        )
+        d = paged.replay(drawn, 20)
+        assert (d.preemptions > 0) == preempts
+        if not preempts:
+            assert d.steps == drawn.max() - 1  # every row in flight at once
+            assert d.mean_live > 0
+        priced = [
+            dataclasses.replace(p, rollout=paged) if p.name == "sample" else p
+            for p in progs
+        ]
+        at = report.step_at_mix(
+            run,
+            priced,
+            chips.CHIPS["v5e"],
+            drawn,
+            source="test",
+            steps=10,
+            initial_eval=0.0,
+            prompt_tokens=20,
+        )
+        assert "paged KV cache" in " ".join(at.notes)
+
+
 def test_a_calibration_adds_expected_times_beside_the_roofline(
     tiny_plan, tiny_run, tmp_path
 ):

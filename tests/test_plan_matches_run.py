@@ -321,3 +321,31 @@ def test_a_benchmark_evaluation_runs_the_programs_its_shapes_give(tiny_model, tm
         same = [r for r in ran if _same(r[3], plan_call[3])]
         assert len(same) == calls[name], name  # 1 call of 3 greedy; 3 of 1
     assert len(ran) == sum(calls.values())  # and no other program ran
+
+
+@pytest.mark.slow  # suite time: a run and a plan of its own
+def test_the_plan_compiles_the_paged_rollout_the_run_ran(tmp_path, monkeypatch):
+    """With a paged KV cache (`rollout.page_size`), the training rollout the
+    run ran (`paged_engine`) is the one the plan compiles: same arguments,
+    shardings and static sizes (pages, page, slots, devices)."""
+    from rlvr_jax.rollout import paged_engine
+
+    config = _config(tmp_path)
+    config.eval.every = 0
+    config.rollout.page_size = 4
+    config.rollout.pages = 6
+    log = []
+    monkeypatch.setattr(
+        paged_engine, "_paged_jit", Spy(paged_engine._paged_jit, log, "paged")
+    )
+    train.run(config, str(tmp_path / "run"))
+    ran = _distinct(list(log), "paged")
+    log.clear()
+    run = build.plan_run(config, jax.devices(), eval_examples=0)
+    programs.compile_programs(run, chips.CHIPS["v5e"], costs=False)
+    planned = _distinct(list(log), "paged")
+    assert len(ran) == 1 == len(planned)
+    assert _same(ran[0][3], planned[0][3]), (ran[0][3][2:], planned[0][3][2:])
+    statics = dict(planned[0][3][3])
+    assert statics["paging"] == paged_engine.Paging(page=4, pages=6)
+    assert statics["shards"] == 8 and statics["slots"] == 8

@@ -219,9 +219,19 @@ def test_the_ppo_pi1_config_is_pi1_with_gae_and_plans():
         pi1 = _flat(_config("configs/pi1.py", arg).to_dict())
         ppo = _flat(_config("configs/ppo_pi1.py", arg).to_dict())
         diff = {k: v for k, v in ppo.items() if pi1.get(k) != v}
-        # The recipe's one change; on the real model also 128 decode slots,
-        # so that the critic's state fits a v5e-8 beside the rollout.
-        layout = {} if arg else {"rollout.chunk_size": 128}
+        # The recipe's one change; on the real model also 128 decode slots
+        # of slot caches (no page pool), so that the critic's state fits a
+        # v5e-8 beside the rollout.
+        layout = (
+            {}
+            if arg
+            else {
+                "rollout.chunk_size": 128,
+                "rollout.page_size": 0,
+                "rollout.pages": 0,
+                "rollout.prefill_chunk": 0,
+            }
+        )
         assert diff == {"algorithm.adv_estimator": "gae", **layout}, arg
         assert ppo.keys() == pi1.keys()
     config = _config("configs/ppo_pi1.py", "tiny,steps=3")

@@ -7,7 +7,9 @@ Trip counts. XLA's cost analysis counts a `while`/`scan` body once, whatever
 its trip count, so costs are assembled from programs without the step's
 outer loops (`planning.programs`); `depth_cost` extrapolates a program's cost
 to the model's depth from copies at depth 1 and 2 with the layer scan
-unrolled (cost is linear in depth).
+unrolled (cost is linear in depth). On GPU, whose compiler has no cost
+analysis without a device, FLOPs are counted from the compiled HLO
+(`hlo.flops`, loops at their trip counts).
 """
 
 from __future__ import annotations
@@ -134,7 +136,10 @@ def cost(compiled) -> tuple[float, float]:
     """(FLOPs, HBM bytes) per chip of one pass of a compiled program.
 
     FLOPs are XLA's (`cost_analysis()`), which counts a loop body once,
-    plus those of kernels XLA has no count for (`kernel_flops`).
+    plus those of kernels XLA has no count for (`kernel_flops`); on GPU
+    (whose compiler, without a device, has no cost analysis) and wherever
+    the cost analysis is missing, the matrix products of the compiled HLO,
+    loops at their trip counts (`hlo.flops`).
     Bytes are counted from the compiled HLO (`hbm_bytes`): XLA's own
     "bytes accessed" sums every operand and output of every instruction
     wherever it lives, on-chip copies included, and no subtraction of those
@@ -147,14 +152,33 @@ def cost(compiled) -> tuple[float, float]:
             "estimate (--nocosts plans memory only): "
             + compiled.message.splitlines()[0]
         )
-    c = compiled.cost_analysis()
-    if isinstance(c, list):  # older jax returns one dict per program
-        c = c[0]
-    if not c:
-        return 0.0, 0.0
     computations = hlo.parse(compiled.as_text())  # parsed once for both
-    flops = float(c.get("flops", 0.0)) + hlo.parsed_kernel_flops(computations)
+    if platform(compiled) == "gpu":
+        # XLA:GPU compiling for a target config (no device) has no cost
+        # analysis; with a device it would, but one count for every GPU
+        # plan keeps deviceless and local plans comparable. The HLO count
+        # takes every loop at its trip count.
+        flops = hlo.parsed_flops(computations)
+    else:
+        c = compiled.cost_analysis()
+        if isinstance(c, list):  # older jax returns one dict per program
+            c = c[0]
+        if c and "flops" in c:
+            flops = float(c["flops"])
+        else:  # no cost analysis: the matrix products of the HLO
+            flops = hlo.parsed_flops(computations)
+    flops += hlo.parsed_kernel_flops(computations)
     return flops, hlo.parsed_hbm_bytes(computations)
+
+
+def platform(compiled) -> str | None:
+    """The platform of a compiled program's devices ('tpu', 'gpu', 'cpu'),
+    None when it has no sharded inputs or outputs to tell."""
+    shardings = jax.tree.leaves((compiled.input_shardings, compiled.output_shardings))
+    for s in shardings:
+        for device in getattr(s, "device_set", ()):
+            return device.platform
+    return None
 
 
 def depth_cost(

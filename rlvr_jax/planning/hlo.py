@@ -1,9 +1,12 @@
 """What a compiled program moves and computes, read from its HLO text.
 
 `hbm_bytes`: the HBM bytes one run reads and writes per chip (loop bodies
-times their trip counts); `kernel_flops`: the FLOPs of the flash-attention
-backward kernels, which carry no cost estimate XLA could count. `parse`
-reads the text once; `parsed_*` take its result.
+times their trip counts); `flops`: the FLOPs of its matrix products (dots,
+convolutions, cuBLAS calls), loop bodies times their trip counts, for
+targets whose compiler has no cost analysis (XLA:GPU compiled without a
+device); `kernel_flops`: the FLOPs of the flash-attention backward kernels,
+which carry no cost estimate XLA could count. `parse` reads the text once;
+`parsed_*` take its result.
 """
 
 from __future__ import annotations
@@ -224,7 +227,8 @@ def hbm_bytes(hlo: str) -> float:
         is all it does with it.
     A custom kernel (`custom-call`) counts its operands and outputs once:
     the flash-attention kernels are tiled so that they read each once
-    (rlvr_jax/model/flash.py).
+    (rlvr_jax/model/flash.py); a cuBLAS GEMM (XLA:GPU) counts its result,
+    not its workspace.
     """
     return parsed_hbm_bytes(parse(hlo))
 
@@ -273,8 +277,118 @@ def parsed_hbm_bytes(computations: dict) -> float:
                 total += _fusion_bytes(
                     computations, op, [shapes.get(o, "") for o in operands]
                 )
+            elif code == "custom-call" and any(
+                t in op.attributes for t in _GEMM_TARGETS
+            ):
+                # A cuBLAS GEMM's output is (result, workspace): the
+                # workspace is scratch the library may not touch at all.
+                result_bytes, result_in_hbm = _arrays(op.shape)[0]
+                total += result_bytes * result_in_hbm
+                total += sum(_hbm(shapes.get(o, "")) for o in operands)
             else:
                 total += _hbm(op.shape) + sum(_hbm(shapes.get(o, "")) for o in operands)
+        return total
+
+    return count("ENTRY")
+
+
+# Custom calls that are matrix products: cuBLAS and cuBLASLt GEMMs, whose
+# backend config carries the dot's dimension numbers (XLA:GPU rewrites most
+# dots into them).
+_GEMM_TARGETS = (
+    'custom_call_target="__cublas$gemm"',
+    'custom_call_target="__cublas$lt',
+)
+
+
+def _dims(shape: str) -> list[int]:
+    """The dimensions of the first array of an HLO shape."""
+    found = _ARRAY.findall(shape)
+    return [int(d) for d in found[0][1].split(",") if d] if found else []
+
+
+def _product_flops(op: _Op, shapes: dict) -> float:
+    """2 × output elements × contracted elements of a dot, a GEMM custom call
+    or a convolution (one multiply and one add per term); 0 for any other
+    instruction."""
+    if op.opcode == "dot" or (
+        op.opcode == "custom-call" and any(t in op.attributes for t in _GEMM_TARGETS)
+    ):
+        if op.opcode == "dot":
+            found = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", op.attributes)
+            contracting = found[1].split(",") if found else []
+        else:
+            found = re.search(
+                r'"lhs_contracting_dimensions":\[([^\]]*)\]', op.attributes
+            )
+            contracting = re.findall(r"\d+", found[1]) if found else []
+        lhs = _dims(shapes.get(op.operands[0], ""))
+        terms = math.prod(lhs[int(i)] for i in contracting if i)
+        # A GEMM's output is (result, workspace): the result is the first.
+        return 2.0 * math.prod(_dims(op.shape)) * terms
+    if op.opcode == "convolution":
+        kernel = _dims(shapes.get(op.operands[1], ""))
+        labels = re.search(r"dim_labels=\w+_(\w+)->", op.attributes)
+        if not kernel or not labels or "o" not in labels[1]:
+            return 0.0
+        # Each output element sums over the kernel's window and input
+        # features: every kernel dimension but its output features.
+        terms = math.prod(kernel) // kernel[labels[1].index("o")]
+        return 2.0 * math.prod(_dims(op.shape)) * terms
+    return 0.0
+
+
+def flops(hlo: str) -> float:
+    """FLOPs one run of a compiled program performs in matrix products, from
+    its HLO text (per chip).
+
+    Counts dots, convolutions and cuBLAS GEMM custom calls (2 × output
+    elements × contracted elements), inside fusions and called computations,
+    loop bodies times their trip count (once for a loop whose count depends
+    on data), the costliest branch of a conditional. Elementwise work,
+    reductions and custom kernels other than GEMMs are not counted: this is
+    the matmul term of a roofline, for compilers that give no cost analysis
+    (XLA:GPU compiling without a device).
+    """
+    return parsed_flops(parse(hlo))
+
+
+def parsed_flops(computations: dict) -> float:
+    memo: dict[str, float] = {}
+
+    def count(name: str) -> float:
+        if name in memo:
+            return memo[name]
+        memo[name] = 0.0  # a computation never calls itself; guards a cycle
+        ops = computations.get(name, [])
+        shapes = {o.name: o.shape for o in ops}
+        total = 0.0
+        for op in ops:
+            code = op.opcode
+            if code == "while":
+                body = re.search(r"body=%([\w.\-]+)", op.attributes)[1]
+                trips = _trip_count(computations, op)
+                total += (1 if trips is None else trips) * count(body)
+            elif code == "conditional":
+                branches = re.findall(
+                    r"%([\w.\-]+)",
+                    " ".join(
+                        re.findall(
+                            r"(?:branch_computations=\{[^}]*\}|"
+                            r"(?:true|false)_computation=%[\w.\-]+)",
+                            op.attributes,
+                        )
+                    ),
+                )
+                total += max((count(b) for b in branches), default=0.0)
+            elif code in ("fusion", "call", "async-start"):
+                for called in re.findall(
+                    r"(?:to_apply|calls)=%([\w.\-]+)", op.attributes
+                ):
+                    total += count(called)
+            else:
+                total += _product_flops(op, shapes)
+        memo[name] = total
         return total
 
     return count("ENTRY")

@@ -17,6 +17,15 @@ width:
              the step compiled at two widths gives the line, and the sum
              over the replayed steps is (steps) × the line at their mean
              width.
+  pages      a paged cache (`rollout.page_size`) is replayed through its own
+             book instead (`pagebook.replay`: admission while pages are
+             free, preemption when they run dry), one device's rows at a
+             time (each device runs its own prompts' rows), the busiest
+             device setting the step count. With the Pallas kernel a step
+             reads each live row's own pages only: its cost is the line at
+             the width whose S rows hold the live rows' columns
+             (Σ live columns / S); the pure-JAX path reads blocks up to the
+             longest live row, as the slot engine does.
   packing    the rollout's sequences (prompt + response) are packed by the
              learner's own packing (`packing.plan`, its width and micro-batch
              rules); a pass over the batch costs in proportion to its packed
@@ -32,7 +41,7 @@ import dataclasses
 import numpy as np
 
 from rlvr_jax.learner import packing
-from rlvr_jax.rollout import engine, scheduler
+from rlvr_jax.rollout import engine, pagebook, paged_engine, scheduler
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +76,8 @@ class Decoding:
     steps: int
     mean_width: float
     tokens: int
+    preemptions: int = 0
+    mean_live: float = 0.0
 
     @property
     def slot_efficiency(self) -> float:
@@ -92,21 +103,85 @@ def decoding(
     (each ≤ new_tokens), and the cache columns they attend over on average."""
     lengths_r = np.asarray(lengths_r, np.int32)
     out = scheduler.replay(lengths_r, slots, refill_every)
-    per_longest = np.asarray(out.longest_l, np.int64)
     block, width = cache_width(prompt_width, new_tokens, platform)
-    if block >= width:  # one block: the whole cache every step
-        widths = np.full(per_longest.shape, width)
-    else:
-        longest = np.arange(per_longest.size)
-        widths = engine.attended_columns(prompt_width, longest, block)
     steps = int(out.decode_steps)
-    mean = float((per_longest * widths).sum()) / max(steps, 1)
+    mean = _mean_width(out.longest_l, prompt_width, block, width, steps)
     return Decoding(
         rows=int(lengths_r.size),
         slots=slots,
         steps=steps,
         mean_width=mean,
         tokens=int(lengths_r.sum()),
+    )
+
+
+def _mean_width(longest_l, prompt_width: int, block: int, width, steps: int):
+    """Mean cache columns attended over `steps` decode steps, from the steps
+    counted by their longest live row (`longest_l`): whole `block`s up to it,
+    or every step the whole `width` when one block spans it."""
+    per_longest = np.asarray(longest_l, np.int64)
+    if width is not None and block >= width:
+        widths = np.full(per_longest.shape, width)
+    else:
+        longest = np.arange(per_longest.size)
+        widths = engine.attended_columns(prompt_width, longest, block)
+    return float((per_longest * widths).sum()) / max(steps, 1)
+
+
+def paged_decoding(
+    lengths_r: np.ndarray,
+    slots: int,
+    paging: paged_engine.Paging,
+    prompt_width: int,
+    new_tokens: int,
+    platform: str,
+    shards: int,
+    kernel: bool,
+    n: int = 1,
+    refill_every: int = engine.REFILL_EVERY,
+) -> Decoding:
+    """`decoding` for a paged cache: each of the `shards` devices replays its
+    own rows (whole groups of n, as the engine splits prompts) through its
+    `slots / shards` slots and `paging.pages` pages; the device with the most
+    decode steps is the rollout's. `mean_width` is in the slot line's terms
+    (see the module docstring); every prompt is taken `prompt_width` long.
+    """
+    lengths_r = np.asarray(lengths_r, np.int32)
+    per_device = lengths_r.reshape(shards, -1)
+    local = slots // shards
+    best = None
+    for d in range(shards):
+        out = pagebook.replay(
+            per_device[d],
+            prompt_width,
+            slots=local,
+            pages=paging.pages,
+            page=paging.page,
+            max_new_tokens=new_tokens,
+            refill_every=refill_every,
+        )
+        if best is None or int(out.decode_steps) > int(best.decode_steps):
+            best = out
+    steps = int(best.decode_steps)
+    if kernel:
+        mean = float(np.asarray(best.kv_t, np.int64)[:steps].sum()) / max(
+            steps * local, 1
+        )
+    else:
+        per_block = paged_engine.pages_per_block(
+            paging, prompt_width, new_tokens, platform
+        )
+        block = per_block * paging.page
+        mean = _mean_width(best.longest_l, prompt_width, block, None, steps)
+    live = np.asarray(best.live_t, np.int64)[:steps]
+    return Decoding(
+        rows=int(lengths_r.size),
+        slots=slots,
+        steps=steps,
+        mean_width=mean,
+        tokens=int(lengths_r.sum()),
+        preemptions=int(best.preemptions),
+        mean_live=float(live.mean()) * shards if steps else 0.0,
     )
 
 
@@ -130,13 +205,43 @@ class RolloutCost:
     prompt_width: int
     new_tokens: int
     platform: str
+    paging: paged_engine.Paging | None = None
+    shards: int = 1
+    kernel: bool = False
 
-    def replay(self, lengths_r: np.ndarray | None = None) -> Decoding:
-        """The decoding at `lengths_r` (None: every row at new_tokens)."""
+    def replay(
+        self,
+        lengths_r: np.ndarray | None = None,
+        prompt_tokens: int | None = None,
+        buckets: tuple[int, ...] | None = None,
+    ) -> Decoding:
+        """The decoding at `lengths_r` (None: every row at new_tokens) with
+        prompts of `prompt_tokens` (None: the compiled prompt width): a
+        paged cache holds them compact, slot caches at their bucket (from
+        `buckets`; at most the compiled width)."""
         if lengths_r is None:
             lengths_r = np.full(self.rows, self.new_tokens, np.int32)
+        prompt = min(prompt_tokens or self.prompt_width, self.prompt_width)
+        if self.paging is not None:
+            return paged_decoding(
+                lengths_r,
+                self.slots,
+                self.paging,
+                prompt,
+                self.new_tokens,
+                self.platform,
+                self.shards,
+                self.kernel,
+            )
+        width = self.prompt_width
+        if prompt_tokens and buckets:
+            width = min([b for b in sorted(buckets) if b >= prompt] or [width])
         return decoding(
-            lengths_r, self.slots, self.prompt_width, self.new_tokens, self.platform
+            lengths_r,
+            self.slots,
+            min(width, self.prompt_width),
+            self.new_tokens,
+            self.platform,
         )
 
     def at(self, d: Decoding) -> tuple[float, float]:

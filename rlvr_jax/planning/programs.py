@@ -69,9 +69,9 @@ from rlvr_jax.learner import critic as critic_lib
 from rlvr_jax.learner import step as step_lib
 from rlvr_jax.model import decoder
 from rlvr_jax.planning import compile as compile_lib
-from rlvr_jax.planning import mix
+from rlvr_jax.planning import layouts, mix
 from rlvr_jax.planning.chips import Chip
-from rlvr_jax.rollout import engine, sampling
+from rlvr_jax.rollout import engine, paged_engine, sampling
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +135,9 @@ class Run:
         (GRPO). critic_tx: its optimizer (`build.critic_optimizer`).
       kl_in_reward: PPO's KL penalty is in the reward
         (algorithm.kl_in_reward): the policy's own log-prob pass runs too.
+      decode_mesh: the sampler's own mesh over the same devices (None: it
+        runs on `mesh`); decode_tensor: its tensor size T (1: data-parallel
+        replicas). See `rlvr_jax.build.decode_layout`.
     """
 
     model: decoder.ModelConfig
@@ -153,10 +156,17 @@ class Run:
     critic: critic_lib.CriticConfig | None = None
     critic_tx: Any = None
     kl_in_reward: bool = False
+    decode_mesh: Any = None
+    decode_tensor: int = 1
 
     @property
     def platform(self) -> str:
         return self.mesh.devices.flat[0].platform
+
+    @property
+    def sampler_mesh(self) -> Any:
+        """The mesh the sampler decodes on (`decode_mesh`, else `mesh`)."""
+        return self.mesh if self.decode_mesh is None else self.decode_mesh
 
 
 @dataclasses.dataclass
@@ -179,6 +189,8 @@ class Program:
         not grow with the batch's rows (a train step's optimizer update).
       rollout: a sampler program's cost by parts, to price it at other
         response lengths (`mix.RolloutCost`; None for other programs).
+      layouts: the training rollout's decode step under each decode layout
+        (`layouts.compare`; on "sample.decode_step" when costed, else None).
     """
 
     name: str
@@ -196,6 +208,7 @@ class Program:
     fixed_flops: float = 0.0
     fixed_bytes: float = 0.0
     rollout: mix.RolloutCost | None = None
+    layouts: list | None = None
 
     @property
     def total(self) -> int:
@@ -263,7 +276,7 @@ def sampler_weights(run: Run, model: decoder.ModelConfig, prepared):
     """Abstract `prepare` outputs, placed as the compiler placed them."""
     if isinstance(prepared, compile_lib.OutOfMemory):
         # Refused: place them as asked (replicated unless the compiler chose).
-        shardings = run.decode_sharding or sharding.replicated(run.mesh)
+        shardings = run.decode_sharding or sharding.replicated(run.sampler_mesh)
     else:
         shardings = prepared.output_shardings
     return sampling.abstract_weights(
@@ -273,7 +286,7 @@ def sampler_weights(run: Run, model: decoder.ModelConfig, prepared):
 
 def compile_sample(run, model, weights, shape: engine.RolloutShape, settings):
     """A rollout of `shape` (`engine.lower_rollout`)."""
-    lowered = engine.lower_rollout(model, weights, shape, settings, run.mesh)
+    lowered = engine.lower_rollout(model, weights, shape, settings, run.sampler_mesh)
     return compile_lib.compile_or_oom(lowered, run)
 
 
@@ -287,7 +300,7 @@ def mean_fill(run: Run, settings) -> int:
 def compile_decode_step(run, model, weights, shape, settings, width=None):
     """One decode step of `shape.slots` slots (`engine.lower_decode_step`)."""
     lowered = engine.lower_decode_step(
-        model, weights.decode, shape, settings, run.mesh, width
+        model, weights.decode, shape, settings, run.sampler_mesh, width
     )
     return compile_lib.compile_or_oom(lowered, run)
 
@@ -408,6 +421,22 @@ def _log(verbose: bool, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+PAGED_LINE_BLOCKS = (2, 8)  # attention blocks of the paged decode-step line
+
+
+def line_widths(run: Run, shape, settings) -> tuple[int, int]:
+    """The two cache widths the decode step's line is compiled at: the mean
+    fill of an all-at-max rollout and the whole cache; for a paged cache
+    (whose slots, every row of a rollout say, would not fit as slot caches
+    of the widest row) two narrow widths, 2 and 8 attention blocks (a
+    step's cost is affine in its width)."""
+    full = shape.prompt_width + settings.max_new_tokens
+    if shape.paging is None:
+        return mean_fill(run, settings), full
+    a, b = (min(full, k * engine.ATTENTION_BLOCK) for k in PAGED_LINE_BLOCKS)
+    return a, b
+
+
 def sample_cost(run: Run, shape, settings, weights, rows: int | None = None) -> tuple:
     """(FLOPs, bytes, decode step program, its (FLOPs, bytes), the rollout's
     `mix.RolloutCost`) of one rollout, its loop counted, every response at
@@ -435,10 +464,25 @@ def sample_cost(run: Run, shape, settings, weights, rows: int | None = None) -> 
 
     flops, nbytes = compile_lib.depth_cost(build, model)
     fill = mean_fill(run, settings)
+    full = shape.prompt_width + settings.max_new_tokens
+    if shape.paging is not None:
+        # A paged cache's slots (every row of a rollout, say) would not fit
+        # as slot caches of the widest row: the line is taken through two
+        # narrow widths (a step's cost is affine in its width).
+        fill, full = (min(full, k * engine.ATTENTION_BLOCK) for k in PAGED_LINE_BLOCKS)
     step = compile_decode_step(run, model, weights, shape, settings, fill)
     step_flops, step_bytes = compile_lib.cost(step)
-    full = shape.prompt_width + settings.max_new_tokens
     wide = compile_decode_step(run, model, weights, shape, settings, full)
+    shards = sharding.batch_divisor(run.sampler_mesh)
+    kernel = False
+    if shape.paging is not None:
+        manual = paged_engine.runs_per_device(
+            shards, sharding.batch_sharding(run.sampler_mesh), weights.decode
+        )
+        kind = paged_engine.attention_kind(
+            shape.paging, model, settings, run.platform, manual
+        )
+        kernel = kind == "pallas"
     rollout = mix.RolloutCost(
         flops=flops,
         nbytes=nbytes,
@@ -448,6 +492,9 @@ def sample_cost(run: Run, shape, settings, weights, rows: int | None = None) -> 
         prompt_width=shape.prompt_width,
         new_tokens=settings.max_new_tokens,
         platform=run.platform,
+        paging=shape.paging,
+        shards=shards,
+        kernel=kernel,
     )
     total_flops, total_bytes = rollout.at(rollout.replay())
     return total_flops, total_bytes, step, (step_flops, step_bytes), rollout
@@ -592,6 +639,14 @@ def compile_programs(
             f"{name} costs", sample_cost, costed, shape, settings, weights, rows
         )
         decode = _program(f"{name}.decode_step", step, 0, *step_cost, chip)
+        if name == "sample":  # the training rollout's decode layouts
+            decode.layouts = timed(
+                "decode layouts",
+                layouts.compare,
+                costed,
+                chip,
+                line_widths(run, shape, settings)[0],
+            )
         program = _program(name, full, calls, flops, nbytes, chip)
         program.rollout = rollout
         return [program, decode]

@@ -3,7 +3,8 @@
 time of each part (a lower bound), every response at max_new_tokens and at
 a response-length mix (`StepAtMix`), optionally scaled into expected times
 by a calibration, the learner's model FLOPs over its roofline FLOPs-time,
-the decode step's HBM efficiency, and the table the CLI prints."""
+the decode step's HBM efficiency, the decode layouts compared
+(`planning.layouts`), and the table the CLI prints."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import numpy as np
 
 from rlvr_jax import learner, sharding
 from rlvr_jax.model import decoder
+from rlvr_jax.planning import collectives as collectives_lib
+from rlvr_jax.planning import layouts as layouts_lib
 from rlvr_jax.planning import mix as mix_lib
 from rlvr_jax.planning import programs as programs_lib
 from rlvr_jax.planning.calibration import Calibration
@@ -103,6 +106,7 @@ class Plan:
     critic: bool = False  # PPO: the critic's train state is resident (Run.critic)
     mix: StepAtMix | None = None  # the step at a response-length mix
     calibration: Calibration | None = None  # measured over roofline, this chip
+    platform: str = "tpu"  # the devices' platform: 'tpu', 'gpu' (or 'cpu')
 
     @property
     def peak_bytes_per_chip(self) -> int:
@@ -118,6 +122,15 @@ class Plan:
 
     def program(self, name: str) -> Program:
         return next(p for p in self.programs if p.name == name)
+
+    @property
+    def generated_tokens_per_s_per_chip(self) -> float | None:
+        """Tokens the step's rollout generates at the mix over its sampling
+        roofline time, per chip (None: no mix): a rate no run beats."""
+        if self.mix is None or not self.mix.times.get("sampling"):
+            return None
+        tokens = self.mix.decoding.tokens
+        return tokens / self.mix.times["sampling"] / self.chips
 
     def verdict(self) -> str:
         if self.fits:
@@ -142,6 +155,7 @@ class Plan:
     def to_json(self) -> dict:
         return {
             "topology": self.topology,
+            "platform": self.platform,
             "chip": self.chip.name,
             "chips": self.chips,
             "hbm_bytes_per_chip": self.hbm_bytes_per_chip,
@@ -158,6 +172,7 @@ class Plan:
             "learner_mfu": self.mfu,  # model FLOPs / roofline FLOPs-time
             "learner_model_flops_over_roofline": self.mfu,
             "decode_hbm_efficiency": self.decode_efficiency,
+            "generated_tokens_per_s_per_chip": self.generated_tokens_per_s_per_chip,
             "times_are": "roofline (lower bound)",
             "mix": None if self.mix is None else self.mix.to_json(),
             "expected": self.expected_json(),
@@ -247,6 +262,9 @@ def step_at_mix(
     steps: int,
     initial_eval: float,
     capped: int = 0,
+    eval_lengths_r: np.ndarray | None = None,
+    prompt_tokens: int | None = None,
+    buckets: tuple[int, ...] | None = None,
 ) -> StepAtMix:
     """The step's roofline times with the rollout's responses `lengths_r`
     long (R = train.batch_size × n, prompt-major) instead of all at
@@ -259,17 +277,21 @@ def step_at_mix(
     as the learner packs them (`mix.packed`), each pass scaled by the packed
     token slots over the widest batch's (`mix.learner_fraction`; cost is
     linear in rows at a fixed width); the optimizer updates do not scale.
-    Evaluation stays at max (its own lengths are not known here).
+    Evaluation: its call's rows at `eval_lengths_r` (one greedy response
+    per problem) replayed and priced as the rollout is; None: at max.
+    Prompts: `prompt_tokens` long (default: the widest bucket), padded to
+    their bucket among `buckets` where a slot cache pads them.
     """
     sh = run.shapes
     by_name = {p.name: p for p in programs}
     sample = by_name["sample"]
-    decoding = sample.rollout.replay(lengths_r)
+    prompt = prompt_tokens or sh.prompt_width
+    decoding = sample.rollout.replay(lengths_r, prompt, buckets)
     at_max = sample.rollout.replay()
-    # The prompts at the bucket's width: an upper bound (real prompts are
-    # packed without their padding).
+    # Prompts at the bucket's width unless told: an upper bound (real
+    # prompts are packed without their padding).
     packed = mix_lib.packed(
-        sh.prompt_width + np.asarray(lengths_r, np.int64),
+        prompt + np.asarray(lengths_r, np.int64),
         sh.learner_width,
         run.learner.max_tokens_per_micro_batch,
         sharding.batch_divisor(run.mesh),
@@ -279,6 +301,12 @@ def step_at_mix(
     def scaled(p: Program) -> Program:
         if p.rollout is not None and p.name == "sample":
             flops, nbytes = p.rollout.at(decoding)
+        elif p.rollout is not None and p.name == "eval_sample":
+            if eval_lengths_r is None:
+                return p
+            flops, nbytes = p.rollout.at(
+                p.rollout.replay(eval_lengths_r, prompt_tokens, buckets)
+            )
         elif p.name in LEARNER_PASSES:
             flops = p.fixed_flops + fraction * (p.flops - p.fixed_flops)
             nbytes = p.fixed_bytes + fraction * (p.hbm_bytes - p.fixed_bytes)
@@ -297,22 +325,52 @@ def step_at_mix(
         f"{packed.rows} rows of {packed.width} ({packed.micro_batches} "
         f"micro-batches; the widest batch: {sh.learner_rows} rows of "
         f"{sh.learner_width}): its passes cost {100 * fraction:.0f}% of the "
-        "widest batch's (prompts counted at the bucket width, an upper bound)",
+        "widest batch's ("
+        + (
+            f"prompts of {prompt_tokens} tokens"
+            if prompt_tokens
+            else "prompts counted at the bucket width, an upper bound"
+        )
+        + ")",
     ]
     if capped:
         notes.append(
             f"at the mix: {capped} of {len(lengths_r)} drawn lengths were above "
             f"max_new_tokens ({run.settings.max_new_tokens}) and capped there"
         )
+    if decoding.preemptions or sample.rollout.paging is not None:
+        paging = sample.rollout.paging
+        notes.append(
+            f"at the mix: paged KV cache, {paging.pages} pages of {paging.page} "
+            f"tokens per chip; {decoding.mean_live:.0f} rows in flight on "
+            f"average (all at max: {at_max.mean_live:.0f}), "
+            f"{decoding.preemptions} preemptions on the busiest chip "
+            f"(all at max: {at_max.preemptions}); decode attention "
+            + (
+                "reads each live row's own pages (the Pallas kernel): the "
+                "width above is the live columns per slot"
+                if sample.rollout.kernel
+                else "reads blocks up to the longest live row (pure JAX)"
+            )
+        )
     if times.get("evaluation"):
         notes.append(
-            "at the mix: evaluation stays at eval.max_new_tokens for every "
-            "response (its own lengths are not known to the plan)"
+            "at the mix: evaluation at eval.max_new_tokens for every response "
+            "(no evaluation lengths given)"
+            if eval_lengths_r is None
+            else f"at the mix: evaluation responses drawn from the same mix "
+            f"(one per problem, capped at eval.max_new_tokens: "
+            f"{int(np.sum(eval_lengths_r))} tokens per call)"
         )
     return StepAtMix(
         source=source,
         times=times,
-        run_seconds=steps * sum(times.values()) + initial_eval,
+        run_seconds=steps * sum(times.values())
+        + (
+            times["evaluation"] * run.eval_every
+            if eval_lengths_r is not None and run.eval_every
+            else initial_eval
+        ),
         decoding=decoding,
         at_max=at_max,
         packed=packed,
@@ -370,10 +428,11 @@ def decode_min_bytes(run: Run, slots: int, filled: int) -> float:
 
 
 def decode_efficiency(run: Run, step: Program) -> float:
-    """The least bytes of the mean decode step (`decode_min_bytes` at
-    `mean_fill`) over the bytes its compiled program moves: 1 when it reads
-    the weights and the filled cache once and nothing else."""
-    filled = programs_lib.mean_fill(run, run.settings)
+    """The least bytes of the costed decode step (`decode_min_bytes` at the
+    width it was compiled at, `programs.line_widths`) over the bytes its
+    compiled program moves: 1 when it reads the weights and the filled cache
+    once and nothing else."""
+    filled = programs_lib.line_widths(run, run.shapes.sample, run.settings)[0]
     least = decode_min_bytes(run, run.shapes.sample.slots, filled)
     return least / step.hbm_bytes
 
@@ -432,13 +491,66 @@ def _gb(x: float) -> str:
     return f"{x / GB:7.2f}"
 
 
+def decode_layouts(p: Plan) -> list:
+    """The compared decode layouts of the training rollout ([] when the plan
+    did not cost them)."""
+    step = next((q for q in p.programs if q.name == "sample.decode_step"), None)
+    return [] if step is None or not step.layouts else step.layouts
+
+
+def format_layouts(p: Plan) -> list[str]:
+    """The "decode layouts" table: per layout, per chip and decode step (at
+    the mean fill), its weights, HBM bytes, collectives and roofline, the
+    sampling phase it would need, and which one the run uses."""
+    found = decode_layouts(p)
+    if not found:
+        return []
+    sample_phase = p.phases.get("sample", 0)
+    phases = layouts_lib.sampling_phase(found, sample_phase)
+    best = layouts_lib.fastest_fitting(found, sample_phase, p.hbm_bytes_per_chip)
+    ici = collectives_lib.ICI_BYTES_PER_S.get(p.chip.name, 0.0)
+    lines = [
+        "",
+        "decode layouts (sample.decode_step at the mean fill, per chip; roofline: "
+        f"HBM/FLOPs + collectives at {ici / GB:.0f} GB/s ICI + "
+        f"{collectives_lib.LATENCY_S * 1e6:.0f} µs each)",
+        "layout      weights GB  step HBM GB  coll. MB  colls  step ms  sampling GB",
+    ]
+    for x in found:
+        if x.error:
+            lines.append(f"  {x.name:<10}not compiled: {x.error}")
+            continue
+        phase = phases[x.name]
+        verdict = "fits" if phase <= p.hbm_bytes_per_chip else "over"
+        mark = []
+        if x.used:
+            mark.append("the run's")
+        if best is not None and x.name == best.name:
+            mark.append("fastest that fits")
+        lines.append(
+            f"  {x.name:<10}{x.weight_bytes / GB:10.2f}  {x.step_bytes / GB:11.3f}  "
+            f"{x.collectives.operand_bytes / 1e6:8.1f}  {x.collectives.count:5d}  "
+            f"{x.seconds * 1e3:7.2f}  {phase / GB:7.2f} {verdict}"
+            + (f"  <- {', '.join(mark)}" if mark else "")
+        )
+    used = next((x for x in found if x.used), None)
+    if best is not None and used is not None and best.name != used.name:
+        lines.append(
+            f"  faster: --config.rollout.decode_mesh={best.name} "
+            f"({used.seconds * 1e3:.2f} -> {best.seconds * 1e3:.2f} ms a step)"
+        )
+    return lines
+
+
 def format_plan(p: Plan) -> str:
     """The plan as the CLI prints it."""
+    gpu = p.platform == "gpu"
     lines = [
-        f"plan for {p.topology}: {p.chips} × {p.chip.name} "
+        f"plan for {p.topology}: {p.chips} × {p.chip.name}{' GPU' if gpu else ''} "
         f"({p.hbm_bytes_per_chip / GB:.2f} GB HBM, "
         f"{p.chip.hbm_bytes_per_s / GB:.0f} GB/s, "
-        f"{p.chip.bf16_flops_per_s / 1e12:.0f} TFLOP/s bf16 per chip)",
+        f"{p.chip.bf16_flops_per_s / 1e12:.0f} TFLOP/s bf16 per "
+        f"{'GPU' if gpu else 'chip'})",
         "",
         "per chip, per call   args GB    out GB   temp GB  total GB"
         "     TFLOP     HBM GB   roofline s  calls/step",
@@ -467,8 +579,17 @@ def format_plan(p: Plan) -> str:
         f"{p.hbm_bytes_per_chip / GB:.2f} GB: {p.verdict()}",
         "",
     ]
+    layout_lines = format_layouts(p)
+    if layout_lines:
+        lines += layout_lines[1:] + [""]
     if p.step_seconds:
         lines += format_times(p)
+        rate = p.generated_tokens_per_s_per_chip
+        if rate is not None:
+            lines.append(
+                f"sampling at the mix: {p.mix.decoding.tokens} generated tokens, "
+                f"{rate:.0f} tokens/s per {'GPU' if gpu else 'chip'} at the roofline"
+            )
         lines.append(
             "learner model FLOPs / roofline FLOPs-time (not a measured MFU): "
             f"{100 * p.mfu:.0f}%; decode HBM-roofline efficiency: "
@@ -492,3 +613,23 @@ def format_plan(p: Plan) -> str:
     if p.mix is not None:
         lines += [f"note: {n}" for n in p.mix.notes]
     return "\n".join(lines)
+
+
+def gpu_notes(nodes: int, gpus_per_node: int) -> list[str]:
+    """What a GPU plan models and what it does not (the report's notes)."""
+    notes = [
+        "GPU: compiled by XLA:GPU for the GPU's target config without a "
+        "device (Triton GEMM tiles at the compiler's defaults: no autotuning); "
+        "FLOPs are the compiled HLO's matrix products, loops at their trip "
+        "counts; the roofline takes the dense bf16 peak and HBM bandwidth",
+        "GPU: memory is against the whole HBM with JAX's preallocation off "
+        "(XLA_PYTHON_CLIENT_PREALLOCATE=false, as launch/gpu.sh sets; the "
+        "default preallocates 75%); the step's roofline prices no NVLink "
+        "traffic",
+    ]
+    if nodes > 1:
+        notes.append(
+            f"GPU: {nodes} nodes of {gpus_per_node} compiled as one mesh of "
+            f"{nodes * gpus_per_node}; traffic between nodes is not priced"
+        )
+    return notes

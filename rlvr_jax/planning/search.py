@@ -8,6 +8,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from rlvr_jax import sharding
 from rlvr_jax.planning.programs import Run
 from rlvr_jax.planning.report import Plan
@@ -30,8 +32,16 @@ def _candidates(total: int, step: int) -> list[int]:
     return [c for c in range(step, total + 1, step) if total % c == 0]
 
 
+def page_bytes(run: Run, page: int) -> int:
+    """Bytes of one KV page (keys and values, every layer) on a chip."""
+    m = run.model
+    itemsize = np.dtype(run.settings.cache_dtype).itemsize
+    return 2 * m.n_layers * m.n_kv_heads * m.head_dim * page * itemsize
+
+
 def largest_sizes(run: Run, result: Plan) -> dict[str, int]:
-    """Largest rollout.chunk_size and train.micro_batch_size estimated to fit.
+    """Largest rollout.chunk_size (with a paged cache: rollout.pages, the
+    pool's pages per chip) and train.micro_batch_size estimated to fit.
 
     With train.max_tokens_per_micro_batch set (it decides the micro-batch
     then, and micro_batch_size is unused), the micro-batch is offered as that
@@ -83,7 +93,15 @@ def largest_sizes(run: Run, result: Plan) -> dict[str, int]:
         if fits(MICRO_BATCHED, lambda name, m=m: m)
     ]
     micro = micros[-1] if micros else divisor
-    out = {"rollout.chunk_size": chunks[-1] if chunks else step}
+    paging = sh.sample.paging
+    if paging is None:
+        out = {"rollout.chunk_size": chunks[-1] if chunks else step}
+    else:
+        # A paged cache's memory is its pool (the slots hold a page table
+        # each): the pages that fit beside the sampling phase's rest.
+        per_page = page_bytes(run, paging.page)
+        room = hbm - result.phases.get("sample", 0)
+        out = {"rollout.pages": max(0, paging.pages + math.floor(room / per_page))}
     if run.token_budget:
         out["train.max_tokens_per_micro_batch"] = micro // divisor * sh.learner_width
     else:

@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rlvr_jax.model import decoder
+from rlvr_jax.model import decoder, paged
 
 Params = Any
 
@@ -239,11 +239,10 @@ def _blocked_attention(config, q_rkgh, k_rkhs, v_rksh, mask_rs, block, blocks):
     masked, exponentiated and summed in fp32 as `decoder.attention_probs` does;
     the weights meet the values in the compute dtype, normalised at the end.
     """
-    r, k, g, h = q_rkgh.shape
+    h = q_rkgh.shape[-1]
     dtype = jnp.dtype(config.dtype)
 
-    def body(i, carry):
-        max_rkg, sum_rkg, acc_rkgh = carry
+    def one_block(i):
         start = i * block
         k_blk = jax.lax.dynamic_slice_in_dim(k_rkhs, start, block, axis=3)
         v_blk = jax.lax.dynamic_slice_in_dim(v_rksh, start, block, axis=2)
@@ -254,29 +253,33 @@ def _blocked_attention(config, q_rkgh, k_rkhs, v_rksh, mask_rs, block, blocks):
             k_blk.astype(dtype),
             preferred_element_type=jnp.float32,
         ) / math.sqrt(h)
-        scores_rkgs = jnp.where(m_blk[:, None, None], scores_rkgs, decoder.MASK_VALUE)
-        new_max_rkg = jnp.maximum(max_rkg, scores_rkgs.max(-1))
-        weights_rkgs = jnp.exp(scores_rkgs - new_max_rkg[..., None])
-        rescale_rkg = jnp.exp(max_rkg - new_max_rkg)
-        out_rkgh = jnp.einsum(
-            "rkgs,rksh->rkgh",
-            weights_rkgs.astype(dtype),
-            v_blk.astype(dtype),
-            preferred_element_type=jnp.float32,
-        )
-        return (
-            new_max_rkg,
-            sum_rkg * rescale_rkg + weights_rkgs.sum(-1),
-            acc_rkgh * rescale_rkg[..., None] + out_rkgh,
-        )
 
-    init = (
-        jnp.full((r, k, g), -jnp.inf, jnp.float32),
-        jnp.zeros((r, k, g), jnp.float32),
-        jnp.zeros((r, k, g, h), jnp.float32),
-    )
-    _, sum_rkg, acc_rkgh = jax.lax.fori_loop(0, blocks, body, init)
-    return (acc_rkgh / sum_rkg[..., None]).astype(dtype)
+        def weigh(weights_rkgs):
+            return jnp.einsum(
+                "rkgs,rksh->rkgh",
+                weights_rkgs,
+                v_blk.astype(dtype),
+                preferred_element_type=jnp.float32,
+            )
+
+        return scores_rkgs, m_blk[:, None, None], weigh
+
+    return paged.blockwise_softmax(one_block, blocks, q_rkgh.shape, dtype)
+
+
+def _new_qkv(config, w: LayerWeights, x_rd, sin_r1h, cos_r1h):
+    """The new position's query (RoPE'd, grouped by KV head), key and value."""
+    r = x_rd.shape[0]
+    n, k, h = config.n_heads, config.n_kv_heads, config.head_dim
+    qkv_ro = project(x_rd, w.qkv_od)
+    if w.qkv_bias_o is not None:
+        qkv_ro = qkv_ro + w.qkv_bias_o
+    q_r1nh = qkv_ro[:, : n * h].reshape(r, 1, n, h)
+    k_r1kh = qkv_ro[:, n * h : (n + k) * h].reshape(r, 1, k, h)
+    v_rkh = qkv_ro[:, (n + k) * h :].reshape(r, k, h)
+    q_rkgh = decoder.rope(q_r1nh, sin_r1h, cos_r1h).reshape(r, k, n // k, h)
+    k_rkh = decoder.rope(k_r1kh, sin_r1h, cos_r1h)[:, 0]
+    return q_rkgh, k_rkh, v_rkh
 
 
 def _attention(
@@ -293,24 +296,15 @@ def _attention(
     blocks=None,
 ):
     """Self-attention of one new position per row; writes it at `slot`."""
-    r = x_rd.shape[0]
-    n, k, h = config.n_heads, config.n_kv_heads, config.head_dim
-    g = n // k
-    qkv_ro = project(x_rd, w.qkv_od)
-    if w.qkv_bias_o is not None:
-        qkv_ro = qkv_ro + w.qkv_bias_o
-    q_r1nh = qkv_ro[:, : n * h].reshape(r, 1, n, h)
-    k_r1kh = qkv_ro[:, n * h : (n + k) * h].reshape(r, 1, k, h)
-    v_rkh = qkv_ro[:, (n + k) * h :].reshape(r, k, h)
-    q_rkgh = decoder.rope(q_r1nh, sin_r1h, cos_r1h).reshape(r, k, g, h)
-    k_rkh = decoder.rope(k_r1kh, sin_r1h, cos_r1h)[:, 0]
+    r, h = x_rd.shape[0], config.head_dim
+    q_rkgh, k_rkh, v_rkh = _new_qkv(config, w, x_rd, sin_r1h, cos_r1h)
     k_rkhs = _write(k_rkhs, k_rkh[..., None].astype(k_rkhs.dtype), slot, axis=3)
     v_rksh = _write(v_rksh, v_rkh[:, :, None].astype(v_rksh.dtype), slot, axis=2)
     if block is not None:
         out_rkgh = _blocked_attention(
             config, q_rkgh, k_rkhs, v_rksh, mask_rs, block, blocks
         )
-        return project(out_rkgh.reshape(r, n * h), w.o_dm), k_rkhs, v_rksh
+        return project(out_rkgh.reshape(r, -1), w.o_dm), k_rkhs, v_rksh
     scores_rkgs = jnp.einsum(
         "rkgh,rkhs->rkgs",
         q_rkgh,
@@ -321,7 +315,28 @@ def _attention(
         scores_rkgs, mask_rs[:, None, None], config.dtype
     )
     out_rkgh = jnp.einsum("rkgs,rksh->rkgh", probs_rkgs, v_rksh.astype(config.dtype))
-    return project(out_rkgh.reshape(r, n * h), w.o_dm), k_rkhs, v_rksh
+    return project(out_rkgh.reshape(r, -1), w.o_dm), k_rkhs, v_rksh
+
+
+def _mlp(config, w: LayerWeights, x_rd):
+    """The layer's MLP block on the residual stream (residual added)."""
+    gate_up_ro = project(
+        decoder.rms_norm(config, x_rd, w.post_attn_norm_d), w.gate_up_od
+    )
+    f = config.mlp_dim
+    return x_rd + project(
+        decoder.swiglu(gate_up_ro[:, :f], gate_up_ro[:, f:]), w.down_df
+    )
+
+
+def _embed(config, weights: Weights, tokens_r):
+    table_vd = weights.head_vd if weights.embed_vd is None else weights.embed_vd
+    return jnp.take(table_vd, tokens_r, axis=0).astype(config.dtype)
+
+
+def _logits(config, weights: Weights, x_rd):
+    x_rd = decoder.rms_norm(config, x_rd, weights.final_norm_d)
+    return project(x_rd, weights.head_vd, jnp.float32)
 
 
 def step(
@@ -358,8 +373,7 @@ def step(
         raise ValueError(
             f"block: cache width {valid_rs.shape[1]} is not a multiple of {block}"
         )
-    table_vd = weights.head_vd if weights.embed_vd is None else weights.embed_vd
-    x_rd = jnp.take(table_vd, tokens_r, axis=0).astype(config.dtype)
+    x_rd = _embed(config, weights, tokens_r)
     sin_r1h, cos_r1h = decoder.rope_tables(positions_r[:, None], config)
     s = valid_rs.shape[1]
     mask_rs = valid_rs & (jnp.arange(s)[None] <= jnp.reshape(slot, (-1, 1)))
@@ -380,14 +394,80 @@ def step(
         )
         new_k.append(k_rkhs)
         new_v.append(v_rksh)
-        x_rd = x_rd + attn_rd
-        gate_up_ro = project(
-            decoder.rms_norm(config, x_rd, w.post_attn_norm_d), w.gate_up_od
+        x_rd = _mlp(config, w, x_rd + attn_rd)
+    return _logits(config, weights, x_rd), Cache(tuple(new_k), tuple(new_v))
+
+
+class Pages(NamedTuple):
+    """Per-layer KV page pools (`model.paged` layout).
+
+    Attributes:
+      k: one [K, P, C, H] key pool per layer.
+      v: one [K, P, C, H] value pool per layer.
+    """
+
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
+
+
+def paged_step(
+    config: decoder.ModelConfig,
+    weights: Weights,
+    pages: Pages,
+    tokens_r: jax.Array,
+    positions_r: jax.Array,
+    write_page_r: jax.Array,
+    table_rq: jax.Array,
+    *,
+    attend,
+    pages_per_block: int,
+    blocks: jax.Array | None = None,
+) -> tuple[jax.Array, Pages]:
+    """One token per row through the model over paged caches.
+
+    The same math as `step`; only the cache differs. Row r's new key/value go
+    to logical column `positions_r[r]` (prompts are stored compact, so a
+    token's column is its RoPE position): pool page `write_page_r[r]`, column
+    positions_r % C; a row whose `write_page_r` is out of range (idle) writes
+    nothing. It then attends its first positions_r + 1 columns.
+
+    Args:
+      config, weights: as for `step`.
+      pages: the pools; returns them updated.
+      tokens_r, positions_r: int32 [R] tokens fed and their positions.
+      write_page_r: int32 [R] the pool page of column positions_r.
+      table_rq: int32 [R, Q] the rows' page tables.
+      attend: `model.paged.attend` or `attend_pallas`.
+      pages_per_block, blocks: as for `model.paged.attend`.
+
+    Returns:
+      (fp32 logits [R, V], pages).
+    """
+    c = pages.k[0].shape[2]
+    offset_r = positions_r % c
+    kv_len_r = positions_r + 1
+    x_rd = _embed(config, weights, tokens_r)
+    sin_r1h, cos_r1h = decoder.rope_tables(positions_r[:, None], config)
+    new_k, new_v = [], []
+    for w, k_kpch, v_kpch in zip(weights.layers, pages.k, pages.v):
+        q_rkgh, k_rkh, v_rkh = _new_qkv(
+            config, w, decoder.rms_norm(config, x_rd, w.input_norm_d), sin_r1h, cos_r1h
         )
-        f = config.mlp_dim
-        x_rd = x_rd + project(
-            decoder.swiglu(gate_up_ro[:, :f], gate_up_ro[:, f:]), w.down_df
+        k_kpch = paged.write(k_kpch, k_rkh, write_page_r, offset_r)
+        v_kpch = paged.write(v_kpch, v_rkh, write_page_r, offset_r)
+        out_rkgh = attend(
+            q_rkgh,
+            k_kpch,
+            v_kpch,
+            table_rq,
+            kv_len_r,
+            dtype=jnp.dtype(config.dtype),
+            pages_per_block=pages_per_block,
+            blocks=blocks,
         )
-    x_rd = decoder.rms_norm(config, x_rd, weights.final_norm_d)
-    logits_rv = project(x_rd, weights.head_vd, jnp.float32)
-    return logits_rv, Cache(tuple(new_k), tuple(new_v))
+        new_k.append(k_kpch)
+        new_v.append(v_kpch)
+        x_rd = _mlp(
+            config, w, x_rd + project(out_rkgh.reshape(x_rd.shape[0], -1), w.o_dm)
+        )
+    return _logits(config, weights, x_rd), Pages(tuple(new_k), tuple(new_v))

@@ -34,7 +34,6 @@ slots or sharded over devices.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -44,7 +43,7 @@ import numpy as np
 
 from rlvr_jax import sharding
 from rlvr_jax.model import decoder
-from rlvr_jax.rollout import decoding, sampling, scheduler
+from rlvr_jax.rollout import decoding, paged_engine, prefill, sampling, scheduler
 from rlvr_jax.rollout.sampling import (
     Params,
     Rollout,
@@ -55,7 +54,7 @@ from rlvr_jax.rollout.sampling import (
 
 # ------------------------------------------------------ continuous batching
 ATTENTION_BLOCK = 128  # cache slots per attention block (see `continuous`)
-REFILL_EVERY = 8  # decode steps between refills (`rollout`'s default)
+REFILL_EVERY = scheduler.REFILL_EVERY
 
 
 def attended_columns(prompt_width, longest, block: int):
@@ -103,15 +102,6 @@ def _initial_state(config, settings, slots, width, rows, slot_sharding) -> _Slot
         lengths_r=jnp.zeros((rows,), jnp.int32),
         ended_r=jnp.zeros((rows,), bool),
     )
-
-
-def _slot_keys(key, row_offset, row_s, step_s) -> jax.Array:
-    """`fold_in(fold_in(key, row_offset + row), step)` per slot: the module's
-    randomness rule, so a row draws the same tokens in whichever slot."""
-    row_keys_s = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
-        key, row_offset + row_s
-    )
-    return jax.vmap(jax.random.fold_in)(row_keys_s, step_s)
 
 
 def _record_slots(slots, state, tokens_s, logprobs_s, produced_s, settings):
@@ -167,7 +157,7 @@ def _slot_decode_step(
         blocks=blocks,
     )
     tokens_s, logprobs_s = sampling.choose(
-        logits_sv, _slot_keys(key, row_offset, slots.row_s, step_s), settings
+        logits_sv, sampling.row_keys(key, row_offset, slots.row_s, step_s), settings
     )
     state = state._replace(caches=caches)
     return _record_slots(slots, state, tokens_s, logprobs_s, slots.live_s, settings)
@@ -192,24 +182,11 @@ def _continuous(
     r = b * n
     prompt_mask_bt = prompt_mask_bt.astype(bool)
 
-    # ---- prefill: once per prompt, through the learner's own forward; its
-    # n samples all start from these keys/values and last-position logits.
-    # The prompts stay split as the slots are: with fsdp-sharded weights the
-    # compiler otherwise keeps the weights in place and runs every prompt on
-    # every chip, activations split over the model dimension (a 7B prefill
-    # of 128 prompts then holds whole [B, T, F] MLP activations per chip).
-    constrain_rows = _rows_constraint(slot_sharding)
-    cache = decoder.init_cache(config, b, t, settings.cache_dtype)
-    x_btd, cache = decoder.hidden(
-        config,
-        weights.prefill,
-        prompt_tokens_bt,
-        decoder.positions_from_mask(prompt_mask_bt),
-        prompt_mask_bt,
-        cache,
-        constrain=constrain_rows,
+    # ---- prefill: once per prompt; its n samples all start from these
+    # keys/values and last-position logits.
+    cache, logits_bv = prefill.prefill(
+        config, weights, prompt_tokens_bt, prompt_mask_bt, settings, slot_sharding
     )
-    logits_bv = decoder.head(config, weights.prefill, x_btd[:, -1:])[:, 0]
     store, _ = decoding.cache_from_prefill(cache, 0, 1, settings.cache_dtype)
     store = _split_positions(store, slot_sharding)
     prompt_len_b = prompt_mask_bt.sum(-1, dtype=jnp.int32)
@@ -243,7 +220,7 @@ def _continuous(
         )
         tokens_s, logprobs_s = sampling.choose(
             jnp.take(logits_bv, b_s, axis=0),
-            _slot_keys(key, row_offset, slots_.row_s, slots_.step_s),
+            sampling.row_keys(key, row_offset, slots_.row_s, slots_.step_s),
             settings,
         )
         return _record_slots(slots_, state, tokens_s, logprobs_s, new_s, settings)
@@ -302,29 +279,6 @@ def attention_block(width: int, platform: str) -> int:
     return width if platform == "cpu" else min(ATTENTION_BLOCK, width)
 
 
-def _split_like_slots(x: jax.Array, axis: int, slot_sharding) -> jax.Array:
-    """`x` with `axis` split as `slot_sharding` splits the slots' (leading)
-    axis; unchanged without a `NamedSharding`. An axis that does not divide
-    is left to the compiler (`sharding.fit_spec`)."""
-    if not isinstance(slot_sharding, jax.sharding.NamedSharding) or not len(
-        slot_sharding.spec
-    ):
-        return x
-    spec = [None] * x.ndim
-    spec[axis] = slot_sharding.spec[0]
-    mesh = slot_sharding.mesh
-    spec = sharding.fit_spec(jax.sharding.PartitionSpec(*spec), x.shape, mesh)
-    return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
-
-
-def _rows_constraint(slot_sharding):
-    """The model's `constrain` hook pinning rows as the slots are split
-    (None without a `NamedSharding`)."""
-    if not isinstance(slot_sharding, jax.sharding.NamedSharding):
-        return None
-    return lambda x: _split_like_slots(x, 0, slot_sharding)
-
-
 def _split_positions(store: decoding.Cache, slot_sharding) -> decoding.Cache:
     """The prompt store split over its prompt positions, not its prompts.
 
@@ -336,17 +290,9 @@ def _split_positions(store: decoding.Cache, slot_sharding) -> decoding.Cache:
     """
     # Keys are [B, K, H, T], values [B, K, T, H] (`decoding.Cache`).
     return decoding.Cache(
-        k=tuple(_split_like_slots(x, 3, slot_sharding) for x in store.k),
-        v=tuple(_split_like_slots(x, 2, slot_sharding) for x in store.v),
+        k=tuple(prefill.split_like_slots(x, 3, slot_sharding) for x in store.k),
+        v=tuple(prefill.split_like_slots(x, 2, slot_sharding) for x in store.v),
     )
-
-
-def _shards(sharding: jax.sharding.Sharding | None) -> int:
-    """How many parts a sharding splits an array's leading axis into."""
-    if sharding is None:
-        return 1
-    big = math.prod(sharding.mesh.shape.values()) if hasattr(sharding, "mesh") else 1
-    return big // sharding.shard_shape((big,))[0]
 
 
 def continuous(
@@ -411,7 +357,7 @@ def continuous(
         "slots",
         f"must be a positive integer, got {slots!r}",
     )
-    shards = _shards(slot_sharding)
+    shards = prefill.shards_of(slot_sharding)
     sampling.require(
         slots % shards == 0,
         "slots",
@@ -477,11 +423,14 @@ class RolloutShape:
         last one to split over the mesh's batch axes.
       prompt_width: the left-padded prompt width (a bucket).
       slots: rows decoded at once (the KV cache's rows).
+      paging: the paged KV cache's sizes (`paged_engine.Paging`); None: slot
+        caches.
     """
 
     prompts: int
     prompt_width: int
     slots: int
+    paging: paged_engine.Paging | None = None
 
 
 def rollout_shape(
@@ -490,6 +439,7 @@ def rollout_shape(
     settings: SamplingSettings,
     slots: int | None,
     divisor: int = 1,
+    paging: paged_engine.Paging | None = None,
 ) -> RolloutShape:
     """The shape `rollout` runs for `prompts` prompts: the one rule for it.
 
@@ -503,6 +453,7 @@ def rollout_shape(
         prompts=prompts + -prompts % divisor,
         prompt_width=prompt_width,
         slots=slots + -slots % divisor,
+        paging=paging,
     )
 
 
@@ -519,6 +470,7 @@ def rollout(
     decode_sharding: jax.sharding.Sharding | None = None,
     prompt_rows: int | None = None,
     row_offset: int = 0,
+    paging: paged_engine.Paging | None = None,
 ) -> Rollout:
     """Samples `settings.n` responses per prompt by continuous batching: the
     rollout path of training, in-training evaluation, `evaluate` and
@@ -563,18 +515,20 @@ def rollout(
             {"t": sharding.process_rows(fed_t), "m": sharding.process_rows(fed_m)},
         )
     slots = shape.slots
-    out = continuous(
-        config,
-        sampling.prepare(config, params, decode_sharding=decode_sharding),
-        placed["t"],
-        placed["m"],
-        key,
-        row_offset,
+    weights = sampling.prepare(config, params, decode_sharding=decode_sharding)
+    call = dict(
         settings=settings,
         slots=slots,
         rows=b * n,
         slot_sharding=None if mesh is None else sharding.batch_sharding(mesh),
     )
+    args = (config, weights, placed["t"], placed["m"], key, row_offset)
+    preemptions = 0
+    if paging is None:
+        out = continuous(*args, **call)
+    else:
+        out, preempted = paged_engine.continuous_paged(*args, paging=paging, **call)
+        preemptions = int(sharding.local_value(preempted))
     host = sharding.to_host(
         {
             "tokens": out.tokens_rn,
@@ -594,6 +548,7 @@ def rollout(
         prompt_mask=np.repeat(mask_bt, n, axis=0),
         decode_steps=int(sharding.local_value(out.decode_steps)),
         slots=slots,
+        preemptions=preemptions,
     )
 
 
@@ -643,6 +598,7 @@ def rollout_in_calls(
         prompt_mask=np.concatenate([p.prompt_mask for p in parts]),
         decode_steps=sum(p.decode_steps for p in parts),
         slots=parts[0].slots,
+        preemptions=sum(p.preemptions for p in parts),
     )
 
 
@@ -745,7 +701,7 @@ def lower_rollout(
     width = shape.prompt_width + settings.max_new_tokens
     key = jax.eval_shape(lambda: jax.random.key(0))
     scalar = _abstract((), jnp.int32, replicated)
-    return _continuous_jit.lower(
+    args = (
         config,
         weights,
         _abstract((shape.prompts, shape.prompt_width), jnp.int32, rows),
@@ -753,10 +709,23 @@ def lower_rollout(
         jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=replicated),
         scalar,
         scalar,
+    )
+    platform = mesh.devices.flat[0].platform
+    if shape.paging is not None:
+        return paged_engine.lower(
+            *args,
+            settings=settings,
+            slots=shape.slots,
+            paging=shape.paging,
+            platform=platform,
+            slot_sharding=rows,
+        )
+    return _continuous_jit.lower(
+        *args,
         settings=settings,
         slots=shape.slots,
         refill_every=REFILL_EVERY,
-        block=attention_block(width, mesh.devices.flat[0].platform),
+        block=attention_block(width, platform),
         slot_sharding=rows,
     )
 

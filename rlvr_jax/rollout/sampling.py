@@ -160,6 +160,8 @@ class Rollout:
       prompt_mask: bool [R, W] True on real prompt tokens.
       decode_steps: decode-loop iterations the rollout took.
       slots: rows decoded at once.
+      preemptions: rows a paged cache preempted (and restarted) for memory;
+        0 for slot caches.
     """
 
     tokens: np.ndarray
@@ -171,6 +173,7 @@ class Rollout:
     prompt_mask: np.ndarray
     decode_steps: int
     slots: int
+    preemptions: int = 0
 
     @property
     def slot_efficiency(self) -> float:
@@ -444,3 +447,12 @@ def platform_of(params: Params) -> str:
     """The one platform holding the params ('cpu' only when all are on CPU)."""
     platforms = platforms_of(params)
     return "cpu" if platforms == {"cpu"} else sorted(platforms - {"cpu"})[0]
+
+
+def row_keys(key, row_offset, row_s, step_s) -> jax.Array:
+    """`fold_in(fold_in(key, row_offset + row), step)` per slot: the sampler's
+    randomness rule, so a row draws the same tokens in whichever slot."""
+    row_keys_s = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
+        key, row_offset + row_s
+    )
+    return jax.vmap(jax.random.fold_in)(row_keys_s, step_s)

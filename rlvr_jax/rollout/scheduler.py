@@ -36,6 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+REFILL_EVERY = 8  # decode steps between refills (the samplers' default)
+
 
 class Slots(NamedTuple):
     """Per-slot bookkeeping, axis s = slots.
